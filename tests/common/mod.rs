@@ -1,0 +1,583 @@
+//! Test harness shared by the `tests/broker_*.rs` integration tests.
+//!
+//! [`Broker`] runs the real `runnel` binary as a subprocess on an ephemeral
+//! 127.0.0.1 port with its own temporary data directory, and waits for the
+//! ready line (`runnel: ready on 127.0.0.1:PORT`) on its stdout — never a sleep.
+//! Every wait in here is bounded; a broker that does not come up fails the
+//! test with the tail of its log.
+//!
+//! Besides the broker, this module has:
+//! - rdkafka client factories with short timeouts (`producer`, `consumer`, `admin`),
+//! - `consume_to_end`, which reads assigned partitions until every one reports
+//!   end-of-partition, so tests can assert exact counts,
+//! - `Wire`, a raw `std::net::TcpStream` Kafka client built on the
+//!   `kafka-protocol` crate, for compatibility and malformed-input tests.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use rdkafka::TopicPartitionList;
+
+/// How long the broker may take from spawn to its ready line. Generous because
+/// a cold debug binary on a loaded 2-core CI box can be slow to start.
+pub const BROKER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound for one client-side operation (produce delivery, metadata, ...).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upper bound for reading a whole topic back.
+pub const CONSUME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options for starting a broker. `Default` is one core, auto-create on, one
+/// partition per auto-created topic.
+#[derive(Clone, Debug)]
+pub struct BrokerOptions {
+    pub cores: usize,
+    pub num_partitions: Option<u32>,
+    pub auto_create_topics: Option<bool>,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions { cores: 1, num_partitions: None, auto_create_topics: None, extra_args: Vec::new() }
+    }
+}
+
+impl BrokerOptions {
+    pub fn cores(mut self, cores: usize) -> Self {
+        self.cores = cores;
+        self
+    }
+    pub fn num_partitions(mut self, n: u32) -> Self {
+        self.num_partitions = Some(n);
+        self
+    }
+    pub fn auto_create_topics(mut self, on: bool) -> Self {
+        self.auto_create_topics = Some(on);
+        self
+    }
+}
+
+/// A running `runnel serve` subprocess. Dropping it SIGKILLs the process and
+/// removes its data directory.
+pub struct Broker {
+    child: Option<Child>,
+    port: u16,
+    options: BrokerOptions,
+    data_dir: tempfile::TempDir,
+    log_dir: tempfile::TempDir,
+    starts: u32,
+}
+
+fn free_port() -> u16 {
+    // Bind port 0 and release it. Another process could grab the port in the
+    // gap; the ready-line check would then fail loudly rather than silently.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().unwrap().port()
+}
+
+pub fn runnel_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_runnel"))
+}
+
+impl Broker {
+    /// One core, defaults otherwise.
+    pub fn start() -> Broker {
+        Broker::start_with(BrokerOptions::default())
+    }
+
+    pub fn start_with(options: BrokerOptions) -> Broker {
+        let data_dir = tempfile::Builder::new().prefix("runnel-data-").tempdir().expect("tempdir");
+        let log_dir = tempfile::Builder::new().prefix("runnel-log-").tempdir().expect("tempdir");
+        let mut broker = Broker { child: None, port: free_port(), options, data_dir, log_dir, starts: 0 };
+        broker.spawn();
+        broker
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker is running").id()
+    }
+
+    fn log_path(&self, start: u32) -> PathBuf {
+        self.log_dir.path().join(format!("stderr.{start}.log"))
+    }
+
+    /// The last `max_bytes` of the current run's stderr.
+    pub fn log_tail(&self, max_bytes: usize) -> String {
+        let text = std::fs::read(self.log_path(self.starts)).unwrap_or_default();
+        let from = text.len().saturating_sub(max_bytes);
+        String::from_utf8_lossy(&text[from..]).into_owned()
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "spawn while a broker process is still running");
+        self.starts += 1;
+        let stderr = File::create(self.log_path(self.starts)).expect("create broker log");
+        let mut cmd = Command::new(runnel_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(self.bootstrap())
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .arg("--cores")
+            .arg(self.options.cores.to_string());
+        if let Some(n) = self.options.num_partitions {
+            cmd.arg("--num-partitions").arg(n.to_string());
+        }
+        if let Some(on) = self.options.auto_create_topics {
+            cmd.arg("--auto-create-topics").arg(on.to_string());
+        }
+        cmd.args(&self.options.extra_args);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(stderr));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", runnel_bin().display()));
+
+        // A thread owns stdout for the life of the process: it forwards lines
+        // until the ready line and then keeps draining, so the broker never
+        // blocks on a full pipe.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        self.child = Some(child);
+
+        let expected = format!("runnel: ready on 127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + BROKER_READY_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line == expected => return,
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let tail = self.log_tail(4000);
+                    self.kill();
+                    panic!(
+                        "broker did not print {expected:?} within {BROKER_READY_TIMEOUT:?}; \
+                         stdout so far: {seen:?}\n--- stderr tail ---\n{tail}"
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.as_mut().unwrap().wait().ok();
+                    self.child = None;
+                    panic!(
+                        "broker exited before it was ready (status {status:?}); stdout: {seen:?}\n\
+                         --- stderr tail ---\n{}",
+                        self.log_tail(4000)
+                    );
+                }
+            }
+        }
+    }
+
+    fn signal(&mut self, sig: libc::c_int) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid, which we have not
+            // reaped yet, so the pid cannot have been reused.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, sig);
+            }
+            // SIGKILL cannot be caught; the wait is bounded by the kernel.
+            // SIGTERM is bounded by `terminate` below.
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL and reap. No-op if not running.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    /// SIGTERM and wait up to `timeout` for a clean exit; SIGKILL after that.
+    /// Returns true if the broker exited on its own.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// SIGKILL (if running) and start again on the same port and data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Resident set size of the broker process, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- runnel stderr tail (port {}) ---\n{}", self.port, self.log_tail(6000));
+        }
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// rdkafka clients
+
+/// Client settings every test client shares: IPv4 loopback only, short timeouts.
+pub fn base_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("socket.timeout.ms", "10000")
+        .set("socket.connection.setup.timeout.ms", "10000")
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "500")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .set("log_level", "4");
+    c
+}
+
+/// A `FutureProducer` with `acks` and extra settings.
+pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
+    let mut c = base_config(bootstrap);
+    c.set("message.timeout.ms", "15000").set("request.timeout.ms", "10000").set("linger.ms", "5");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    c.create().expect("create producer")
+}
+
+/// A `BaseConsumer` meant for `assign()` only: no group subscribe, no commits.
+/// It reports end-of-partition so tests can read "everything" exactly.
+pub fn consumer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseConsumer {
+    let mut c = base_config(bootstrap);
+    c.set("group.id", "runnel-tests")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "100")
+        .set("session.timeout.ms", "10000");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    c.create().expect("create consumer")
+}
+
+pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    base_config(bootstrap).create().expect("create admin client")
+}
+
+/// CreateTopics through the admin API; panics on any error.
+pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin = admin(bootstrap);
+    let opts = AdminOptions::new().operation_timeout(Some(CLIENT_TIMEOUT)).request_timeout(Some(CLIENT_TIMEOUT));
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = tokio::time::timeout(CLIENT_TIMEOUT, admin.create_topics([&topic], &opts))
+        .await
+        .expect("create_topics timed out")
+        .expect("create_topics request failed");
+    assert_eq!(results.len(), 1);
+    if let Err((topic, code)) = &results[0] {
+        panic!("create topic {topic}: {code:?}");
+    }
+}
+
+/// Blocking variant for tests without a tokio runtime.
+pub fn create_topic_blocking(bootstrap: &str, name: &str, partitions: i32) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(create_topic(bootstrap, name, partitions));
+}
+
+/// Unique topic names so tests that share nothing never collide.
+pub fn topic_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Assign `partitions` of `topic` starting at `offset`.
+pub fn assign(consumer: &BaseConsumer, topic: &str, partitions: &[i32], offset: rdkafka::Offset) {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition_offset(topic, p, offset).unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+}
+
+/// Poll until every assigned partition in `partitions` has reported
+/// end-of-partition (after delivering all messages up to the high watermark).
+/// Returns all messages in arrival order. Panics on a consumer error or if the
+/// end is not reached within `timeout`.
+pub fn consume_to_end(consumer: &BaseConsumer, partitions: &[i32], timeout: Duration) -> Vec<OwnedMessage> {
+    let deadline = Instant::now() + timeout;
+    let mut pending: HashSet<i32> = partitions.iter().copied().collect();
+    let mut out = Vec::new();
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "consume_to_end: partitions {pending:?} did not reach end within {timeout:?} ({} messages so far)",
+            out.len()
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                // A new message re-opens its partition until the next EOF.
+                pending.insert(m.partition());
+                out.push(m.detach());
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                pending.remove(&p);
+            }
+            Some(Err(e)) => panic!("consumer error after {} messages: {e:?}", out.len()),
+        }
+    }
+    out
+}
+
+/// Poll until exactly `n` messages arrived (ignoring EOF events). Panics on a
+/// consumer error or timeout.
+pub fn consume_n(consumer: &BaseConsumer, n: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(Instant::now() < deadline, "consume_n: got {} of {n} messages within {timeout:?}", out.len());
+        match consumer.poll(Duration::from_millis(100)) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Ok(m)) => out.push(m.detach()),
+            Some(Err(e)) => panic!("consumer error after {} messages: {e:?}", out.len()),
+        }
+    }
+    out
+}
+
+/// Wait until the consumer reports EOF for all `partitions` without delivering
+/// any message. Used to know an `Offset::End` assignment has been resolved.
+pub fn wait_eof_no_messages(consumer: &BaseConsumer, partitions: &[i32], timeout: Duration) {
+    let msgs = consume_to_end(consumer, partitions, timeout);
+    assert!(msgs.is_empty(), "expected no messages before EOF, got {}", msgs.len());
+}
+
+pub fn payload_str(m: &OwnedMessage) -> String {
+    String::from_utf8(m.payload().expect("message has a payload").to_vec()).expect("utf-8 payload")
+}
+
+/// Produce and consume a few records on a fresh topic with fresh clients:
+/// the "broker still serves" check used after every bad-input test.
+pub fn assert_broker_serves(bootstrap: &str) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let topic = topic_name("alive");
+    create_topic_blocking(bootstrap, &topic, 1);
+    let mut c = base_config(bootstrap);
+    c.set("message.timeout.ms", "15000").set("acks", "all");
+    let p: BaseProducer = c.create().unwrap();
+    for i in 0..5 {
+        p.send(BaseRecord::to(&topic).key("k").payload(&format!("alive-{i}"))).expect("enqueue");
+    }
+    p.flush(CLIENT_TIMEOUT).expect("flush: broker no longer accepts produce");
+    let c = consumer(bootstrap, &[]);
+    assign(&c, &topic, &[0], rdkafka::Offset::Beginning);
+    let msgs = consume_to_end(&c, &[0], CONSUME_TIMEOUT);
+    let got: Vec<String> = msgs.iter().map(payload_str).collect();
+    let want: Vec<String> = (0..5).map(|i| format!("alive-{i}")).collect();
+    assert_eq!(got, want, "broker no longer serves produce+consume correctly");
+}
+
+// ---------------------------------------------------------------------------
+// Raw wire client
+
+/// Largest response frame the raw client accepts; a bigger length means the
+/// stream is out of sync, not a real response.
+pub const WIRE_FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// What happened when reading from a raw connection.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// A full response frame (without the 4-byte length).
+    Frame(Bytes),
+    /// The broker closed the connection (EOF or reset).
+    Closed,
+    /// Nothing within the read timeout.
+    TimedOut,
+}
+
+/// A minimal blocking Kafka client on a `TcpStream`, encoding with the
+/// `kafka-protocol` crate. Every read is bounded by `read_timeout`.
+pub struct Wire {
+    pub stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl Wire {
+    pub fn connect(bootstrap: &str) -> Wire {
+        let stream = TcpStream::connect(bootstrap).expect("connect to broker");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Wire { stream, correlation_id: 0 }
+    }
+
+    pub fn set_read_timeout(&self, d: Duration) {
+        self.stream.set_read_timeout(Some(d)).unwrap();
+    }
+
+    /// Encode header + body for `R` at `version`, framed. Returns the bytes and correlation id.
+    pub fn encode_request<R: Request>(&mut self, req: &R, version: i16) -> (Bytes, i32) {
+        self.correlation_id += 1;
+        let correlation_id = self.correlation_id;
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("runnel-tests")));
+        let mut body = BytesMut::new();
+        header.encode(&mut body, R::header_version(version)).expect("encode header");
+        req.encode(&mut body, version).expect("encode body");
+        (frame(&body), correlation_id)
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// Send `req` at `version` and decode its response at the same version.
+    pub fn call<R: Request>(&mut self, req: &R, version: i16) -> R::Response {
+        let (bytes, correlation_id) = self.encode_request(req, version);
+        self.send_raw(&bytes).expect("send request");
+        self.recv_response::<R>(version, correlation_id)
+    }
+
+    /// Read one response frame and decode it as `R::Response` at `version`.
+    pub fn recv_response<R: Request>(&mut self, version: i16, correlation_id: i32) -> R::Response {
+        let mut frame = match self.read_frame() {
+            ReadOutcome::Frame(f) => f,
+            other => panic!("expected a response to api key {} v{version}, got {other:?}", R::KEY),
+        };
+        let api_key = ApiKey::try_from(R::KEY).unwrap();
+        let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
+            .expect("decode response header");
+        assert_eq!(header.correlation_id, correlation_id, "response correlation id");
+        let resp = R::Response::decode(&mut frame, version)
+            .unwrap_or_else(|e| panic!("decode response to api key {} v{version}: {e:#}", R::KEY));
+        assert_eq!(frame.remaining(), 0, "trailing bytes after api key {} v{version} response", R::KEY);
+        resp
+    }
+
+    /// Read one length-prefixed frame, or report close / timeout.
+    pub fn read_frame(&mut self) -> ReadOutcome {
+        let mut len = [0u8; 4];
+        match read_exact_or_close(&mut self.stream, &mut len) {
+            Ok(true) => {}
+            Ok(false) => return ReadOutcome::Closed,
+            Err(e) if is_timeout(&e) => return ReadOutcome::TimedOut,
+            Err(e) => panic!("read frame length: {e}"),
+        }
+        let n = i32::from_be_bytes(len);
+        assert!(n >= 0 && (n as usize) <= WIRE_FRAME_BYTES_MAX, "response frame length {n} out of range");
+        let mut buf = vec![0u8; n as usize];
+        match read_exact_or_close(&mut self.stream, &mut buf) {
+            Ok(true) => ReadOutcome::Frame(Bytes::from(buf)),
+            Ok(false) => ReadOutcome::Closed,
+            Err(e) if is_timeout(&e) => ReadOutcome::TimedOut,
+            Err(e) => panic!("read frame body: {e}"),
+        }
+    }
+
+    /// Stop writing; the broker sees EOF.
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+/// Prefix `body` with its 4-byte big-endian length.
+pub fn frame(body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + 4);
+    out.put_i32(body.len() as i32);
+    out.put_slice(body);
+    out.freeze()
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+}
+
+/// Ok(true): filled. Ok(false): peer closed (EOF or reset) before or during the read.
+fn read_exact_or_close(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
