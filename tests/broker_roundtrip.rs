@@ -13,13 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
 use futures::future::join_all;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
-use kafka_protocol::messages::TopicName;
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use kafka_protocol::records::Compression;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, Timestamp};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -86,33 +82,6 @@ async fn produce_with_acks_0_1_and_all_then_consume_everything() {
             assert_eq!(m.key(), Some(format!("key-{i}").as_bytes()), "acks={acks}: key of record {i}");
         }
     }
-}
-
-/// Fetch partition 0 from offset 0 over the raw protocol and return the
-/// compression codec of every stored batch, to show batches are stored as sent.
-fn stored_batch_codecs(bootstrap: &str, topic: &str) -> Vec<Compression> {
-    let mut wire = Wire::connect(bootstrap);
-    let req = FetchRequest::default()
-        .with_replica_id((-1).into())
-        .with_max_wait_ms(100)
-        .with_min_bytes(1)
-        .with_max_bytes(16 * 1024 * 1024)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_current_leader_epoch(-1)
-                .with_log_start_offset(-1)
-                .with_partition_max_bytes(16 * 1024 * 1024)])]);
-    let resp = wire.call(&req, 12);
-    assert_eq!(resp.error_code, 0, "fetch top-level error");
-    let part = &resp.responses[0].partitions[0];
-    assert_eq!(part.error_code, 0, "fetch partition error");
-    let mut records: Bytes = part.records.clone().expect("fetch returned records");
-    let infos = RecordBatchDecoder::decode_batch_info(&mut records).expect("stored batches decode");
-    infos.iter().map(|b| b.compression).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -439,6 +439,33 @@ pub fn assert_broker_serves(bootstrap: &str) {
     assert_eq!(got, want, "broker no longer serves produce+consume correctly");
 }
 
+/// Fetch partition 0 from offset 0 over the raw protocol and return the
+/// compression codec of every stored batch, to show batches are stored as sent.
+pub fn stored_batch_codecs(bootstrap: &str, topic: &str) -> Vec<kafka_protocol::records::Compression> {
+    let mut wire = Wire::connect(bootstrap);
+    let req = kafka_protocol::messages::FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(100)
+        .with_min_bytes(1)
+        .with_max_bytes(16 * 1024 * 1024)
+        .with_session_epoch(-1)
+        .with_topics(vec![kafka_protocol::messages::fetch_request::FetchTopic::default()
+            .with_topic(kafka_protocol::messages::TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![kafka_protocol::messages::fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_current_leader_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(16 * 1024 * 1024)])]);
+    let resp = wire.call(&req, 12);
+    assert_eq!(resp.error_code, 0, "fetch top-level error");
+    let part = &resp.responses[0].partitions[0];
+    assert_eq!(part.error_code, 0, "fetch partition error");
+    let mut records: Bytes = part.records.clone().expect("fetch returned records");
+    let infos = kafka_protocol::records::RecordBatchDecoder::decode_batch_info(&mut records).expect("stored batches decode");
+    infos.iter().map(|b| b.compression).collect()
+}
+
 // ---------------------------------------------------------------------------
 // Raw wire client
 
