@@ -351,9 +351,10 @@ async fn produce_across_a_crash(
             }
             (v, r.map(|d| (d.partition, d.offset)).map_err(|(e, _)| e))
         }));
-        // Pace the producer a little so the kill lands mid-stream.
-        if i % 50 == 49 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        // Pace the producer (~1.5 s for 3000 records) so the kill lands
+        // mid-stream with records in flight, not after everything is acked.
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if acked_count.load(Ordering::SeqCst) >= kill_after && broker.is_running() {
             broker.kill();

@@ -156,9 +156,6 @@ impl Broker {
             cmd.arg("--auto-create-topics").arg(on.to_string());
         }
         cmd.args(&self.options.extra_args);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(stderr));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", runnel_bin().display()));
 
