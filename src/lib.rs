@@ -1,1 +1,23 @@
+//! Runnel: a thread-per-core event streaming broker that speaks the Kafka wire protocol.
+
+pub mod config;
+pub mod metadata;
+pub mod net;
+pub mod replication;
 pub mod segment;
+pub mod shard;
+
+/// Stops the whole process for an environment failure with no way forward: a panic that
+/// kills one shard while its siblings keep serving would be worse.
+pub fn fatal(message: &str) -> ! {
+    tracing::error!("fatal: {message}");
+    eprintln!("runnel: fatal: {message}");
+    std::process::exit(70);
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,1 +1,176 @@
-fn main() {}
+//! `runnel`: the broker binary.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use runnel::config::{self, BrokerConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "runnel",
+    version,
+    about = "A thread-per-core broker that speaks the Kafka protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// Kafka listener address (host:port).
+    #[arg(long, env = "RUNNEL_LISTEN", default_value = "127.0.0.1:9092")]
+    listen: String,
+    /// Host advertised to clients in Metadata (default: the listen host).
+    #[arg(long, env = "RUNNEL_ADVERTISED_HOST")]
+    advertised_host: Option<String>,
+    /// Directory for segments and the metadata log.
+    #[arg(long, env = "RUNNEL_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Shards (pinned cores); default: all cores.
+    #[arg(long, env = "RUNNEL_CORES")]
+    cores: Option<usize>,
+    #[arg(long, env = "RUNNEL_NODE_ID", default_value_t = 0)]
+    node_id: i32,
+    /// io_uring-registered memory per shard in MiB (counts against `ulimit -l`).
+    #[arg(long, env = "RUNNEL_IO_MEMORY_MIB", default_value_t = (config::IO_MEMORY_BYTES_DEFAULT >> 20) as u64)]
+    io_memory_mib: u64,
+    /// auto.create.topics.enable
+    #[arg(long, env = "RUNNEL_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    auto_create_topics: bool,
+    /// num.partitions: partitions of auto-created topics.
+    #[arg(long, env = "RUNNEL_NUM_PARTITIONS", default_value_t = 1)]
+    num_partitions: u32,
+    /// socket.request.max.bytes
+    #[arg(long, env = "RUNNEL_SOCKET_REQUEST_MAX_BYTES", default_value_t = config::SOCKET_REQUEST_MAX_BYTES_DEFAULT)]
+    socket_request_max_bytes: usize,
+    /// message.max.bytes
+    #[arg(long, env = "RUNNEL_MESSAGE_MAX_BYTES", default_value_t = config::MESSAGE_MAX_BYTES_DEFAULT)]
+    message_max_bytes: u32,
+    /// max.connections
+    #[arg(long, env = "RUNNEL_MAX_CONNECTIONS", default_value_t = config::CONNECTIONS_MAX_DEFAULT)]
+    max_connections: usize,
+    /// Log a task that holds a shard longer than this (ms) with its backtrace.
+    #[arg(long, env = "RUNNEL_STALL_THRESHOLD_MS", default_value_t = 20)]
+    stall_threshold_ms: u64,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match build_config(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("runnel: invalid configuration: {e}");
+                    std::process::exit(2);
+                }
+            };
+            if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+                eprintln!(
+                    "runnel: cannot create data directory {}: {e}",
+                    config.data_dir.display()
+                );
+                std::process::exit(1);
+            }
+            check_memlock(&config);
+            if let Err(e) = runnel::shard::runtime::run(config.clone()) {
+                eprintln!("runnel: {e:#}");
+                if format!("{e:#}").contains("memory") || format!("{e:#}").contains("ENOMEM") {
+                    print_memlock_hint(&config);
+                }
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
+    let listen: SocketAddr = a
+        .listen
+        .to_socket_addrs()
+        .map_err(|e| format!("listen={}: {e}", a.listen))?
+        .next()
+        .ok_or_else(|| format!("listen={}: resolves to no address", a.listen))?;
+    let cpus = core_affinity::get_core_ids()
+        .map(|c| c.len())
+        .unwrap_or(1)
+        .max(1);
+    let config = BrokerConfig {
+        listen,
+        advertised_host: a.advertised_host.unwrap_or_else(|| {
+            if listen.ip().is_unspecified() {
+                "127.0.0.1".into()
+            } else {
+                listen.ip().to_string()
+            }
+        }),
+        advertised_port: listen.port(),
+        data_dir: a.data_dir,
+        cores: a.cores.unwrap_or(cpus),
+        node_id: a.node_id,
+        io_memory_bytes: (a.io_memory_mib as usize) << 20,
+        auto_create_topics: a.auto_create_topics,
+        num_partitions: a.num_partitions,
+        socket_request_max_bytes: a.socket_request_max_bytes,
+        message_max_bytes: a.message_max_bytes,
+        connections_max: a.max_connections,
+        stall_threshold_ms: a.stall_threshold_ms,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// glommio registers `io_memory` per shard with io_uring, which counts against
+/// RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK. Say what to raise before failing.
+fn check_memlock(config: &BrokerConfig) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and has no other effect.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return;
+    }
+    let need = (config.io_memory_bytes * config.cores) as u64;
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < need && !is_root {
+        tracing::warn!(
+            memlock_bytes = lim.rlim_cur,
+            needed_bytes = need,
+            "locked-memory limit may be too low for {} shards × {} MiB io memory",
+            config.cores,
+            config.io_memory_bytes >> 20
+        );
+        print_memlock_hint(config);
+    }
+}
+
+fn print_memlock_hint(config: &BrokerConfig) {
+    let need_kib = (config.io_memory_bytes * config.cores) >> 10;
+    eprintln!(
+        "runnel: io_uring needs {need_kib} KiB of locked memory ({} shards × {} MiB). Raise it with \
+         `ulimit -l {}` (or LimitMEMLOCK= in the systemd unit, memlock in /etc/security/limits.conf), \
+         or lower --io-memory-mib / --cores.",
+        config.cores,
+        config.io_memory_bytes >> 20,
+        need_kib * 2
+    );
+}

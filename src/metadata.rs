@@ -1,0 +1,236 @@
+//! The metadata log: topics, partitions, their owning shards and configs are events in
+//! `data/meta/metadata.log`, applied to an in-memory `Image`; restart replays the log.
+//!
+//! Shard 0 is the only writer. Each line is `<crc32c hex> <json event>`; replay stops at
+//! the first line that is torn or fails its checksum (a crash mid-append) and the file is
+//! truncated there, so a half-written event is never applied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub name: String,
+    pub id: u128,
+    /// Owning shard of each partition, indexed by partition number. This table is data:
+    /// partitions can move between cores by a future event without a code change.
+    pub owners: Vec<u32>,
+    pub configs: BTreeMap<String, String>,
+    pub internal: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum MetaEvent {
+    CreateTopic {
+        topic: TopicMeta,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    AddPartitions {
+        name: String,
+        owners: Vec<u32>,
+    },
+    SetConfigs {
+        name: String,
+        configs: BTreeMap<String, Option<String>>,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Image {
+    pub topics: BTreeMap<String, Arc<TopicMeta>>,
+    pub by_id: HashMap<u128, String>,
+    /// Count of events applied; shards use it to tell images apart.
+    pub version: u64,
+}
+
+impl Image {
+    pub fn apply(&mut self, event: &MetaEvent) {
+        self.version += 1;
+        match event {
+            MetaEvent::CreateTopic { topic } => {
+                self.by_id.insert(topic.id, topic.name.clone());
+                self.topics
+                    .insert(topic.name.clone(), Arc::new(topic.clone()));
+            }
+            MetaEvent::DeleteTopic { name } => {
+                if let Some(t) = self.topics.remove(name) {
+                    self.by_id.remove(&t.id);
+                }
+            }
+            MetaEvent::AddPartitions { name, owners } => {
+                if let Some(t) = self.topics.get_mut(name) {
+                    Arc::make_mut(t).owners.extend_from_slice(owners);
+                }
+            }
+            MetaEvent::SetConfigs { name, configs } => {
+                if let Some(t) = self.topics.get_mut(name) {
+                    let t = Arc::make_mut(t);
+                    for (k, v) in configs {
+                        match v {
+                            Some(v) => t.configs.insert(k.clone(), v.clone()),
+                            None => t.configs.remove(k),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&Arc<TopicMeta>> {
+        self.topics.get(name)
+    }
+
+    pub fn topic_by_id(&self, id: u128) -> Option<&Arc<TopicMeta>> {
+        self.by_id.get(&id).and_then(|n| self.topics.get(n))
+    }
+}
+
+/// Append-only metadata log file, owned by shard 0. Writes are rare (admin requests), so
+/// plain buffered std I/O with fsync is used rather than the DMA path.
+pub struct MetaLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetaLog {
+    /// Opens the log, replays it and returns the image it describes.
+    pub fn open(dir: &Path) -> std::io::Result<(MetaLog, Image)> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("metadata.log");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let mut image = Image::default();
+        let mut good_len: u64 = 0;
+        {
+            let mut reader = BufReader::new(&file);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = match reader.read_line(&mut line) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "metadata log: unreadable tail, truncating");
+                        break;
+                    }
+                };
+                if n == 0 || !line.ends_with('\n') {
+                    break;
+                }
+                match decode_line(line.trim_end_matches('\n')) {
+                    Some(event) => {
+                        image.apply(&event);
+                        good_len += n as u64;
+                    }
+                    None => {
+                        tracing::warn!(path = %path.display(), offset = good_len, "metadata log: torn or corrupt entry, truncating");
+                        break;
+                    }
+                }
+            }
+        }
+        if file.metadata()?.len() != good_len {
+            file.set_len(good_len)?;
+            file.sync_all()?;
+        }
+        file.seek(SeekFrom::End(0))?;
+        Ok((MetaLog { path, file }, image))
+    }
+
+    /// Appends events durably (write + fdatasync) before they are applied anywhere.
+    pub fn append(&mut self, events: &[MetaEvent]) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for e in events {
+            let json = serde_json::to_string(e).map_err(std::io::Error::other)?;
+            let crc = crc32c::crc32c(json.as_bytes());
+            buf.extend_from_slice(format!("{crc:08x} {json}\n").as_bytes());
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data().map_err(|e| {
+            tracing::error!(path = %self.path.display(), error = %e, "metadata log fdatasync failed");
+            e
+        })
+    }
+}
+
+fn decode_line(line: &str) -> Option<MetaEvent> {
+    let (crc, json) = line.split_once(' ')?;
+    let crc = u32::from_str_radix(crc, 16).ok()?;
+    if crc32c::crc32c(json.as_bytes()) != crc {
+        return None;
+    }
+    serde_json::from_str(json).ok()
+}
+
+/// Kafka's legal topic names: 1..=249 chars of [a-zA-Z0-9._-], not "." or "..".
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!(
+            "topic name length {} is not within 1..=249",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err("topic name cannot be '.' or '..'".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
+    {
+        return Err(format!("topic name contains illegal character {c:?}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_stops_at_torn_entry_and_truncates_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = TopicMeta {
+            name: "a".into(),
+            id: 7,
+            owners: vec![0, 1],
+            configs: BTreeMap::new(),
+            internal: false,
+        };
+        {
+            let (mut log, image) = MetaLog::open(dir.path()).unwrap();
+            assert!(image.topics.is_empty());
+            log.append(&[MetaEvent::CreateTopic { topic }]).unwrap();
+        }
+        let path = dir.path().join("metadata.log");
+        let good = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"0000dead {\"type\":\"DeleteTo")
+            .unwrap();
+        let (_log, image) = MetaLog::open(dir.path()).unwrap();
+        assert_eq!(image.topics["a"].owners, vec![0, 1]);
+        assert_eq!(image.topic_by_id(7).unwrap().name, "a");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_x-2").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("a/b").is_err());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! Fetch (1) v4–16, with long polling (max.wait.ms / min.bytes). Each partition is read
+//! on its owning shard; the result comes back as `Bytes` chunks of whole batches.
+//! Fetch sessions (KIP-227) are declined with session id 0, which every client accepts
+//! as "send full fetch requests".
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use uuid::Uuid;
+
+use super::topic_name;
+use crate::net::error_code as ec;
+use crate::net::metrics::ShardMetrics;
+use crate::segment::StorageError;
+use crate::shard::Shard;
+
+pub const MIN: i16 = 4;
+pub const MAX: i16 = 16;
+
+/// Upper bound on how long a fetch may park, whatever the client asks.
+const FETCH_WAIT_MS_MAX: u64 = 30_000;
+
+struct Target {
+    topic: String,
+    topic_id: Uuid,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+    /// `None` when the topic or partition does not exist.
+    owner: Option<usize>,
+    unknown_code: i16,
+}
+
+#[derive(Default)]
+struct PartRead {
+    error_code: i16,
+    chunks: Vec<Bytes>,
+    log_start_offset: i64,
+    high_watermark: i64,
+}
+
+impl PartRead {
+    fn bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.len()).sum()
+    }
+}
+
+async fn read_partition(shard: &Rc<Shard>, t: &Target) -> PartRead {
+    let Some(owner) = t.owner else {
+        return PartRead {
+            error_code: t.unknown_code,
+            log_start_offset: -1,
+            high_watermark: -1,
+            ..Default::default()
+        };
+    };
+    let (topic, partition, offset, max_bytes) =
+        (t.topic.clone(), t.partition, t.offset, t.max_bytes);
+    shard
+        .invoke_on(owner, move |s| async move {
+            let Some(p) = s.partition(&topic, partition) else {
+                return PartRead {
+                    error_code: ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    log_start_offset: -1,
+                    high_watermark: -1,
+                    ..Default::default()
+                };
+            };
+            let (start, end) = (p.log.log_start_offset(), p.log.log_end_offset());
+            if offset == end {
+                return PartRead {
+                    log_start_offset: start,
+                    high_watermark: end,
+                    ..Default::default()
+                };
+            }
+            match p.log.read(offset, max_bytes).await {
+                Ok(r) => PartRead {
+                    error_code: ec::NONE,
+                    chunks: r.chunks,
+                    log_start_offset: r.log_start_offset,
+                    high_watermark: r.log_end_offset,
+                },
+                Err(e @ StorageError::OffsetOutOfRange { .. }) => {
+                    tracing::debug!(error = %e, "fetch out of range");
+                    PartRead {
+                        error_code: ec::OFFSET_OUT_OF_RANGE,
+                        log_start_offset: start,
+                        high_watermark: end,
+                        ..Default::default()
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetch read failed");
+                    PartRead {
+                        error_code: e.kafka_error_code(),
+                        log_start_offset: start,
+                        high_watermark: end,
+                        ..Default::default()
+                    }
+                }
+            }
+        })
+        .await
+}
+
+/// Resolves when any target's log grows past `ends[i]` (its end at the last read), or
+/// after `wait_ms`.
+async fn wait_any(shard: &Rc<Shard>, targets: &[Target], ends: &[i64], wait_ms: u64) {
+    let waits: Vec<_> = targets
+        .iter()
+        .zip(ends)
+        .filter_map(|(t, end)| {
+            let owner = t.owner?;
+            let (topic, partition, offset) = (t.topic.clone(), t.partition, t.offset.max(*end));
+            Some(Box::pin(shard.invoke_on(owner, move |s| async move {
+                if let Some(p) = s.partition(&topic, partition) {
+                    p.wait_for_data(offset, wait_ms).await;
+                }
+            })))
+        })
+        .collect();
+    if waits.is_empty() {
+        glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
+        return;
+    }
+    futures::future::select_all(waits).await;
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchResponse {
+    let image = shard.image();
+    let mut targets = Vec::new();
+    for ft in &req.topics {
+        let meta = if version >= 13 {
+            image.topic_by_id(ft.topic_id.as_u128())
+        } else {
+            image.topic(ft.topic.0.as_str())
+        };
+        let unknown_code = match (meta, version >= 13) {
+            (None, true) => ec::UNKNOWN_TOPIC_ID,
+            _ => ec::UNKNOWN_TOPIC_OR_PARTITION,
+        };
+        for fp in &ft.partitions {
+            targets.push(Target {
+                topic: meta
+                    .map(|m| m.name.clone())
+                    .unwrap_or_else(|| ft.topic.0.to_string()),
+                topic_id: meta.map(|m| Uuid::from_u128(m.id)).unwrap_or(ft.topic_id),
+                partition: fp.partition,
+                offset: fp.fetch_offset,
+                max_bytes: fp.partition_max_bytes.max(0) as usize,
+                owner: meta.and_then(|m| shard.owner_of(&m.owners, fp.partition)),
+                unknown_code,
+            });
+        }
+    }
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let started = Instant::now();
+    let wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
+    let reads = loop {
+        let reads =
+            futures::future::join_all(targets.iter().map(|t| read_partition(shard, t))).await;
+        let total: usize = reads.iter().map(|r| r.bytes()).sum();
+        let errored = reads.iter().any(|r| r.error_code != ec::NONE);
+        let elapsed = started.elapsed();
+        if total >= min_bytes.max(1) || errored || elapsed >= wait || targets.is_empty() {
+            break reads;
+        }
+        let ends: Vec<i64> = reads.iter().map(|r| r.high_watermark).collect();
+        wait_any(shard, &targets, &ends, (wait - elapsed).as_millis() as u64).await;
+        if started.elapsed() >= wait {
+            break futures::future::join_all(targets.iter().map(|t| read_partition(shard, t)))
+                .await;
+        }
+    };
+    let response_max = if req.max_bytes > 0 {
+        req.max_bytes as usize
+    } else {
+        usize::MAX
+    };
+    let mut total = 0usize;
+    let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    for (t, r) in targets.iter().zip(reads) {
+        let bytes = r.bytes();
+        // The response's max_bytes cuts later partitions off, but the first data always goes
+        // (Kafka's rule, so one large batch can never block a consumer).
+        let records = if bytes > 0 && (total == 0 || total + bytes <= response_max) {
+            total += bytes;
+            Some(concat(shard, r.chunks))
+        } else {
+            Some(Bytes::new())
+        };
+        let part = PartitionData::default()
+            .with_partition_index(t.partition)
+            .with_error_code(r.error_code)
+            .with_high_watermark(r.high_watermark)
+            .with_last_stable_offset(r.high_watermark)
+            .with_log_start_offset(r.log_start_offset)
+            .with_aborted_transactions(Some(Vec::new()))
+            .with_preferred_read_replica(BrokerId(-1))
+            .with_records(records);
+        let same = |x: &&mut FetchableTopicResponse| {
+            if version >= 13 {
+                x.topic_id == t.topic_id
+            } else {
+                x.topic.0.as_str() == t.topic
+            }
+        };
+        match responses.iter_mut().find(|x| same(x)) {
+            Some(x) => x.partitions.push(part),
+            None => responses.push(
+                FetchableTopicResponse::default()
+                    .with_topic(topic_name(&t.topic))
+                    .with_topic_id(t.topic_id)
+                    .with_partitions(vec![part]),
+            ),
+        }
+    }
+    FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(responses)
+}
+
+/// The protocol crate takes one `Bytes` per partition: a single chunk passes through,
+/// several are joined (a counted copy, until responses are written as chunk lists).
+fn concat(shard: &Shard, chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().unwrap_or_default(),
+        _ => {
+            let len: usize = chunks.iter().map(|c| c.len()).sum();
+            let mut out = BytesMut::with_capacity(len);
+            for c in &chunks {
+                out.extend_from_slice(c);
+            }
+            ShardMetrics::add(&shard.metrics.record_bytes_copied, len as u64);
+            out.freeze()
+        }
+    }
+}

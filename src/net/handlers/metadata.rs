@@ -1,0 +1,113 @@
+//! Metadata (3) v0–12: one broker (this one) leads every partition. Unknown topics are
+//! created when the client allows it and `auto.create.topics.enable` is on.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use uuid::Uuid;
+
+use super::create_topics::create_topics;
+use super::{str_bytes, topic_name};
+use crate::metadata::TopicMeta;
+use crate::net::error_code as ec;
+use crate::shard::Shard;
+
+pub const MIN: i16 = 0;
+pub const MAX: i16 = 12;
+
+/// Cluster id reported to clients (a single-node cluster for now).
+pub const CLUSTER_ID: &str = "cnVubmVsLXNpbmdsZS0w";
+
+pub fn topic_response(node_id: i32, t: &TopicMeta) -> MetadataResponseTopic {
+    let partitions = (0..t.owners.len() as i32)
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(BrokerId(node_id))
+                .with_leader_epoch(0)
+                .with_replica_nodes(vec![BrokerId(node_id)])
+                .with_isr_nodes(vec![BrokerId(node_id)])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&t.name)))
+        .with_topic_id(Uuid::from_u128(t.id))
+        .with_is_internal(t.internal)
+        .with_partitions(partitions)
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let node_id = shard.config.node_id;
+    let image = shard.image();
+    // v0: an empty list means all topics; v1+: null means all topics.
+    let all = match &req.topics {
+        None => true,
+        Some(t) => t.is_empty() && version == 0,
+    };
+    let mut topics = Vec::new();
+    if all {
+        topics.extend(image.topics.values().map(|t| topic_response(node_id, t)));
+    } else {
+        let auto_create =
+            shard.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+        let mut missing = Vec::new();
+        for rt in req.topics.iter().flatten() {
+            let found = match &rt.name {
+                Some(n) => image.topic(n.0.as_str()),
+                None => image.topic_by_id(rt.topic_id.as_u128()),
+            };
+            match (found, &rt.name) {
+                (Some(t), _) => topics.push(topic_response(node_id, t)),
+                (None, Some(n)) if auto_create => missing.push(n.0.to_string()),
+                (None, name) => topics.push(
+                    MetadataResponseTopic::default()
+                        .with_name(name.clone())
+                        .with_topic_id(rt.topic_id)
+                        .with_error_code(if name.is_some() {
+                            ec::UNKNOWN_TOPIC_OR_PARTITION
+                        } else {
+                            ec::UNKNOWN_TOPIC_ID
+                        }),
+                ),
+            }
+        }
+        if !missing.is_empty() {
+            let partitions = shard.config.num_partitions as i32;
+            let wanted = missing
+                .into_iter()
+                .map(|n| (n, partitions, Default::default()))
+                .collect();
+            for (name, outcome) in create_topics(shard, wanted, false).await {
+                match outcome {
+                    Ok(t) => topics.push(topic_response(node_id, &t)),
+                    // Created concurrently by another request: report what exists now.
+                    Err((ec::TOPIC_ALREADY_EXISTS, _)) => match shard.image().topic(&name) {
+                        Some(t) => topics.push(topic_response(node_id, t)),
+                        None => topics.push(error_topic(&name, ec::LEADER_NOT_AVAILABLE)),
+                    },
+                    Err((code, msg)) => {
+                        tracing::info!(topic = %name, error = %msg, "auto-create refused");
+                        topics.push(error_topic(&name, code));
+                    }
+                }
+            }
+        }
+    }
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(node_id))
+            .with_host(str_bytes(&shard.config.advertised_host))
+            .with_port(shard.config.advertised_port as i32)])
+        .with_cluster_id(Some(str_bytes(CLUSTER_ID)))
+        .with_controller_id(BrokerId(node_id))
+        .with_topics(topics)
+}
+
+fn error_topic(name: &str, code: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(name)))
+        .with_error_code(code)
+}

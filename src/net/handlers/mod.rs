@@ -1,0 +1,212 @@
+//! Request dispatch: one module per Kafka API, each declaring the version range it
+//! serves. `SUPPORTED` is what ApiVersions advertises.
+
+pub mod api_versions;
+pub mod configs;
+pub mod create_topics;
+pub mod delete_records;
+pub mod describe_cluster;
+pub mod fetch;
+pub mod init_producer_id;
+pub mod list_offsets;
+pub mod metadata;
+pub mod offset_for_leader_epoch;
+pub mod produce;
+
+use std::rc::Rc;
+
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::net::connection::Request;
+use crate::shard::Shard;
+
+/// (api key, min version, max version) advertised by ApiVersions.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, produce::MIN_ADVERTISED, produce::MAX),
+    (ApiKey::Fetch, fetch::MIN, fetch::MAX),
+    (ApiKey::ListOffsets, list_offsets::MIN, list_offsets::MAX),
+    (ApiKey::Metadata, metadata::MIN, metadata::MAX),
+    (ApiKey::ApiVersions, api_versions::MIN, api_versions::MAX),
+    (
+        ApiKey::CreateTopics,
+        create_topics::CREATE_MIN,
+        create_topics::CREATE_MAX,
+    ),
+    (
+        ApiKey::DeleteTopics,
+        create_topics::DELETE_MIN,
+        create_topics::DELETE_MAX,
+    ),
+    (
+        ApiKey::InitProducerId,
+        init_producer_id::MIN,
+        init_producer_id::MAX,
+    ),
+    (
+        ApiKey::OffsetForLeaderEpoch,
+        offset_for_leader_epoch::MIN,
+        offset_for_leader_epoch::MAX,
+    ),
+    (
+        ApiKey::CreatePartitions,
+        create_topics::PARTITIONS_MIN,
+        create_topics::PARTITIONS_MAX,
+    ),
+    (
+        ApiKey::DescribeConfigs,
+        configs::DESCRIBE_MIN,
+        configs::DESCRIBE_MAX,
+    ),
+    (ApiKey::AlterConfigs, configs::ALTER_MIN, configs::ALTER_MAX),
+    (
+        ApiKey::IncrementalAlterConfigs,
+        configs::INCREMENTAL_MIN,
+        configs::INCREMENTAL_MAX,
+    ),
+    (
+        ApiKey::DeleteRecords,
+        delete_records::MIN,
+        delete_records::MAX,
+    ),
+    (
+        ApiKey::DescribeCluster,
+        describe_cluster::MIN,
+        describe_cluster::MAX,
+    ),
+];
+
+pub fn is_known_api(api_key: i16) -> bool {
+    ApiKey::try_from(api_key).is_ok()
+}
+
+fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, lo, hi)| (*lo, *hi))
+}
+
+/// What the connection does after a request.
+pub enum Reply {
+    Frame(BytesMut),
+    /// No response (Produce with acks=0).
+    Nothing,
+    /// Close the connection (malformed or unsupported request, logged).
+    Close,
+}
+
+/// Handles one request.
+pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> Reply {
+    let Ok(key) = ApiKey::try_from(req.api_key) else {
+        return Reply::Close;
+    };
+    let version = req.api_version;
+    let in_range = supported_range(key).is_some_and(|(lo, hi)| (lo..=hi).contains(&version));
+    if key == ApiKey::ApiVersions && !in_range {
+        // KIP-511: answer an unknown ApiVersions version with v0 carrying our ranges.
+        return api_versions::unsupported_version_response(req.correlation_id);
+    }
+    if key == ApiKey::Produce && (produce::MIN_ADVERTISED..produce::MIN).contains(&version) {
+        return produce::legacy_unsupported(&req);
+    }
+    if !in_range {
+        tracing::warn!(api = ?key, version, "closing connection: API version not supported");
+        return Reply::Close;
+    }
+    let mut body = req.frame.clone();
+    let header_version = key.request_header_version(version);
+    // The decoders are generated code fed by the network: a panic in one must not take
+    // the shard down with it, so it is contained and treated as a malformed request.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let header = RequestHeader::decode(&mut body, header_version)?;
+        let kind = RequestKind::decode(key, &mut body, version)?;
+        Ok::<_, anyhow::Error>((header, kind))
+    }));
+    let (header, kind) = match decoded {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::warn!(api = ?key, version, error = %e, "malformed request");
+            return Reply::Close;
+        }
+        Err(_) => {
+            tracing::error!(api = ?key, version, "decoder panicked on a malformed request");
+            return Reply::Close;
+        }
+    };
+    let ctx = Ctx {
+        correlation_id: header.correlation_id,
+        version,
+        key,
+    };
+    match kind {
+        RequestKind::ApiVersions(r) => ctx.respond(&api_versions::handle(r, version)),
+        RequestKind::Metadata(r) => ctx.respond(&metadata::handle(shard, r, version).await),
+        RequestKind::Produce(r) => match produce::handle(shard, r, version).await {
+            Some(resp) => ctx.respond(&resp),
+            None => Reply::Nothing,
+        },
+        RequestKind::Fetch(r) => ctx.respond(&fetch::handle(shard, r, version).await),
+        RequestKind::ListOffsets(r) => ctx.respond(&list_offsets::handle(shard, r, version).await),
+        RequestKind::CreateTopics(r) => {
+            ctx.respond(&create_topics::create(shard, r, version).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ctx.respond(&create_topics::delete(shard, r, version).await)
+        }
+        RequestKind::CreatePartitions(r) => {
+            ctx.respond(&create_topics::create_partitions(shard, r, version).await)
+        }
+        RequestKind::InitProducerId(r) => ctx.respond(&init_producer_id::handle(shard, r)),
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            ctx.respond(&offset_for_leader_epoch::handle(shard, r, version).await)
+        }
+        RequestKind::DescribeConfigs(r) => ctx.respond(&configs::describe(shard, r)),
+        RequestKind::AlterConfigs(r) => ctx.respond(&configs::alter(shard, r).await),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            ctx.respond(&configs::incremental_alter(shard, r).await)
+        }
+        RequestKind::DeleteRecords(r) => ctx.respond(&delete_records::handle(shard, r).await),
+        RequestKind::DescribeCluster(_) => ctx.respond(&describe_cluster::handle(shard)),
+        _ => {
+            tracing::warn!(api = ?key, "closing connection: API not implemented");
+            Reply::Close
+        }
+    }
+}
+
+pub struct Ctx {
+    pub correlation_id: i32,
+    pub version: i16,
+    pub key: ApiKey,
+}
+
+impl Ctx {
+    /// Encodes size + response header + body straight into one buffer.
+    pub fn respond<R: Encodable>(&self, body: &R) -> Reply {
+        let header_version = self.key.response_header_version(self.version);
+        let mut out = BytesMut::with_capacity(256);
+        out.put_i32(0);
+        out.put_i32(self.correlation_id);
+        if header_version >= 1 {
+            out.put_u8(0); // no tagged fields
+        }
+        if let Err(e) = body.encode(&mut out, self.version) {
+            // Only our own response values reach here: a bug, not bad input.
+            tracing::error!(api = ?self.key, version = self.version, error = %e, "response encoding failed");
+            return Reply::Close;
+        }
+        let len = (out.len() - 4) as i32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        Reply::Frame(out)
+    }
+}
+
+pub fn str_bytes(s: &str) -> kafka_protocol::protocol::StrBytes {
+    kafka_protocol::protocol::StrBytes::from_string(s.to_string())
+}
+
+pub fn topic_name(s: &str) -> kafka_protocol::messages::TopicName {
+    kafka_protocol::messages::TopicName(str_bytes(s))
+}

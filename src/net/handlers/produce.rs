@@ -1,0 +1,157 @@
+//! Produce (0): served v3–11; v0–2 are advertised (min 0: librdkafka before 2.11 turns
+//! compression off without it) and answered UNSUPPORTED_VERSION per partition, as Kafka
+//! 4.0 does. Record batches stay `Bytes` slices of the request frame all the way to the
+//! owning shard's log.
+
+use std::rc::Rc;
+
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, RequestHeader};
+use kafka_protocol::protocol::Decodable;
+
+use super::{str_bytes, Reply};
+use crate::net::connection::Request;
+use crate::net::error_code as ec;
+use crate::segment::Durability;
+use crate::shard::partition::ProduceOutcome;
+use crate::shard::Shard;
+
+pub const MIN_ADVERTISED: i16 = 0;
+pub const MIN: i16 = 3;
+pub const MAX: i16 = 11;
+
+/// Returns `None` for acks=0 (Kafka sends no response).
+pub async fn handle(
+    shard: &Rc<Shard>,
+    req: ProduceRequest,
+    _version: i16,
+) -> Option<ProduceResponse> {
+    let acks = req.acks;
+    let durability = match acks {
+        -1 => Some(Durability::Durable),
+        0 | 1 => Some(Durability::Written),
+        _ => None,
+    };
+    let image = shard.image();
+    let mut calls = Vec::new();
+    for topic in &req.topic_data {
+        let name = topic.name.0.to_string();
+        let meta = image.topic(&name).cloned();
+        for p in &topic.partition_data {
+            let index = p.index;
+            let records = p.records.clone().unwrap_or_default();
+            let owner = meta.as_ref().and_then(|t| shard.owner_of(&t.owners, index));
+            let name = name.clone();
+            let max_bytes = meta
+                .as_ref()
+                .and_then(|t| t.configs.get("max.message.bytes"))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(shard.config.message_max_bytes as usize);
+            calls.push(async move {
+                let outcome = match (durability, owner) {
+                    (None, _) => ProduceOutcome::error(
+                        ec::INVALID_REQUIRED_ACKS,
+                        format!("acks={acks} is not -1, 0 or 1"),
+                    ),
+                    (_, None) => ProduceOutcome::error(
+                        ec::UNKNOWN_TOPIC_OR_PARTITION,
+                        "unknown topic or partition",
+                    ),
+                    _ if records.len() > max_bytes => ProduceOutcome::error(
+                        ec::MESSAGE_TOO_LARGE,
+                        format!(
+                            "{} bytes of records exceed max.message.bytes={max_bytes}",
+                            records.len()
+                        ),
+                    ),
+                    (Some(d), Some(owner)) => {
+                        let topic = name.clone();
+                        shard
+                            .invoke_on(owner, move |s| async move {
+                                match s.partition(&topic, index) {
+                                    Some(p) => p.produce(records, d).await,
+                                    None => ProduceOutcome::error(
+                                        ec::UNKNOWN_TOPIC_OR_PARTITION,
+                                        "partition not open",
+                                    ),
+                                }
+                            })
+                            .await
+                    }
+                };
+                (name, index, outcome)
+            });
+        }
+    }
+    let outcomes = futures::future::join_all(calls).await;
+    if acks == 0 {
+        return None;
+    }
+    let mut responses: Vec<TopicProduceResponse> = Vec::new();
+    for (name, index, o) in outcomes {
+        let part = PartitionProduceResponse::default()
+            .with_index(index)
+            .with_error_code(o.error_code)
+            .with_base_offset(o.base_offset)
+            .with_log_append_time_ms(o.log_append_time_ms)
+            .with_log_start_offset(o.log_start_offset)
+            .with_error_message(o.error_message.as_deref().map(str_bytes));
+        match responses.iter_mut().find(|t| t.name.0.as_str() == name) {
+            Some(t) => t.partition_responses.push(part),
+            None => responses.push(
+                TopicProduceResponse::default()
+                    .with_name(super::topic_name(&name))
+                    .with_partition_responses(vec![part]),
+            ),
+        }
+    }
+    Some(ProduceResponse::default().with_responses(responses))
+}
+
+/// Produce v0–2: their request body is v3's without the leading transactional id, so it
+/// decodes as v3 once a null id is put in front; the response is written by hand.
+pub fn legacy_unsupported(req: &Request) -> Reply {
+    let mut frame = req.frame.clone();
+    let parsed = (|| {
+        RequestHeader::decode(&mut frame, 1).ok()?;
+        let mut v3 = BytesMut::with_capacity(frame.len() + 2);
+        v3.put_i16(-1);
+        v3.put_slice(&frame);
+        ProduceRequest::decode(&mut v3.freeze(), 3).ok()
+    })();
+    let Some(produce) = parsed else {
+        tracing::warn!(
+            version = req.api_version,
+            "closing connection: malformed legacy produce"
+        );
+        return Reply::Close;
+    };
+    if produce.acks == 0 {
+        return Reply::Nothing;
+    }
+    let mut out = BytesMut::new();
+    out.put_i32(0);
+    out.put_i32(req.correlation_id);
+    out.put_i32(produce.topic_data.len() as i32);
+    for t in &produce.topic_data {
+        let name = t.name.0.as_str().as_bytes();
+        out.put_i16(name.len() as i16);
+        out.put_slice(name);
+        out.put_i32(t.partition_data.len() as i32);
+        for p in &t.partition_data {
+            out.put_i32(p.index);
+            out.put_i16(ec::UNSUPPORTED_VERSION);
+            out.put_i64(-1); // base offset
+            if req.api_version >= 2 {
+                out.put_i64(-1); // log append time
+            }
+        }
+    }
+    if req.api_version >= 1 {
+        out.put_i32(0); // throttle time
+    }
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Reply::Frame(out)
+}

@@ -1,0 +1,45 @@
+//! Accepting connections: every shard listens on the Kafka port with SO_REUSEPORT
+//! (glommio sets it), so the kernel spreads connections over the cores.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use glommio::net::TcpListener;
+
+use crate::shard::Shard;
+
+/// Binds this shard's listener to `addr` and keeps it on the shard until `serve`.
+pub fn bind(shard: &Shard, addr: SocketAddr) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    *shard.listener.borrow_mut() = Some(listener);
+    Ok(local)
+}
+
+/// Accepts connections until the listener fails; each connection is a task on this shard.
+pub async fn serve(shard: Rc<Shard>) -> anyhow::Result<()> {
+    let Some(listener) = shard.listener.borrow_mut().take() else {
+        anyhow::bail!("shard {} has no listener", shard.id);
+    };
+    let per_shard_max = shard.config.connections_max.div_ceil(shard.nshards) as u64;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: log and keep serving the connections we have.
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.metrics.connections.get() >= per_shard_max {
+            tracing::warn!(
+                max = shard.config.connections_max,
+                "refusing connection: connections max reached"
+            );
+            drop(stream);
+            continue;
+        }
+        glommio::spawn_local(super::connection::handle(shard.clone(), stream)).detach();
+    }
+}

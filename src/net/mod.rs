@@ -1,0 +1,7 @@
+//! The Kafka wire protocol server: listeners, connections, one handler per API.
+
+pub mod connection;
+pub mod error_code;
+pub mod handlers;
+pub mod listener;
+pub mod metrics;

@@ -1,0 +1,287 @@
+//! A partition as its owning shard holds it: the log, the idempotent-producer state and
+//! the waiters of long-polling fetches. Lives on exactly one shard; never `Send`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+
+use crate::net::error_code as ec;
+use crate::segment::{self, Durability, LogConfig, PartitionLog, TimestampType};
+
+/// Batches per producer remembered for duplicate detection (Kafka keeps 5: the most a
+/// client may have in flight with idempotence on).
+const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+
+#[derive(Default)]
+struct ProducerState {
+    epoch: i16,
+    /// (first sequence, last sequence, base offset) of the latest batches.
+    recent: VecDeque<(i32, i32, i64)>,
+}
+
+pub struct Partition {
+    pub log: Rc<PartitionLog>,
+    producers: RefCell<HashMap<i64, ProducerState>>,
+    waiters: RefCell<Vec<oneshot::Sender<()>>>,
+}
+
+/// Result of appending one partition's records.
+#[derive(Debug, Clone)]
+pub struct ProduceOutcome {
+    pub error_code: i16,
+    pub base_offset: i64,
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+    pub error_message: Option<String>,
+}
+
+impl ProduceOutcome {
+    pub fn error(code: i16, message: impl Into<String>) -> Self {
+        ProduceOutcome {
+            error_code: code,
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+            error_message: Some(message.into()),
+        }
+    }
+}
+
+enum SequenceCheck {
+    Append,
+    Duplicate(i64),
+    Reject(i16, String),
+}
+
+impl Partition {
+    pub fn new(log: Rc<PartitionLog>) -> Self {
+        Partition {
+            log,
+            producers: RefCell::default(),
+            waiters: RefCell::default(),
+        }
+    }
+
+    /// Appends every batch of a produce request's `records` for this partition. Batches
+    /// are checked before anything is written: one bad batch refuses the whole set.
+    pub async fn produce(&self, records: Bytes, durability: Durability) -> ProduceOutcome {
+        let batches = match segment::batch::split_batches(&records) {
+            Ok(b) if !b.is_empty() => b,
+            Ok(_) => return ProduceOutcome::error(ec::CORRUPT_MESSAGE, "empty records"),
+            Err(e) => return ProduceOutcome::error(e.kafka_error_code(), e.to_string()),
+        };
+        let mut headers = Vec::with_capacity(batches.len());
+        for b in &batches {
+            match segment::batch::validate_batch(b) {
+                Ok(h) => headers.push(h),
+                Err(e) => return ProduceOutcome::error(e.kafka_error_code(), e.to_string()),
+            }
+        }
+        let mut first: Option<ProduceOutcome> = None;
+        let mut appended = false;
+        let count = batches.len();
+        for (i, (batch, h)) in batches.into_iter().zip(headers).enumerate() {
+            // Nothing runs between reading the log end and the append's first poll (which
+            // assigns the offset), so this is the offset the batch will get.
+            let base_if_appended = self.log.log_end_offset();
+            match self.check_sequence(&h, base_if_appended) {
+                SequenceCheck::Append => {}
+                SequenceCheck::Duplicate(offset) => {
+                    first.get_or_insert(ProduceOutcome {
+                        error_code: ec::NONE,
+                        base_offset: offset,
+                        log_append_time_ms: -1,
+                        log_start_offset: self.log.log_start_offset(),
+                        error_message: None,
+                    });
+                    continue;
+                }
+                SequenceCheck::Reject(code, msg) => {
+                    if first.is_none() {
+                        return ProduceOutcome::error(code, msg);
+                    }
+                    break;
+                }
+            }
+            // Only the last batch waits for the durability asked for: the log is ordered, so
+            // its flush covers the earlier ones (and concurrent requests share it).
+            let d = if i + 1 == count {
+                durability
+            } else {
+                Durability::Written
+            };
+            match self.log.append(batch, d).await {
+                Ok(info) => {
+                    appended = true;
+                    first.get_or_insert(ProduceOutcome {
+                        error_code: ec::NONE,
+                        base_offset: info.base_offset,
+                        log_append_time_ms: info.log_append_time_ms,
+                        log_start_offset: info.log_start_offset,
+                        error_message: None,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "append failed");
+                    if appended {
+                        self.wake_waiters();
+                    }
+                    return ProduceOutcome::error(e.kafka_error_code(), e.to_string());
+                }
+            }
+        }
+        if appended {
+            self.wake_waiters();
+        }
+        first.unwrap_or_else(|| ProduceOutcome::error(ec::UNKNOWN_SERVER_ERROR, "no batch"))
+    }
+
+    fn check_sequence(&self, h: &segment::BatchHeader, base_offset: i64) -> SequenceCheck {
+        if h.producer_id < 0 {
+            return SequenceCheck::Append;
+        }
+        let first_seq = h.base_sequence;
+        let last_seq = first_seq.wrapping_add(h.last_offset_delta);
+        let mut producers = self.producers.borrow_mut();
+        let state = producers.entry(h.producer_id).or_default();
+        if h.producer_epoch < state.epoch {
+            return SequenceCheck::Reject(
+                ec::INVALID_PRODUCER_EPOCH,
+                format!(
+                    "producer epoch {} is older than {}",
+                    h.producer_epoch, state.epoch
+                ),
+            );
+        }
+        if h.producer_epoch > state.epoch {
+            state.epoch = h.producer_epoch;
+            state.recent.clear();
+        }
+        if let Some(&(_, _, offset)) = state
+            .recent
+            .iter()
+            .find(|(f, l, _)| *f == first_seq && *l == last_seq)
+        {
+            return SequenceCheck::Duplicate(offset);
+        }
+        // A producer this partition has no state for (new, or state lost with a restart:
+        // it is not rebuilt from the log yet) starts wherever it says.
+        if let Some(&(_, prev_last, _)) = state.recent.back() {
+            let expected = if prev_last == i32::MAX {
+                0
+            } else {
+                prev_last + 1
+            };
+            if first_seq != expected {
+                return SequenceCheck::Reject(
+                    ec::OUT_OF_ORDER_SEQUENCE_NUMBER,
+                    format!("sequence {first_seq}, expected {expected}"),
+                );
+            }
+        }
+        state.recent.push_back((first_seq, last_seq, base_offset));
+        if state.recent.len() > PRODUCER_BATCHES_REMEMBERED {
+            state.recent.pop_front();
+        }
+        SequenceCheck::Append
+    }
+
+    fn wake_waiters(&self) {
+        for w in self.waiters.borrow_mut().drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    /// Resolves when the log end passes `offset`, or after `wait_ms`.
+    pub async fn wait_for_data(&self, offset: i64, wait_ms: u64) {
+        if self.log.log_end_offset() > offset || wait_ms == 0 {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().push(tx);
+        let timer = glommio::timer::sleep(std::time::Duration::from_millis(wait_ms));
+        futures::pin_mut!(timer);
+        let _ = futures::future::select(rx, timer).await;
+    }
+}
+
+/// Topic configs with Kafka's names → the log's settings; unknown keys are kept in the
+/// metadata but ignored here.
+pub fn log_config_for(configs: &BTreeMap<String, String>, message_max_bytes: u32) -> LogConfig {
+    let mut c = LogConfig {
+        max_message_bytes: message_max_bytes,
+        ..LogConfig::default()
+    };
+    for (k, v) in configs {
+        let parsed = v.parse::<i64>().ok();
+        match (k.as_str(), parsed) {
+            ("segment.bytes", Some(n)) if n > 0 => c.segment_bytes = n as u64,
+            ("segment.ms", Some(n)) if n > 0 => c.segment_ms = n,
+            ("index.interval.bytes", Some(n)) if n > 0 => c.index_interval_bytes = n as u32,
+            ("retention.bytes", Some(n)) => c.retention_bytes = n,
+            ("retention.ms", Some(n)) => c.retention_ms = n,
+            ("flush.messages", Some(n)) if n > 0 => c.flush_messages = n,
+            ("flush.ms", Some(n)) if n >= 0 => c.flush_ms = n,
+            ("max.message.bytes", Some(n)) if n > 0 => c.max_message_bytes = n as u32,
+            ("message.timestamp.type", _) => {
+                c.message_timestamp_type = if v == "LogAppendTime" {
+                    TimestampType::LogAppendTime
+                } else {
+                    TimestampType::CreateTime
+                }
+            }
+            _ => {}
+        }
+    }
+    c
+}
+
+/// Topic config keys AlterConfigs/CreateTopics accept, with a validity check each.
+pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
+    let int = || {
+        value
+            .parse::<i64>()
+            .map_err(|_| format!("{key}={value}: not an integer"))
+    };
+    match key {
+        "segment.bytes"
+        | "segment.ms"
+        | "index.interval.bytes"
+        | "flush.messages"
+        | "max.message.bytes" => {
+            if int()? <= 0 {
+                return Err(format!("{key}={value}: must be positive"));
+            }
+        }
+        "retention.bytes"
+        | "retention.ms"
+        | "flush.ms"
+        | "delete.retention.ms"
+        | "min.insync.replicas"
+        | "min.compaction.lag.ms" => {
+            if int()? < -1 {
+                return Err(format!("{key}={value}: must be -1 or more"));
+            }
+        }
+        "message.timestamp.type" => {
+            if value != "CreateTime" && value != "LogAppendTime" {
+                return Err(format!(
+                    "{key}={value}: must be CreateTime or LogAppendTime"
+                ));
+            }
+        }
+        "cleanup.policy" => {
+            for p in value.split(',') {
+                if p != "delete" && p != "compact" {
+                    return Err(format!("{key}={value}: must be delete and/or compact"));
+                }
+            }
+        }
+        "compression.type" => {}
+        _ => return Err(format!("unknown topic config {key}")),
+    }
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! Starting the shards: executors, the channel mesh, metadata replay, partition logs,
+//! listeners, and the background retention timer.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::{Envelope, Partition, Shard};
+use crate::config::BrokerConfig;
+use crate::metadata::{Image, MetaEvent, MetaLog, TopicMeta};
+use crate::net;
+use crate::segment::PartitionLog;
+
+/// Cross-shard messages queued per shard pair before senders wait.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Stall threshold for glommio's detector; its default handler logs the backtrace (through
+/// the `log` bridge into our tracing output).
+#[derive(Debug)]
+struct StallLogger {
+    threshold: Duration,
+}
+
+impl glommio::StallDetectionHandler for StallLogger {
+    fn threshold(&self, _q: glommio::TaskQueueHandle, _max: Duration) -> Option<Duration> {
+        Some(self.threshold)
+    }
+}
+
+/// Runs the broker until a shard exits. Blocks the calling thread.
+pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let cpus = core_affinity::get_core_ids()
+        .map(|c| c.len())
+        .unwrap_or(1)
+        .max(1);
+    let mesh = MeshBuilder::<Envelope, _>::full(config.cores, MESH_CHANNEL_CAPACITY);
+    let mut handles = Vec::with_capacity(config.cores);
+    for id in 0..config.cores {
+        let config = config.clone();
+        let mesh = mesh.clone();
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+            .name(&format!("runnel-shard-{id}"))
+            .io_memory(config.io_memory_bytes)
+            .detect_stalls(Some(Box::new(StallLogger {
+                threshold: Duration::from_millis(config.stall_threshold_ms),
+            })));
+        let handle = builder
+            .spawn(move || async move { shard_main(id, config, mesh).await })
+            .map_err(|e| anyhow::anyhow!("cannot start shard {id}: {e}"))?;
+        handles.push(handle);
+    }
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(anyhow::anyhow!("shard failed: {e}")),
+        }
+    }
+    Ok(())
+}
+
+async fn shard_main(
+    id: usize,
+    config: Arc<BrokerConfig>,
+    mesh: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
+) -> anyhow::Result<()> {
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| anyhow::anyhow!("shard {id}: mesh join failed"))?;
+    let nshards = config.cores;
+    let (meta_log, image) = if id == 0 {
+        let (log, image) = MetaLog::open(&config.data_dir.join("meta")).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open metadata log in {}: {e}",
+                config.data_dir.join("meta").display()
+            )
+        })?;
+        (Some(RefCell::new(log)), image)
+    } else {
+        (None, Image::default())
+    };
+    let start_ms = crate::now_ms();
+    let shard = Rc::new(Shard {
+        id,
+        nshards,
+        config: config.clone(),
+        image: RefCell::new(Arc::new(image)),
+        partitions: RefCell::default(),
+        meta_log,
+        meta_lock: glommio::sync::Semaphore::new(1),
+        metrics: Default::default(),
+        ready: Cell::new(false),
+        listener: RefCell::new(None),
+        senders,
+        pending: RefCell::default(),
+        next_call_id: Cell::new(0),
+        next_producer_id: Cell::new((start_ms << 20) + id as i64),
+    });
+    for (_peer, stream) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(env) = stream.recv().await {
+                shard.on_envelope(env);
+            }
+        })
+        .detach();
+    }
+    if id == 0 {
+        // Hand the replayed image to every shard; each opens the logs it owns.
+        let image = shard.image();
+        let opened: Vec<usize> = shard
+            .invoke_on_all(move |s| {
+                let image = image.clone();
+                async move { apply_image(&s, image).await }
+            })
+            .await;
+        tracing::info!(
+            topics = shard.image().topics.len(),
+            partitions = opened.iter().sum::<usize>(),
+            "metadata replayed, partition logs open"
+        );
+        // Bind shard 0 first so that a port of 0 picks one port, which the rest share.
+        let addr = match net::listener::bind(&shard, config.listen) {
+            Ok(a) => a,
+            Err(e) => crate::fatal(&e),
+        };
+        let bound: Vec<Result<SocketAddr, String>> = shard
+            .invoke_on_all(move |s| async move {
+                let r = if s.id == 0 {
+                    Ok(addr)
+                } else {
+                    net::listener::bind(&s, addr)
+                };
+                s.ready.set(true);
+                r
+            })
+            .await;
+        if let Some(Err(e)) = bound.into_iter().find(|r| r.is_err()) {
+            crate::fatal(&e);
+        }
+        tracing::info!(%addr, shards = nshards, data_dir = %config.data_dir.display(), "broker ready");
+        // Scripts and tests wait for this line.
+        println!("runnel: ready on {addr}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
+    // Listeners start only once every log is open, so no request sees a half-open broker.
+    while !shard.ready.get() {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    let retention = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(RETENTION_CHECK_INTERVAL).await;
+                let parts: Vec<Rc<Partition>> = shard
+                    .partitions
+                    .borrow()
+                    .values()
+                    .flat_map(|m| m.values().cloned())
+                    .collect();
+                for p in parts {
+                    if let Err(e) = p.log.enforce_retention().await {
+                        tracing::warn!(error = %e, "retention failed");
+                    }
+                }
+            }
+        })
+    };
+    retention.detach();
+    net::listener::serve(shard).await
+}
+
+/// Brings this shard's open partitions in line with `image`: opens logs of partitions it
+/// owns, closes and deletes those of topics that are gone, applies config changes.
+/// Returns how many partitions this shard owns afterwards.
+pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
+    let previous = shard.image.replace(image.clone());
+    // Deleted topics: remove their logs.
+    let gone: Vec<String> = shard
+        .partitions
+        .borrow()
+        .keys()
+        .filter(|t| !image.topics.contains_key(t.as_ref()))
+        .map(|t| t.to_string())
+        .collect();
+    for t in gone {
+        let parts = shard
+            .partitions
+            .borrow_mut()
+            .remove(t.as_str())
+            .unwrap_or_default();
+        for (_, p) in parts {
+            if let Err(e) = p.log.delete().await {
+                tracing::warn!(topic = %t, error = %e, "deleting partition log failed");
+            }
+        }
+    }
+    let mut owned = 0;
+    for topic in image.topics.values() {
+        let configs_changed = previous
+            .topic(&topic.name)
+            .map(|old| old.configs != topic.configs)
+            .unwrap_or(false);
+        for p in 0..topic.owners.len() as i32 {
+            if shard.owner_of(&topic.owners, p) != Some(shard.id) {
+                continue;
+            }
+            owned += 1;
+            let log_config =
+                super::partition::log_config_for(&topic.configs, shard.config.message_max_bytes);
+            if let Some(existing) = shard.partition(&topic.name, p) {
+                if configs_changed {
+                    existing.log.set_config(log_config);
+                }
+                continue;
+            }
+            let dir = shard
+                .config
+                .data_dir
+                .join("topics")
+                .join(format!("{}-{}", topic.name, p));
+            match PartitionLog::open(dir.clone(), log_config).await {
+                Ok(log) => {
+                    let name: Arc<str> = Arc::from(topic.name.as_str());
+                    shard
+                        .partitions
+                        .borrow_mut()
+                        .entry(name)
+                        .or_insert_with(HashMap::new)
+                        .insert(p, Rc::new(Partition::new(log)));
+                }
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot open partition log; partition offline");
+                }
+            }
+        }
+    }
+    owned
+}
+
+/// Decides and commits a metadata change on shard 0: `decide` sees the current image
+/// (under the metadata lock, so check-then-create is atomic) and returns the events to
+/// append plus a result for the caller. The events are durable in the metadata log and
+/// applied on every shard before this returns, so the caller's next request sees them
+/// whichever shard it reaches.
+pub async fn commit_meta<R, F>(shard: &Rc<Shard>, decide: F) -> Result<R, String>
+where
+    R: Send + 'static,
+    F: FnOnce(&Image) -> (Vec<MetaEvent>, R) + Send + 'static,
+{
+    shard
+        .invoke_on(0, move |s| async move {
+            let _permit = s
+                .meta_lock
+                .acquire_permit(1)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut image = (*s.image()).clone();
+            let (events, result) = decide(&image);
+            if events.is_empty() {
+                return Ok(result);
+            }
+            for e in &events {
+                image.apply(e);
+            }
+            let log = s.meta_log.as_ref().expect("shard 0 owns the metadata log");
+            log.borrow_mut()
+                .append(&events)
+                .map_err(|e| format!("metadata log write failed: {e}"))?;
+            let image = Arc::new(image);
+            s.invoke_on_all(move |s| {
+                let image = image.clone();
+                async move { apply_image(&s, image).await }
+            })
+            .await;
+            Ok(result)
+        })
+        .await
+}
+
+/// Assigns new partitions to shards round robin from a per-topic starting shard (a hash
+/// of the name), so many one-partition topics still spread over the cores.
+pub fn place_partitions(nshards: usize, first_partition: u32, count: u32, topic: &str) -> Vec<u32> {
+    let seed = crc32c::crc32c(topic.as_bytes()) as usize;
+    (0..count)
+        .map(|i| ((seed + (first_partition + i) as usize) % nshards) as u32)
+        .collect()
+}
+
+pub fn new_topic(
+    nshards: usize,
+    name: &str,
+    partitions: u32,
+    configs: BTreeMap<String, String>,
+) -> TopicMeta {
+    TopicMeta {
+        name: name.to_string(),
+        id: rand::random::<u128>() | 1,
+        owners: place_partitions(nshards, 0, partitions, name),
+        configs,
+        internal: name.starts_with("__"),
+    }
+}
