@@ -18,6 +18,10 @@
 pub mod batch;
 pub mod error;
 pub mod log;
+mod recovery;
+mod segment;
+#[doc(hidden)]
+pub mod testing;
 
 pub use batch::{BatchHeader, BATCH_HEADER_LEN};
 pub use error::StorageError;

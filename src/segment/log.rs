@@ -1,0 +1,1205 @@
+//! `PartitionLog`: the segments of one partition, the write path (aligned DMA buffers,
+//! group commit), the batch cache and the read path.
+//!
+//! Runs on the shard that owns the partition; `!Send`, shared as `Rc`. All methods take
+//! `&self`; state is in `Cell`/`RefCell`s that are never borrowed across an `.await`.
+//!
+//! Write path. `append` validates the batch, assigns its offsets and copies it into the
+//! current aligned `DmaBuffer` before its first `.await` (the one user-space copy of
+//! record bytes). Buffers are written by whichever task becomes the *flusher*: it seals
+//! the current buffer (carrying the partial tail block into a fresh buffer, so that
+//! block is rewritten by the next write), writes all sealed buffers in order, and, if
+//! any waiter asked for `Durable`, fdatasyncs every file written since the last sync.
+//! While one flush runs, new appends pile up and the next flusher takes them all: one
+//! write + one fdatasync for many appends (group commit). `Written` appends return as
+//! soon as the batch is in memory; a detached task writes full buffers (and honours
+//! `flush.messages` / `flush.ms`), and appends wait only if the unwritten backlog
+//! exceeds `UNWRITTEN_BYTES_MAX`.
+//!
+//! Read path. Recent batches are kept in a bounded cache as `Bytes` (the patched 61-byte
+//! header and the caller's original body, no copy); every batch not yet written to disk
+//! is in the cache, so reads never see a half-written file region. Older batches are
+//! DMA-read from the segment file.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+
+use super::batch::{
+    claimed_len, patch_batch, validate_batch, BatchHeader, PatchedBatch, BATCH_HEADER_LEN,
+};
+use super::error::StorageError;
+use super::recovery::{recover_segment, BATCH_BYTES_MAX};
+use super::segment::{align_down, align_up, sync_dir, write_replace_durable, Segment, BLOCK_BYTES};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Resolves once the batch is visible to `read` (in memory; not yet on disk).
+    Written,
+    /// Resolves once the batch is written and fdatasync'd.
+    Durable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimestampType {
+    CreateTime,
+    LogAppendTime,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// segment.bytes, default 1 GiB. Capped at `SEGMENT_BYTES_MAX` (positions are u32).
+    pub segment_bytes: u64,
+    /// segment.ms, default 7 days.
+    pub segment_ms: i64,
+    /// index.interval.bytes, default 4096.
+    pub index_interval_bytes: u32,
+    /// retention.bytes, -1 = unlimited.
+    pub retention_bytes: i64,
+    /// retention.ms, default 7 days, -1 = unlimited.
+    pub retention_ms: i64,
+    /// flush.messages: fdatasync after this many unsynced messages; i64::MAX = never.
+    pub flush_messages: i64,
+    /// flush.ms: fdatasync unsynced data this long after it was appended; i64::MAX = never.
+    pub flush_ms: i64,
+    pub message_timestamp_type: TimestampType,
+    /// max.message.bytes (one batch), default 1 MiB + 12.
+    pub max_message_bytes: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            index_interval_bytes: 4096,
+            retention_bytes: -1,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            flush_messages: i64::MAX,
+            flush_ms: i64::MAX,
+            message_timestamp_type: TimestampType::CreateTime,
+            max_message_bytes: (1 << 20) + 12,
+        }
+    }
+}
+
+/// Index positions are u32; keep one segment below 2 GiB like Kafka.
+pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+/// Capacity of a write buffer; a batch larger than this gets a buffer of its own size.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// Unwritten bytes (sealed buffers) above which `Written` appends wait for a write.
+/// Bounds the memory one partition can pin before the disk catches up.
+const UNWRITTEN_BYTES_MAX: usize = 8 << 20;
+/// Soft bound of the batch cache (never evicts batches not yet written).
+const CACHE_BYTES_MAX: usize = 8 << 20;
+/// Preallocation step for segment files (fallocate, keep size).
+const PREALLOCATE_BYTES: u64 = 32 << 20;
+/// Bounds of one DMA read on the fetch path.
+const READ_WINDOW_BYTES_MIN: usize = 64 << 10;
+const READ_WINDOW_BYTES_MAX: usize = 8 << 20;
+const LOG_START_CHECKPOINT: &str = "log-start-offset";
+
+const _: () = assert!(WRITE_BUFFER_BYTES as u64 % BLOCK_BYTES == 0);
+const _: () = assert!(UNWRITTEN_BYTES_MAX >= WRITE_BUFFER_BYTES);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// -1 unless LogAppendTime.
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReadResult {
+    /// Whole batches, in order; concatenated they are the fetch response's records.
+    pub chunks: Vec<Bytes>,
+    pub log_start_offset: i64,
+    /// Next offset to be assigned.
+    pub log_end_offset: i64,
+}
+
+/// One batch found by the read path, with the header fields callers need.
+pub(crate) struct ReadBatch {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub chunks: [Option<Bytes>; 2],
+}
+
+struct CacheEntry {
+    base_offset: i64,
+    last_offset: i64,
+    max_timestamp: i64,
+    batch: PatchedBatch,
+    seg: Rc<Segment>,
+    end_pos: u64,
+}
+
+/// Recent batches, in offset order, covering a suffix of the log.
+#[derive(Default)]
+struct BatchCache {
+    entries: VecDeque<CacheEntry>,
+    bytes: usize,
+}
+
+impl BatchCache {
+    fn first_offset(&self) -> Option<i64> {
+        self.entries.front().map(|e| e.base_offset)
+    }
+
+    /// Evicts written batches from the front while over the bound.
+    fn evict(&mut self, bytes_max: usize) {
+        while self.bytes > bytes_max {
+            let Some(e) = self.entries.front() else { break };
+            if e.seg.written.get() < e.end_pos {
+                break;
+            }
+            self.bytes -= e.batch.len();
+            self.entries.pop_front();
+        }
+    }
+
+    fn drop_segment(&mut self, seg: &Rc<Segment>) {
+        while let Some(e) = self.entries.front() {
+            if !Rc::ptr_eq(&e.seg, seg) {
+                break;
+            }
+            self.bytes -= e.batch.len();
+            self.entries.pop_front();
+        }
+    }
+
+    fn read(&self, offset: i64, max_bytes: usize) -> Vec<ReadBatch> {
+        let start = self.entries.partition_point(|e| e.last_offset < offset);
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for e in self.entries.iter().skip(start) {
+            if !out.is_empty() && total + e.batch.len() > max_bytes {
+                break;
+            }
+            total += e.batch.len();
+            out.push(ReadBatch {
+                base_offset: e.base_offset,
+                last_offset: e.last_offset,
+                max_timestamp: e.max_timestamp,
+                chunks: [Some(e.batch.header.clone()), Some(e.batch.body.clone())],
+            });
+        }
+        out
+    }
+}
+
+/// The aligned buffer appends copy into: file range [file_pos, file_pos + len) of `seg`.
+struct WriteBuf {
+    seg: Rc<Segment>,
+    file_pos: u64,
+    buf: DmaBuffer,
+    len: usize,
+    /// Holds bytes not yet handed to a write.
+    dirty: bool,
+    end_offset: i64,
+}
+
+/// A sealed buffer waiting for the flusher.
+struct PendingWrite {
+    seg: Rc<Segment>,
+    file_pos: u64,
+    buf: DmaBuffer,
+    /// Logical segment position the data ends at.
+    logical_end: u64,
+    /// Next offset after the last batch in this buffer.
+    end_offset: i64,
+}
+
+struct Appender {
+    cur: WriteBuf,
+    queue: VecDeque<PendingWrite>,
+    queued_bytes: usize,
+}
+
+impl Appender {
+    /// Seals the current buffer into the queue if it holds new bytes, continuing in a
+    /// fresh buffer of `capacity` (at least the carried tail block) at the same spot.
+    fn rotate(&mut self, capacity: usize) {
+        let tail_start = align_down(self.cur.len as u64) as usize;
+        let tail_len = self.cur.len - tail_start;
+        let capacity = align_up(capacity.max(tail_len + 1) as u64) as usize;
+        let mut next = glommio::allocate_dma_buffer(capacity);
+        next.as_bytes_mut()[..tail_len]
+            .copy_from_slice(&self.cur.buf.as_bytes()[tail_start..self.cur.len]);
+        let fresh = WriteBuf {
+            seg: self.cur.seg.clone(),
+            file_pos: self.cur.file_pos + tail_start as u64,
+            buf: next,
+            len: tail_len,
+            dirty: false,
+            end_offset: self.cur.end_offset,
+        };
+        let old = std::mem::replace(&mut self.cur, fresh);
+        self.seal(old);
+    }
+
+    fn seal(&mut self, mut old: WriteBuf) {
+        if !old.dirty {
+            return;
+        }
+        let padded = align_up(old.len as u64) as usize;
+        old.buf.as_bytes_mut()[old.len..padded].fill(0);
+        old.buf.trim_to_size(padded);
+        self.queued_bytes += padded;
+        self.queue.push_back(PendingWrite {
+            logical_end: old.file_pos + old.len as u64,
+            seg: old.seg,
+            file_pos: old.file_pos,
+            buf: old.buf,
+            end_offset: old.end_offset,
+        });
+    }
+
+    /// Starts `seg` (just rolled) with an empty buffer sized for `first_len`.
+    fn roll(&mut self, seg: Rc<Segment>, first_len: usize) {
+        let capacity = align_up(first_len.max(WRITE_BUFFER_BYTES) as u64) as usize;
+        let end_offset = seg.next_offset.get();
+        let old = std::mem::replace(
+            &mut self.cur,
+            WriteBuf {
+                seg,
+                file_pos: 0,
+                buf: glommio::allocate_dma_buffer(capacity),
+                len: 0,
+                dirty: false,
+                end_offset,
+            },
+        );
+        self.seal(old);
+    }
+
+    fn copy_in(&mut self, seg: &Rc<Segment>, pos: u64, batch: &PatchedBatch, end_offset: i64) {
+        assert!(
+            Rc::ptr_eq(&self.cur.seg, seg),
+            "appends go to the active segment"
+        );
+        assert_eq!(
+            self.cur.file_pos + self.cur.len as u64,
+            pos,
+            "write buffer tracks the segment end"
+        );
+        let len = batch.len();
+        if self.cur.len + len > self.cur.buf.len() {
+            let tail = self.cur.len - align_down(self.cur.len as u64) as usize;
+            self.rotate((tail + len).max(WRITE_BUFFER_BYTES));
+        }
+        let at = self.cur.len;
+        let dst = &mut self.cur.buf.as_bytes_mut()[at..at + len];
+        dst[..BATCH_HEADER_LEN].copy_from_slice(&batch.header);
+        dst[BATCH_HEADER_LEN..].copy_from_slice(&batch.body);
+        self.cur.len += len;
+        self.cur.dirty = true;
+        self.cur.end_offset = end_offset;
+    }
+}
+
+pub struct PartitionLog {
+    dir: PathBuf,
+    me: Weak<PartitionLog>,
+    config: RefCell<LogConfig>,
+    /// Oldest first; the last one is active. Never empty.
+    segments: RefCell<VecDeque<Rc<Segment>>>,
+    log_start: Cell<i64>,
+    log_end: Cell<i64>,
+    /// All offsets below are written to disk / written and fdatasync'd.
+    written_offset: Cell<i64>,
+    durable_offset: Cell<i64>,
+    appender: RefCell<Appender>,
+    cache: RefCell<BatchCache>,
+    /// Segments written since the last fdatasync.
+    unsynced: RefCell<Vec<Rc<Segment>>>,
+    unsynced_messages: Cell<i64>,
+    flushing: Cell<bool>,
+    flush_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    background_write: Cell<bool>,
+    flush_timer: Cell<bool>,
+    /// Sticky: after a failed write or fdatasync nothing more is accepted.
+    failed: RefCell<Option<StorageError>>,
+    closed: Cell<bool>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn sanitize(mut config: LogConfig) -> LogConfig {
+    config.segment_bytes = config.segment_bytes.clamp(BLOCK_BYTES, SEGMENT_BYTES_MAX);
+    config.max_message_bytes = config.max_message_bytes.min(BATCH_BYTES_MAX as u32);
+    config
+}
+
+thread_local! {
+    /// Devices whose glommio iopoll probe ran on this executor thread.
+    static PROBED_DEVICES: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// glommio probes iopoll support with a read of the first DMA file opened on a device;
+/// an empty file makes the probe "succeed" and every later DMA read fail with
+/// EOPNOTSUPP. Open a non-empty scratch file first, once per device per thread.
+async fn probe_device(dir: &Path) -> Result<(), StorageError> {
+    let dev = std::fs::metadata(dir)
+        .map_err(|e| StorageError::io("stat", dir, e))?
+        .dev();
+    if PROBED_DEVICES.with(|p| p.borrow().contains(&dev)) {
+        return Ok(());
+    }
+    let path = dir.join(".dma-probe");
+    std::fs::write(&path, [0u8; BLOCK_BYTES as usize])
+        .map_err(|e| StorageError::io("write", &path, e))?;
+    let file = DmaFile::open(&path)
+        .await
+        .map_err(|e| StorageError::io("open", &path, e))?;
+    let _ = file.close().await;
+    let _ = std::fs::remove_file(&path);
+    PROBED_DEVICES.with(|p| p.borrow_mut().push(dev));
+    Ok(())
+}
+
+impl PartitionLog {
+    /// Opens (creating if absent) the log in `dir`, running recovery: every segment's
+    /// logical end is found by scanning from its last index entry; a torn or corrupt
+    /// tail is cut off (the file is truncated to the block after the last good batch
+    /// and that block's garbage zeroed), later segments that no longer follow on are
+    /// deleted, missing or damaged indexes are rebuilt.
+    pub async fn open(dir: PathBuf, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
+        let config = sanitize(config);
+        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create dir", &dir, e))?;
+        probe_device(&dir).await?;
+        let checkpoint = read_checkpoint(&dir);
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| StorageError::io("read dir", &dir, e))? {
+            let entry = entry.map_err(|e| StorageError::io("read dir", &dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".log") {
+                if stem.len() == 20 {
+                    if let Ok(base) = stem.parse::<i64>() {
+                        bases.push(base);
+                    }
+                }
+            }
+        }
+        bases.sort_unstable();
+        let interval = u64::from(config.index_interval_bytes);
+        let now = now_ms();
+        let mut segments: VecDeque<Rc<Segment>> = VecDeque::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let seg = Rc::new(Segment::new(&dir, base, now));
+            let follows = segments
+                .back()
+                .map_or(true, |p| p.next_offset.get() == base);
+            if !follows {
+                // An earlier segment lost its tail: nothing after it can be trusted.
+                for later in &bases[i..] {
+                    Segment::new(&dir, *later, now).remove_files();
+                }
+                sync_dir(&dir)?;
+                break;
+            }
+            let path = seg.path("log");
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .dma_open(&path)
+                .await
+                .map_err(|e| StorageError::io("open", &path, e))?;
+            assert!(
+                BLOCK_BYTES % file.alignment() == 0,
+                "O_DIRECT alignment above 4 KiB"
+            );
+            let file_size = file
+                .file_size()
+                .await
+                .map_err(|e| StorageError::io("stat", &path, e))?;
+            let end = recover_segment(&seg, &file, file_size, interval).await?;
+            let damaged =
+                align_up(end) < file_size || !tail_is_clean(&file, end, file_size, &path).await?;
+            if damaged {
+                repair_tail(&file, end, &path).await?;
+            }
+            seg.written.set(end);
+            seg.allocated.set(align_up(end));
+            seg.index_dirty.set(seg.index_dirty.get() || damaged);
+            if i > 0 {
+                segments.back().expect("previous segment").sealed.set(true);
+            }
+            // segment.ms ages from open: a restart resets the clock (Kafka uses the
+            // first batch's timestamp, which a client clock can put far in the past).
+            *seg.file.borrow_mut() = Some(Rc::new(file));
+            segments.push_back(seg);
+        }
+        if segments.is_empty() {
+            let base = checkpoint.unwrap_or(0).max(0);
+            segments.push_back(Rc::new(Segment::new(&dir, base, now)));
+        }
+        let active = segments.back().expect("at least one segment").clone();
+        active.sealed.set(false);
+        let log_end = active.next_offset.get();
+        let first_base = segments.front().expect("at least one segment").base_offset;
+        let log_start = checkpoint.unwrap_or(first_base).clamp(first_base, log_end);
+
+        // The active segment's partial tail block goes into the first write buffer.
+        let tail_pos = align_down(active.size.get());
+        let tail_len = (active.size.get() - tail_pos) as usize;
+        let mut buf = glommio::allocate_dma_buffer(BLOCK_BYTES as usize);
+        if tail_len > 0 {
+            let file = active
+                .file
+                .borrow()
+                .clone()
+                .expect("a non-empty segment has a file");
+            let data = file
+                .read_at(tail_pos, tail_len)
+                .await
+                .map_err(|e| StorageError::io("read", active.path("log"), e))?;
+            if data.len() != tail_len {
+                return Err(StorageError::io(
+                    "read",
+                    active.path("log"),
+                    std::io::Error::other("short read of tail block"),
+                ));
+            }
+            buf.as_bytes_mut()[..tail_len].copy_from_slice(&data);
+        }
+        let cur = WriteBuf {
+            seg: active.clone(),
+            file_pos: tail_pos,
+            buf,
+            len: tail_len,
+            dirty: false,
+            end_offset: log_end,
+        };
+        let log = Rc::new_cyclic(|me| PartitionLog {
+            dir,
+            me: me.clone(),
+            config: RefCell::new(config),
+            segments: RefCell::new(segments),
+            log_start: Cell::new(log_start),
+            log_end: Cell::new(log_end),
+            written_offset: Cell::new(log_end),
+            durable_offset: Cell::new(log_end),
+            appender: RefCell::new(Appender {
+                cur,
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+            }),
+            cache: RefCell::new(BatchCache::default()),
+            unsynced: RefCell::new(Vec::new()),
+            unsynced_messages: Cell::new(0),
+            flushing: Cell::new(false),
+            flush_waiters: RefCell::new(Vec::new()),
+            background_write: Cell::new(false),
+            flush_timer: Cell::new(false),
+            failed: RefCell::new(None),
+            closed: Cell::new(false),
+        });
+        log.persist_sealed_indexes()?;
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start.get()
+    }
+
+    /// Next offset to be assigned.
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end.get()
+    }
+
+    /// All offsets below this are on disk and fdatasync'd.
+    pub fn durable_offset(&self) -> i64 {
+        self.durable_offset.get()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.borrow().len()
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        *self.config.borrow_mut() = sanitize(config);
+    }
+
+    fn check_usable(&self) -> Result<(), StorageError> {
+        if self.closed.get() {
+            return Err(StorageError::Closed);
+        }
+        if let Some(e) = self.failed.borrow().as_ref() {
+            return Err(e.duplicate());
+        }
+        Ok(())
+    }
+
+    /// `batch` is exactly one v2 record batch as received (`records` field may hold
+    /// several batches: the caller splits with `batch::split_batches` first). A batch
+    /// that fails validation is refused with a typed error and nothing is written.
+    /// Offsets are assigned before the first `.await`, in call order.
+    pub async fn append(
+        &self,
+        batch: Bytes,
+        durability: Durability,
+    ) -> Result<AppendInfo, StorageError> {
+        let info = self.append_now(&batch)?;
+        let target = info.last_offset + 1;
+        match durability {
+            Durability::Durable => self.flush_to(target, true).await?,
+            Durability::Written => {
+                if self.appender.borrow().queued_bytes > UNWRITTEN_BYTES_MAX {
+                    // Backpressure: the disk is behind; wait for the sealed buffers.
+                    let sealed_end = self
+                        .appender
+                        .borrow()
+                        .queue
+                        .back()
+                        .map_or(target, |w| w.end_offset);
+                    self.flush_to(sealed_end, false).await?;
+                }
+                self.schedule_background();
+            }
+        }
+        Ok(info)
+    }
+
+    /// The synchronous part of append: validate, roll, assign offsets, copy.
+    fn append_now(&self, batch: &Bytes) -> Result<AppendInfo, StorageError> {
+        self.check_usable()?;
+        let config = self.config.borrow().clone();
+        if batch.len() > config.max_message_bytes as usize {
+            return Err(StorageError::BatchTooLarge {
+                size: batch.len(),
+                max: config.max_message_bytes as usize,
+            });
+        }
+        let header = validate_batch(batch)?;
+        if header.records_count < 1
+            || i64::from(header.last_offset_delta) != i64::from(header.records_count) - 1
+        {
+            return Err(StorageError::InvalidBatch(format!(
+                "a produced batch must have dense offsets: last_offset_delta {} with {} records",
+                header.last_offset_delta, header.records_count
+            )));
+        }
+        let now = now_ms();
+        let len = batch.len();
+        self.maybe_roll(&config, len, now);
+        let base_offset = self.log_end.get();
+        let last_offset = base_offset + i64::from(header.last_offset_delta);
+        let append_time =
+            (config.message_timestamp_type == TimestampType::LogAppendTime).then_some(now);
+        let patched = patch_batch(batch, base_offset, append_time);
+        let max_timestamp = append_time.unwrap_or(header.max_timestamp);
+
+        let seg = self
+            .segments
+            .borrow()
+            .back()
+            .expect("active segment")
+            .clone();
+        let pos = seg.size.get();
+        self.appender
+            .borrow_mut()
+            .copy_in(&seg, pos, &patched, last_offset + 1);
+        seg.on_batch(
+            base_offset,
+            last_offset,
+            pos,
+            len as u64,
+            max_timestamp,
+            u64::from(config.index_interval_bytes),
+        );
+        {
+            let mut cache = self.cache.borrow_mut();
+            cache.bytes += len;
+            cache.entries.push_back(CacheEntry {
+                base_offset,
+                last_offset,
+                max_timestamp,
+                batch: patched,
+                seg,
+                end_pos: pos + len as u64,
+            });
+            cache.evict(CACHE_BYTES_MAX);
+        }
+        self.log_end.set(last_offset + 1);
+        self.unsynced_messages
+            .set(self.unsynced_messages.get() + i64::from(header.records_count));
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            log_append_time_ms: append_time.unwrap_or(-1),
+            log_start_offset: self.log_start.get(),
+        })
+    }
+
+    /// Rolls to a new segment when the batch would overflow `segment.bytes` or the
+    /// active segment is older than `segment.ms`. Synchronous: the new file is created
+    /// by the flusher before its first write.
+    fn maybe_roll(&self, config: &LogConfig, len: usize, now: i64) {
+        let active = self
+            .segments
+            .borrow()
+            .back()
+            .expect("active segment")
+            .clone();
+        if active.size.get() == 0 {
+            return;
+        }
+        let full = active.size.get() + len as u64 > config.segment_bytes;
+        let old = now.saturating_sub(active.created_ms.get()) > config.segment_ms;
+        if !full && !old {
+            return;
+        }
+        active.sealed.set(true);
+        let seg = Rc::new(Segment::new(&self.dir, self.log_end.get(), now));
+        self.segments.borrow_mut().push_back(seg.clone());
+        self.appender.borrow_mut().roll(seg, len);
+    }
+
+    /// Starts detached work that needs no waiter: writing sealed buffers, and the
+    /// flush.messages / flush.ms policy.
+    fn schedule_background(&self) {
+        let config = self.config.borrow();
+        let sync_now = self.unsynced_messages.get() >= config.flush_messages;
+        let write_now = !self.appender.borrow().queue.is_empty();
+        if (sync_now || write_now) && !self.background_write.get() {
+            if let Some(me) = self.me.upgrade() {
+                self.background_write.set(true);
+                glommio::spawn_local(async move {
+                    let target = me.log_end.get();
+                    let _ = me.flush_to(target, sync_now).await;
+                    me.background_write.set(false);
+                })
+                .detach();
+            }
+        }
+        if config.flush_ms != i64::MAX
+            && !self.flush_timer.get()
+            && self.durable_offset.get() < self.log_end.get()
+        {
+            if let Some(me) = self.me.upgrade() {
+                self.flush_timer.set(true);
+                let delay = Duration::from_millis(config.flush_ms.max(0) as u64);
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(delay).await;
+                    me.flush_timer.set(false);
+                    let target = me.log_end.get();
+                    let _ = me.flush_to(target, true).await;
+                })
+                .detach();
+            }
+        }
+    }
+
+    /// Waits until every offset below `target` is written (and fdatasync'd if `sync`),
+    /// becoming the flusher if no flush is running. Group commit: one flusher writes
+    /// everything appended so far; others wait for it and re-check.
+    async fn flush_to(&self, target: i64, sync: bool) -> Result<(), StorageError> {
+        loop {
+            if let Some(e) = self.failed.borrow().as_ref() {
+                return Err(e.duplicate());
+            }
+            let done = if sync {
+                self.durable_offset.get()
+            } else {
+                self.written_offset.get()
+            };
+            if done >= target {
+                return Ok(());
+            }
+            if self.flushing.get() {
+                let (tx, rx) = oneshot::channel();
+                self.flush_waiters.borrow_mut().push(tx);
+                let _ = rx.await;
+                continue;
+            }
+            self.flushing.set(true);
+            let result = self.run_flush(sync).await;
+            self.flushing.set(false);
+            for w in self.flush_waiters.borrow_mut().drain(..) {
+                let _ = w.send(());
+            }
+            if let Err(e) = result {
+                *self.failed.borrow_mut() = Some(e.duplicate());
+                return Err(e);
+            }
+        }
+    }
+
+    /// One round of the flusher: seal the current buffer, write every sealed buffer in
+    /// order, fdatasync if asked.
+    async fn run_flush(&self, sync: bool) -> Result<(), StorageError> {
+        let (writes, snapshot_end) = {
+            let mut app = self.appender.borrow_mut();
+            if app.cur.dirty {
+                // After a flush the buffer keeps only the tail block; the next append
+                // rotates into a full-size buffer. Keeps idle partitions small.
+                app.rotate(BLOCK_BYTES as usize);
+            }
+            app.queued_bytes = 0;
+            (std::mem::take(&mut app.queue), self.log_end.get())
+        };
+        let config = self.config.borrow().clone();
+        for w in writes {
+            let file = self.ensure_file(&w.seg).await?;
+            let end = w.file_pos + w.buf.len() as u64;
+            if end > w.seg.allocated.get() {
+                let target = end.max(
+                    (w.seg.allocated.get() + PREALLOCATE_BYTES).min(align_up(config.segment_bytes)),
+                );
+                file.pre_allocate(target, true)
+                    .await
+                    .map_err(|e| StorageError::io("fallocate", w.seg.path("log"), e))?;
+                w.seg.allocated.set(target);
+            }
+            let len = w.buf.len();
+            let n = file
+                .write_at(w.buf, w.file_pos)
+                .await
+                .map_err(|e| StorageError::io("write", w.seg.path("log"), e))?;
+            if n != len {
+                return Err(StorageError::io(
+                    "write",
+                    w.seg.path("log"),
+                    std::io::Error::other(format!("short write {n} of {len}")),
+                ));
+            }
+            w.seg.written.set(w.seg.written.get().max(w.logical_end));
+            self.written_offset
+                .set(self.written_offset.get().max(w.end_offset));
+            let mut unsynced = self.unsynced.borrow_mut();
+            if !unsynced.iter().any(|s| Rc::ptr_eq(s, &w.seg)) {
+                unsynced.push(w.seg.clone());
+            }
+        }
+        // Everything appended before the snapshot is in the writes above or was before.
+        self.written_offset
+            .set(self.written_offset.get().max(snapshot_end));
+        if sync {
+            let synced_to = self.written_offset.get();
+            let segs = std::mem::take(&mut *self.unsynced.borrow_mut());
+            self.unsynced_messages.set(0);
+            let syncs = segs.iter().map(|s| {
+                let file = s.file.borrow().clone();
+                async move {
+                    match file {
+                        Some(f) => f
+                            .fdatasync()
+                            .await
+                            .map_err(|e| StorageError::io("fdatasync", s.path("log"), e)),
+                        None => Ok(()),
+                    }
+                }
+            });
+            for r in futures::future::join_all(syncs).await {
+                r?;
+            }
+            self.durable_offset
+                .set(self.durable_offset.get().max(synced_to));
+        }
+        self.cache.borrow_mut().evict(CACHE_BYTES_MAX);
+        self.persist_sealed_indexes()?;
+        Ok(())
+    }
+
+    /// The segment's file, created (and the directory synced) on first use.
+    async fn ensure_file(&self, seg: &Rc<Segment>) -> Result<Rc<DmaFile>, StorageError> {
+        if let Some(f) = seg.file.borrow().as_ref() {
+            return Ok(f.clone());
+        }
+        let path = seg.path("log");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(&path)
+            .await
+            .map_err(|e| StorageError::io("create", &path, e))?;
+        // Blocking, once per segment: the new name must survive a crash before any
+        // batch in it is acknowledged durable.
+        sync_dir(&self.dir)?;
+        let file = Rc::new(file);
+        *seg.file.borrow_mut() = Some(file.clone());
+        Ok(file)
+    }
+
+    fn persist_sealed_indexes(&self) -> Result<(), StorageError> {
+        let segs: Vec<_> = self.segments.borrow().iter().cloned().collect();
+        for s in segs {
+            if s.sealed.get() && s.index_dirty.get() && s.is_fully_written() {
+                s.persist_index()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns whole batches starting at the batch containing `offset`, at least one
+    /// batch even if it exceeds `max_bytes`. `offset == log_end_offset` gives no batches.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, StorageError> {
+        let batches = self.read_batches(offset, max_bytes).await?;
+        let mut chunks = Vec::with_capacity(batches.len() * 2);
+        for b in batches {
+            chunks.extend(b.chunks.into_iter().flatten());
+        }
+        Ok(ReadResult {
+            chunks,
+            log_start_offset: self.log_start.get(),
+            log_end_offset: self.log_end.get(),
+        })
+    }
+
+    pub(crate) async fn read_batches(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<ReadBatch>, StorageError> {
+        if self.closed.get() {
+            return Err(StorageError::Closed);
+        }
+        let (start, end) = (self.log_start.get(), self.log_end.get());
+        if offset < start || offset > end {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset == end {
+            return Ok(Vec::new());
+        }
+        {
+            let cache = self.cache.borrow();
+            if cache.first_offset().is_some_and(|first| first <= offset) {
+                return Ok(cache.read(offset, max_bytes));
+            }
+        }
+        // Below the cache: on disk. A batch may span to the next segment only if the
+        // offset sits in a gap, so try segments from the one containing `offset` on.
+        let segs: Vec<Rc<Segment>> = {
+            let segments = self.segments.borrow();
+            let i = segments
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1);
+            segments.iter().skip(i).cloned().collect()
+        };
+        for seg in segs {
+            let found = self.read_segment(&seg, offset, max_bytes).await?;
+            if !found.is_empty() {
+                return Ok(found);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// DMA-reads whole batches of `seg` from the batch containing `offset`. The data is
+    /// copied once from glommio's aligned read buffer into `Bytes` (that buffer is
+    /// `Rc`-owned and cannot cross shards); acceptable for now for cold reads.
+    async fn read_segment(
+        &self,
+        seg: &Rc<Segment>,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<ReadBatch>, StorageError> {
+        let Some(file) = seg.file.borrow().clone() else {
+            return Ok(Vec::new());
+        };
+        let (mut pos, _) = seg.lookup(offset);
+        let limit = seg.written.get();
+        let mut out: Vec<ReadBatch> = Vec::new();
+        let mut total = 0usize;
+        let mut need = 0usize;
+        let corrupt = |pos: u64, what: &str| {
+            StorageError::CorruptBatch(format!("{:?} at {pos}: {what}", seg.path("log")))
+        };
+        while pos < limit {
+            let want = max_bytes
+                .saturating_sub(total)
+                .clamp(READ_WINDOW_BYTES_MIN, READ_WINDOW_BYTES_MAX)
+                .max(need);
+            let window = (limit - pos).min(want as u64) as usize;
+            let rr = file
+                .read_at(pos, window)
+                .await
+                .map_err(|e| StorageError::io("read", seg.path("log"), e))?;
+            if rr.len() < window {
+                return Err(corrupt(pos, "short read below the written end"));
+            }
+            let data = Bytes::copy_from_slice(&rr);
+            let mut p = 0usize;
+            let mut done = false;
+            while let Some(len) = claimed_len(&data[p..]) {
+                if len < BATCH_HEADER_LEN as i64 || len as u64 > BATCH_BYTES_MAX {
+                    return Err(corrupt(pos + p as u64, "bad batch length"));
+                }
+                let len = len as usize;
+                if data.len() - p < len {
+                    break;
+                }
+                let h = BatchHeader::parse(&data[p..p + len])?;
+                if h.last_offset() >= offset {
+                    if !out.is_empty() && total + len > max_bytes {
+                        done = true;
+                        break;
+                    }
+                    total += len;
+                    out.push(ReadBatch {
+                        base_offset: h.base_offset,
+                        last_offset: h.last_offset(),
+                        max_timestamp: h.max_timestamp,
+                        chunks: [Some(data.slice(p..p + len)), None],
+                    });
+                }
+                p += len;
+            }
+            if done || total >= max_bytes {
+                break;
+            }
+            if p == 0 {
+                // The next batch is larger than the window.
+                need = claimed_len(&data).map_or(window + 1, |l| l as usize);
+                if need <= window {
+                    return Err(corrupt(pos, "truncated batch"));
+                }
+            }
+            pos += p as u64;
+        }
+        Ok(out)
+    }
+
+    /// First batch whose max timestamp is >= `ts`: Some((offset, max timestamp)), where
+    /// offset is the batch's base offset (records are not decoded; the consumer skips
+    /// earlier records in the batch by itself), or the log start if that is later.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        let segs: Vec<Rc<Segment>> = self.segments.borrow().iter().cloned().collect();
+        for seg in segs {
+            if seg.max_timestamp.get() < ts {
+                continue;
+            }
+            let mut offset = seg.time_lookup(ts).max(self.log_start.get());
+            while offset < seg.next_offset.get() && offset < self.log_end.get() {
+                let batches = self.read_batches(offset, 256 << 10).await?;
+                let Some(last) = batches.last() else { break };
+                let next = last.last_offset + 1;
+                if let Some(b) = batches.iter().find(|b| b.max_timestamp >= ts) {
+                    return Ok(Some((
+                        b.base_offset.max(self.log_start.get()),
+                        b.max_timestamp,
+                    )));
+                }
+                offset = next;
+            }
+        }
+        Ok(None)
+    }
+
+    /// DeleteRecords: moves the log start to `offset` (<= log end), persisting it, and
+    /// deletes the whole segments below it. Returns the new log start offset.
+    pub async fn delete_records_before(&self, offset: i64) -> Result<i64, StorageError> {
+        self.check_usable()?;
+        let (start, end) = (self.log_start.get(), self.log_end.get());
+        if offset > end || offset < 0 {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset > start {
+            self.set_log_start(offset)?;
+        }
+        self.delete_segments_below_start().await?;
+        Ok(self.log_start.get())
+    }
+
+    fn set_log_start(&self, offset: i64) -> Result<(), StorageError> {
+        assert!(
+            offset >= self.log_start.get() && offset <= self.log_end.get(),
+            "log start only moves forward within the log"
+        );
+        // Durable before anything is deleted: a crash must never resurrect records.
+        write_replace_durable(
+            &self.dir.join(LOG_START_CHECKPOINT),
+            format!("{offset}\n").as_bytes(),
+        )?;
+        self.log_start.set(offset);
+        Ok(())
+    }
+
+    async fn delete_segments_below_start(&self) -> Result<(), StorageError> {
+        loop {
+            let victim = {
+                let segs = self.segments.borrow();
+                match segs.front() {
+                    Some(s)
+                        if segs.len() > 1
+                            && s.next_offset.get() <= self.log_start.get()
+                            && s.is_fully_written() =>
+                    {
+                        Some(s.clone())
+                    }
+                    _ => None,
+                }
+            };
+            let Some(seg) = victim else { return Ok(()) };
+            self.remove_front_segment(&seg).await?;
+        }
+    }
+
+    async fn remove_front_segment(&self, seg: &Rc<Segment>) -> Result<(), StorageError> {
+        let popped = self
+            .segments
+            .borrow_mut()
+            .pop_front()
+            .expect("segment to remove");
+        assert!(Rc::ptr_eq(&popped, seg));
+        self.cache.borrow_mut().drop_segment(seg);
+        self.unsynced.borrow_mut().retain(|s| !Rc::ptr_eq(s, seg));
+        let file = seg.file.borrow_mut().take();
+        seg.remove_files();
+        if let Some(file) = file {
+            // Readers may still hold it; the last Rc closes it.
+            if let Ok(f) = Rc::try_unwrap(file) {
+                let _ = f.close().await;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Retention by size and time: deletes whole sealed segments from the front while
+    /// the rest still exceeds `retention.bytes`, or whose newest batch is older than
+    /// `retention.ms`. Never the active segment. Call periodically.
+    pub async fn enforce_retention(&self) -> Result<(), StorageError> {
+        self.check_usable()?;
+        let config = self.config.borrow().clone();
+        let now = now_ms();
+        loop {
+            let victim = {
+                let segs = self.segments.borrow();
+                let total: u64 = segs.iter().map(|s| s.size.get()).sum();
+                match segs.front() {
+                    Some(s) if segs.len() > 1 && s.is_fully_written() => {
+                        let by_size = config.retention_bytes >= 0
+                            && total - s.size.get() >= config.retention_bytes as u64;
+                        let by_time = config.retention_ms >= 0
+                            && now - s.max_timestamp.get() > config.retention_ms;
+                        (by_size || by_time).then(|| s.clone())
+                    }
+                    _ => None,
+                }
+            };
+            let Some(seg) = victim else { break };
+            let next_start = seg.next_offset.get();
+            if next_start > self.log_start.get() {
+                self.set_log_start(next_start)?;
+            }
+            self.remove_front_segment(&seg).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes and fdatasyncs everything appended so far.
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        self.check_usable()?;
+        self.flush_to(self.log_end.get(), true).await
+    }
+
+    /// Flushes, writes all indexes and closes the files. Later calls return `Closed`.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        if self.closed.get() {
+            return Ok(());
+        }
+        let flushed = if self.failed.borrow().is_none() {
+            self.flush_to(self.log_end.get(), true).await
+        } else {
+            Ok(())
+        };
+        self.closed.set(true);
+        let segs: Vec<Rc<Segment>> = self.segments.borrow().iter().cloned().collect();
+        let mut result = flushed;
+        for s in segs {
+            if result.is_ok()
+                && s.index_dirty.get()
+                && s.is_fully_written()
+                && s.file.borrow().is_some()
+            {
+                result = s.persist_index();
+            }
+            if let Some(file) = s.file.borrow_mut().take() {
+                if let Ok(f) = Rc::try_unwrap(file) {
+                    let _ = f.close().await;
+                }
+            }
+        }
+        result
+    }
+
+    /// Removes the whole log directory (DeleteTopics).
+    pub async fn delete(&self) -> Result<(), StorageError> {
+        self.failed.borrow_mut().get_or_insert(StorageError::Closed);
+        let _ = self.close().await;
+        self.closed.set(true);
+        std::fs::remove_dir_all(&self.dir).map_err(|e| StorageError::io("remove dir", &self.dir, e))
+    }
+}
+
+fn read_checkpoint(dir: &Path) -> Option<i64> {
+    std::fs::read_to_string(dir.join(LOG_START_CHECKPOINT))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether the bytes after the logical end, to the end of its block, are zero.
+async fn tail_is_clean(
+    file: &DmaFile,
+    end: u64,
+    file_size: u64,
+    path: &Path,
+) -> Result<bool, StorageError> {
+    let block_end = align_up(end).min(file_size);
+    if block_end <= end {
+        return Ok(true);
+    }
+    let data = file
+        .read_at(end, (block_end - end) as usize)
+        .await
+        .map_err(|e| StorageError::io("read", path, e))?;
+    Ok(data.iter().all(|b| *b == 0))
+}
+
+/// Cuts a damaged tail: truncate to the block after `end`, zero that block past `end`,
+/// and fdatasync, so neither garbage nor stale batches after the cut can come back.
+async fn repair_tail(file: &DmaFile, end: u64, path: &Path) -> Result<(), StorageError> {
+    let block = align_down(end);
+    let keep = (end - block) as usize;
+    file.truncate(align_up(end))
+        .await
+        .map_err(|e| StorageError::io("truncate", path, e))?;
+    if keep > 0 {
+        let data = file
+            .read_at(block, keep)
+            .await
+            .map_err(|e| StorageError::io("read", path, e))?;
+        let mut buf = glommio::allocate_dma_buffer(BLOCK_BYTES as usize);
+        buf.as_bytes_mut().fill(0);
+        buf.as_bytes_mut()[..keep].copy_from_slice(&data[..keep]);
+        file.write_at(buf, block)
+            .await
+            .map_err(|e| StorageError::io("write", path, e))?;
+    }
+    file.fdatasync()
+        .await
+        .map_err(|e| StorageError::io("fdatasync", path, e))
+}

@@ -1,0 +1,106 @@
+//! Recovery of one segment on open: find the logical end by scanning batches from the
+//! last offset-index entry (or the segment start), checking each batch's length, magic,
+//! CRC32C and offset continuity. The scan stops at the first batch that fails (a torn
+//! or corrupt tail, or the zero padding after the last batch); nothing from there on
+//! is part of the log. Never panics on file contents: every length read from disk is
+//! bounded before it is used.
+
+use glommio::io::DmaFile;
+
+use super::batch::{claimed_len, validate_batch, BATCH_HEADER_LEN, LOG_OVERHEAD};
+use super::error::StorageError;
+use super::segment::Segment;
+
+/// Bytes read per I/O while scanning.
+const SCAN_WINDOW_BYTES: u64 = 1 << 20;
+/// A length field above this is corruption, whatever max.message.bytes was: bounds the
+/// allocation a bit-flipped length could cause.
+pub(crate) const BATCH_BYTES_MAX: u64 = 64 << 20;
+
+/// Scans from `pos` (where a batch with base offset `seg.next_offset` must start),
+/// feeding every valid batch to `seg.on_batch`. Returns the logical end.
+pub(crate) async fn scan(
+    seg: &Segment,
+    file: &DmaFile,
+    file_size: u64,
+    mut pos: u64,
+    interval: u64,
+) -> Result<u64, StorageError> {
+    let io_err = |e: glommio::GlommioError<()>| StorageError::io("read", seg.path("log"), e);
+    while pos + LOG_OVERHEAD as u64 <= file_size {
+        let window = (file_size - pos).min(SCAN_WINDOW_BYTES);
+        let buf = file.read_at(pos, window as usize).await.map_err(io_err)?;
+        let data: &[u8] = &buf;
+        let mut p = 0usize;
+        while let Some(len) = claimed_len(&data[p..]) {
+            let at = pos + p as u64;
+            if len < BATCH_HEADER_LEN as i64
+                || len as u64 > BATCH_BYTES_MAX
+                || at + len as u64 > file_size
+            {
+                return Ok(at); // zero padding, a torn tail, or a lying length
+            }
+            let len = len as usize;
+            if data.len() - p < len {
+                if p == 0 {
+                    // One batch larger than the window: read exactly it.
+                    let big = file.read_at(at, len).await.map_err(io_err)?;
+                    if big.len() < len || !accept(seg, &big[..len], at, interval) {
+                        return Ok(at);
+                    }
+                    p = len;
+                }
+                break;
+            }
+            if !accept(seg, &data[p..p + len], at, interval) {
+                return Ok(at);
+            }
+            p += len;
+        }
+        if p == 0 {
+            return Ok(pos); // short read: the file ended
+        }
+        pos += p as u64;
+    }
+    Ok(pos)
+}
+
+fn accept(seg: &Segment, batch: &[u8], pos: u64, interval: u64) -> bool {
+    let Ok(h) = validate_batch(batch) else {
+        return false;
+    };
+    if h.base_offset != seg.next_offset.get() || h.last_offset() < h.base_offset {
+        return false;
+    }
+    seg.on_batch(
+        h.base_offset,
+        h.last_offset(),
+        pos,
+        batch.len() as u64,
+        h.max_timestamp,
+        interval,
+    );
+    true
+}
+
+/// Recovers `seg` from `file`: from the last index entry when the index loads and its
+/// last entry points at the expected batch, else from the start. Returns the logical end.
+pub(crate) async fn recover_segment(
+    seg: &Segment,
+    file: &DmaFile,
+    file_size: u64,
+    interval: u64,
+) -> Result<u64, StorageError> {
+    if seg.load_index(file_size) {
+        let (pos, _) = seg.resume_at_last_entry();
+        let entries = seg.index.borrow().len();
+        let end = scan(seg, file, file_size, pos, interval).await?;
+        if end > pos {
+            seg.index_dirty.set(seg.index.borrow().len() != entries);
+            return Ok(end);
+        }
+        // The last entry does not point at a valid batch: the index is stale.
+    }
+    seg.reset_index();
+    scan(seg, file, file_size, 0, interval).await
+}
