@@ -6,6 +6,7 @@
 //! `CONNECTION_INFLIGHT_MAX` requests are in flight before the reader stops reading.
 //! A malformed frame closes only this connection, with a log line.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -42,6 +43,7 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
         tracing::debug!(%peer, error = %e, "set_nodelay failed");
     }
     ShardMetrics::add(&shard.metrics.connections, 1);
+    let fd = stream.as_raw_fd();
     let (mut reader, mut writer) = stream.split();
     let (tx, rx) = local_channel::new_bounded::<JoinHandle<Reply>>(CONNECTION_INFLIGHT_MAX);
     let writer_shard = shard.clone();
@@ -49,14 +51,15 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
         while let Some(handle) = rx.recv().await {
             // A handler task that panicked leaves no response: the client would wait
             // forever, so the connection is closed instead.
-            let response = match handle.await {
-                Some(Reply::Frame(f)) => f,
+            let written = match handle.await {
+                Some(Reply::Frame(f)) => writer.write_all(&f).await.map(|_| f.len()),
+                Some(Reply::Chunks(chunks)) => write_chunks(fd, &mut writer, &chunks).await,
                 Some(Reply::Nothing) => continue,
                 Some(Reply::Close) | None => break,
             };
-            ShardMetrics::add(&writer_shard.metrics.bytes_out, response.len() as u64);
-            if writer.write_all(&response).await.is_err() {
-                break;
+            match written {
+                Ok(n) => ShardMetrics::add(&writer_shard.metrics.bytes_out, n as u64),
+                Err(_) => break,
             }
         }
         let _ = writer.close().await;
@@ -133,4 +136,69 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
     drop(tx);
     writer_task.await;
     ShardMetrics::add(&shard.metrics.connections, u64::MAX); // -1, wrapping
+}
+
+/// Most buffers handed to one sendmsg (Linux's UIO_MAXIOV).
+const IOVECS_MAX: usize = 1024;
+
+/// Writes `chunks` back to back. glommio's socket writes take one buffer at a time, so
+/// a non-blocking vectored `sendmsg` on the socket's fd sends as many buffers as the
+/// socket takes in one system call; whatever it does not take is written through
+/// glommio, which waits for room without blocking the shard.
+async fn write_chunks<W: futures::io::AsyncWrite + Unpin>(
+    fd: RawFd,
+    writer: &mut W,
+    chunks: &[Bytes],
+) -> std::io::Result<usize> {
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    let (mut index, mut offset) = (0usize, 0usize);
+    while index < chunks.len() {
+        let iov: Vec<libc::iovec> = chunks[index..]
+            .iter()
+            .take(IOVECS_MAX)
+            .enumerate()
+            .map(|(i, c)| {
+                let skip = if i == 0 { offset } else { 0 };
+                libc::iovec {
+                    iov_base: c[skip..].as_ptr() as *mut libc::c_void,
+                    iov_len: c.len() - skip,
+                }
+            })
+            .collect();
+        // SAFETY: the iovecs point into `chunks`, which outlive the call; msghdr is
+        // zeroed except for the iovec array.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = iov.len();
+            libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        let mut sent = if sent >= 0 {
+            sent as usize
+        } else {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(err);
+            }
+            // Socket full: let glommio wait for room and send the current buffer's rest.
+            writer.write_all(&chunks[index][offset..]).await?;
+            chunks[index].len() - offset
+        };
+        while sent > 0 {
+            let left = chunks[index].len() - offset;
+            if sent >= left {
+                sent -= left;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += sent;
+                sent = 0;
+            }
+        }
+        while index < chunks.len() && chunks[index].len() == offset {
+            index += 1;
+            offset = 0;
+        }
+    }
+    Ok(total)
 }

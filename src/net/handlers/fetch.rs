@@ -6,12 +6,11 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use bytes::Bytes;
+use kafka_protocol::messages::FetchRequest;
 use uuid::Uuid;
 
-use super::topic_name;
+use super::fetch_encode::{PartOut, TopicOut};
 use crate::net::error_code as ec;
 use crate::net::metrics::ShardMetrics;
 use crate::segment::StorageError;
@@ -130,7 +129,9 @@ async fn wait_any(shard: &Rc<Shard>, targets: &[Target], ends: &[i64], wait_ms: 
     futures::future::select_all(waits).await;
 }
 
-pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchResponse {
+/// Reads every requested partition (waiting per max.wait.ms / min.bytes) and returns the
+/// response body's contents; `fetch_encode` writes them without copying records.
+pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Vec<TopicOut> {
     let image = shard.image();
     let mut targets = Vec::new();
     for ft in &req.topics {
@@ -182,62 +183,33 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         usize::MAX
     };
     let mut total = 0usize;
-    let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    let mut topics: Vec<TopicOut> = Vec::new();
     for (t, r) in targets.iter().zip(reads) {
         let bytes = r.bytes();
         // The response's max_bytes cuts later partitions off, but the first data always goes
         // (Kafka's rule, so one large batch can never block a consumer).
-        let records = if bytes > 0 && (total == 0 || total + bytes <= response_max) {
+        let chunks = if bytes > 0 && (total == 0 || total + bytes <= response_max) {
             total += bytes;
-            Some(concat(shard, r.chunks))
+            r.chunks
         } else {
-            Some(Bytes::new())
+            Vec::new()
         };
-        let part = PartitionData::default()
-            .with_partition_index(t.partition)
-            .with_error_code(r.error_code)
-            .with_high_watermark(r.high_watermark)
-            .with_last_stable_offset(r.high_watermark)
-            .with_log_start_offset(r.log_start_offset)
-            .with_aborted_transactions(Some(Vec::new()))
-            .with_preferred_read_replica(BrokerId(-1))
-            .with_records(records);
-        let same = |x: &&mut FetchableTopicResponse| {
-            if version >= 13 {
-                x.topic_id == t.topic_id
-            } else {
-                x.topic.0.as_str() == t.topic
-            }
+        let part = PartOut {
+            partition: t.partition,
+            error_code: r.error_code,
+            high_watermark: r.high_watermark,
+            log_start_offset: r.log_start_offset,
+            chunks,
         };
-        match responses.iter_mut().find(|x| same(x)) {
-            Some(x) => x.partitions.push(part),
-            None => responses.push(
-                FetchableTopicResponse::default()
-                    .with_topic(topic_name(&t.topic))
-                    .with_topic_id(t.topic_id)
-                    .with_partitions(vec![part]),
-            ),
+        match topics.last_mut() {
+            Some(last) if last.name == t.topic && last.id == t.topic_id => last.parts.push(part),
+            _ => topics.push(TopicOut {
+                name: t.topic.clone(),
+                id: t.topic_id,
+                parts: vec![part],
+            }),
         }
     }
-    FetchResponse::default()
-        .with_session_id(0)
-        .with_responses(responses)
-}
-
-/// The protocol crate takes one `Bytes` per partition: a single chunk passes through,
-/// several are joined (a counted copy, until responses are written as chunk lists).
-fn concat(shard: &Shard, chunks: Vec<Bytes>) -> Bytes {
-    match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.into_iter().next().unwrap_or_default(),
-        _ => {
-            let len: usize = chunks.iter().map(|c| c.len()).sum();
-            let mut out = BytesMut::with_capacity(len);
-            for c in &chunks {
-                out.extend_from_slice(c);
-            }
-            ShardMetrics::add(&shard.metrics.record_bytes_copied, len as u64);
-            out.freeze()
-        }
-    }
+    ShardMetrics::add(&shard.metrics.fetch_record_bytes, total as u64);
+    topics
 }

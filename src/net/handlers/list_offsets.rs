@@ -20,7 +20,7 @@ const MAX_TIMESTAMP: i64 = -3;
 pub async fn handle(
     shard: &Rc<Shard>,
     req: ListOffsetsRequest,
-    _version: i16,
+    version: i16,
 ) -> ListOffsetsResponse {
     let image = shard.image();
     let mut topics = Vec::new();
@@ -62,7 +62,8 @@ pub async fn handle(
                     .with_error_code(code)
                     .with_timestamp(ts)
                     .with_offset(offset)
-                    .with_leader_epoch(0)
+                    // leader_epoch exists from v4; -1 (its default) encodes everywhere.
+                    .with_leader_epoch(if version >= 4 { 0 } else { -1 })
             })
             .collect();
         topics.push(

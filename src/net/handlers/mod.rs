@@ -7,6 +7,7 @@ pub mod create_topics;
 pub mod delete_records;
 pub mod describe_cluster;
 pub mod fetch;
+pub mod fetch_encode;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
@@ -91,6 +92,8 @@ fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
 /// What the connection does after a request.
 pub enum Reply {
     Frame(BytesMut),
+    /// A frame as buffers written back to back (record batches are not copied).
+    Chunks(Vec<bytes::Bytes>),
     /// No response (Produce with acks=0).
     Nothing,
     /// Close the connection (malformed or unsupported request, logged).
@@ -147,7 +150,10 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> Reply {
             Some(resp) => ctx.respond(&resp),
             None => Reply::Nothing,
         },
-        RequestKind::Fetch(r) => ctx.respond(&fetch::handle(shard, r, version).await),
+        RequestKind::Fetch(r) => {
+            let topics = fetch::handle(shard, r, version).await;
+            Reply::Chunks(fetch_encode::encode(ctx.correlation_id, version, &topics))
+        }
         RequestKind::ListOffsets(r) => ctx.respond(&list_offsets::handle(shard, r, version).await),
         RequestKind::CreateTopics(r) => {
             ctx.respond(&create_topics::create(shard, r, version).await)
