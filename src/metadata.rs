@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TopicMeta {
     pub name: String,
+    /// Topic id (a UUID); stored as hex text because serde's internally tagged enums
+    /// cannot carry a u128.
+    #[serde(with = "u128_hex")]
     pub id: u128,
     /// Owning shard of each partition, indexed by partition number. This table is data:
     /// partitions can move between cores by a future event without a code change.
@@ -128,11 +131,19 @@ impl MetaLog {
                     break;
                 }
                 match decode_line(line.trim_end_matches('\n')) {
-                    Some(event) => {
+                    Ok(Some(event)) => {
                         image.apply(&event);
                         good_len += n as u64;
                     }
-                    None => {
+                    // Intact (checksum matches) but not understood: written by a newer
+                    // version, or a bug. Truncating would lose metadata, so refuse.
+                    Err(e) => {
+                        return Err(std::io::Error::other(format!(
+                            "{}: entry at byte {good_len} has a valid checksum but does not decode ({e}); refusing to start",
+                            path.display()
+                        )));
+                    }
+                    Ok(None) => {
                         tracing::warn!(path = %path.display(), offset = good_len, "metadata log: torn or corrupt entry, truncating");
                         break;
                     }
@@ -163,13 +174,27 @@ impl MetaLog {
     }
 }
 
-fn decode_line(line: &str) -> Option<MetaEvent> {
-    let (crc, json) = line.split_once(' ')?;
-    let crc = u32::from_str_radix(crc, 16).ok()?;
-    if crc32c::crc32c(json.as_bytes()) != crc {
-        return None;
+mod u128_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:032x}"))
     }
-    serde_json::from_str(json).ok()
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let text = String::deserialize(d)?;
+        u128::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `Ok(None)`: torn or checksum mismatch (a crash mid-append).
+fn decode_line(line: &str) -> Result<Option<MetaEvent>, serde_json::Error> {
+    let Some((crc, json)) = line.split_once(' ') else { return Ok(None) };
+    let Ok(crc) = u32::from_str_radix(crc, 16) else { return Ok(None) };
+    if crc32c::crc32c(json.as_bytes()) != crc {
+        return Ok(None);
+    }
+    serde_json::from_str(json).map(Some)
 }
 
 /// Kafka's legal topic names: 1..=249 chars of [a-zA-Z0-9._-], not "." or "..".
