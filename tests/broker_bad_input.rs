@@ -24,11 +24,13 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, MetadataRequest, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, MetadataRequest,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use rdkafka::consumer::Consumer;
 
 const CORRUPT_MESSAGE: i16 = 2;
@@ -67,7 +69,9 @@ fn assert_error_frame_or_close(wire: &mut Wire, correlation_id: Option<i32>, wha
             assert!(f.len() >= 4, "{what}: response frame too short");
             assert_eq!(f.get_i32(), id, "{what}: response correlation id");
         }
-        ReadOutcome::TimedOut => panic!("{what}: broker neither answered nor closed within {CLOSE_TIMEOUT:?}"),
+        ReadOutcome::TimedOut => {
+            panic!("{what}: broker neither answered nor closed within {CLOSE_TIMEOUT:?}")
+        }
     }
 }
 
@@ -161,7 +165,10 @@ fn frame_claiming_2_gib_is_refused_without_allocating_it() {
         (0x7fff_ffffu32, "length 2 GiB - 1"),
         (0x8000_0000u32, "length 2 GiB (negative as i32)"),
         (0xffff_ffffu32, "length -1"),
-        (200 * 1024 * 1024, "length 200 MiB (over socket.request.max.bytes)"),
+        (
+            200 * 1024 * 1024,
+            "length 200 MiB (over socket.request.max.bytes)",
+        ),
     ] {
         let mut w = Wire::connect(&broker.bootstrap());
         let mut bytes = BytesMut::new();
@@ -215,7 +222,11 @@ fn record(i: i64, producer_id: i64, producer_epoch: i16, sequence: i32) -> Recor
         producer_epoch,
         timestamp_type: TimestampType::Creation,
         offset: i,
-        sequence: if sequence < 0 { -1 } else { sequence + i as i32 },
+        sequence: if sequence < 0 {
+            -1
+        } else {
+            sequence + i as i32
+        },
         timestamp: 1_700_000_000_000 + i,
         key: Some(Bytes::from(format!("k{i}"))),
         value: Some(Bytes::from(format!("value-{i}"))),
@@ -225,10 +236,19 @@ fn record(i: i64, producer_id: i64, producer_epoch: i16, sequence: i32) -> Recor
 
 /// A valid magic-2 batch of `n` records.
 fn batch(n: i64, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> BytesMut {
-    let records: Vec<Record> = (0..n).map(|i| record(i, producer_id, producer_epoch, base_sequence)).collect();
+    let records: Vec<Record> = (0..n)
+        .map(|i| record(i, producer_id, producer_epoch, base_sequence))
+        .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
-        .expect("encode batch");
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode batch");
     buf
 }
 
@@ -242,7 +262,11 @@ fn produce_request(topic: &str, partitions: Vec<(i32, Bytes)>) -> ProduceRequest
             .with_partition_data(
                 partitions
                     .into_iter()
-                    .map(|(p, b)| PartitionProduceData::default().with_index(p).with_records(Some(b)))
+                    .map(|(p, b)| {
+                        PartitionProduceData::default()
+                            .with_index(p)
+                            .with_records(Some(b))
+                    })
                     .collect(),
             )])
 }
@@ -252,7 +276,11 @@ fn produce_results(resp: &ProduceResponse) -> Vec<(i32, i16, i64)> {
     let mut out: Vec<(i32, i16, i64)> = resp
         .responses
         .iter()
-        .flat_map(|t| t.partition_responses.iter().map(|p| (p.index, p.error_code, p.base_offset)))
+        .flat_map(|t| {
+            t.partition_responses
+                .iter()
+                .map(|p| (p.index, p.error_code, p.base_offset))
+        })
         .collect();
     out.sort_unstable();
     out
@@ -260,7 +288,9 @@ fn produce_results(resp: &ProduceResponse) -> Vec<(i32, i16, i64)> {
 
 fn high_watermark(bootstrap: &str, topic: &str, partition: i32) -> i64 {
     let c = consumer(bootstrap, &[]);
-    let (_low, high) = c.fetch_watermarks(topic, partition, CLIENT_TIMEOUT).expect("fetch_watermarks");
+    let (_low, high) = c
+        .fetch_watermarks(topic, partition, CLIENT_TIMEOUT)
+        .expect("fetch_watermarks");
     high
 }
 
@@ -286,14 +316,23 @@ fn produce_with_a_corrupt_batch_gets_corrupt_message_and_writes_nothing() {
 
     // Produce v3 is the oldest non-flexible version librdkafka sends, v9 the first flexible one.
     for version in [3i16, 9] {
-        let resp = w.call(&produce_request(&topic, vec![(0, bad_crc.clone().freeze())]), version);
+        let resp = w.call(
+            &produce_request(&topic, vec![(0, bad_crc.clone().freeze())]),
+            version,
+        );
         assert_eq!(
             produce_results(&resp),
             vec![(0, CORRUPT_MESSAGE, -1)],
             "Produce v{version} with a bad CRC: CORRUPT_MESSAGE, base offset -1"
         );
-        for (what, b) in [("wrong magic", &bad_magic), ("lying batch length", &bad_length)] {
-            let resp = w.call(&produce_request(&topic, vec![(0, b.clone().freeze())]), version);
+        for (what, b) in [
+            ("wrong magic", &bad_magic),
+            ("lying batch length", &bad_length),
+        ] {
+            let resp = w.call(
+                &produce_request(&topic, vec![(0, b.clone().freeze())]),
+                version,
+            );
             let res = produce_results(&resp);
             assert_eq!(res.len(), 1);
             assert!(
@@ -302,15 +341,36 @@ fn produce_with_a_corrupt_batch_gets_corrupt_message_and_writes_nothing() {
             );
         }
     }
-    assert_eq!(high_watermark(&broker.bootstrap(), &topic, 0), 0, "nothing written after corrupt batches");
+    assert_eq!(
+        high_watermark(&broker.bootstrap(), &topic, 0),
+        0,
+        "nothing written after corrupt batches"
+    );
 
     // One request, two partitions: the corrupt one fails alone.
-    let resp = w.call(&produce_request(&topic, vec![(0, bad_crc.clone().freeze()), (1, good.clone().freeze())]), 9);
-    assert_eq!(produce_results(&resp), vec![(0, CORRUPT_MESSAGE, -1), (1, 0, 0)], "per-partition results");
+    let resp = w.call(
+        &produce_request(
+            &topic,
+            vec![(0, bad_crc.clone().freeze()), (1, good.clone().freeze())],
+        ),
+        9,
+    );
+    assert_eq!(
+        produce_results(&resp),
+        vec![(0, CORRUPT_MESSAGE, -1), (1, 0, 0)],
+        "per-partition results"
+    );
 
     // Same connection, valid batch: accepted at offset 0.
-    let resp = w.call(&produce_request(&topic, vec![(0, good.clone().freeze())]), 9);
-    assert_eq!(produce_results(&resp), vec![(0, 0, 0)], "good batch after corrupt ones");
+    let resp = w.call(
+        &produce_request(&topic, vec![(0, good.clone().freeze())]),
+        9,
+    );
+    assert_eq!(
+        produce_results(&resp),
+        vec![(0, 0, 0)],
+        "good batch after corrupt ones"
+    );
     assert_eq!(high_watermark(&broker.bootstrap(), &topic, 0), 3);
     assert_eq!(high_watermark(&broker.bootstrap(), &topic, 1), 3);
 
@@ -323,9 +383,21 @@ fn produce_with_a_corrupt_batch_gets_corrupt_message_and_writes_nothing() {
 /// ApiVersions v3 ranges as a map key -> (min, max), asserting no key twice.
 fn advertised(resp: &ApiVersionsResponse) -> std::collections::BTreeMap<i16, (i16, i16)> {
     let mut out = std::collections::BTreeMap::new();
-    for ApiVersion { api_key, min_version, max_version, .. } in &resp.api_keys {
-        assert!(min_version <= max_version, "api key {api_key}: min {min_version} > max {max_version}");
-        assert!(out.insert(*api_key, (*min_version, *max_version)).is_none(), "api key {api_key} advertised twice");
+    for ApiVersion {
+        api_key,
+        min_version,
+        max_version,
+        ..
+    } in &resp.api_keys
+    {
+        assert!(
+            min_version <= max_version,
+            "api key {api_key}: min {min_version} > max {max_version}"
+        );
+        assert!(
+            out.insert(*api_key, (*min_version, *max_version)).is_none(),
+            "api key {api_key} advertised twice"
+        );
     }
     out
 }
@@ -340,7 +412,10 @@ fn api_versions_v0_to_v3_decode_and_advertise_the_required_ranges() {
         assert_eq!(resp.error_code, 0, "ApiVersions v{version} error");
         let ranges = advertised(&resp);
         if let Some(f) = &first {
-            assert_eq!(&ranges, f, "ApiVersions v{version} advertises different ranges than v0");
+            assert_eq!(
+                &ranges, f,
+                "ApiVersions v{version} advertises different ranges than v0"
+            );
         } else {
             first = Some(ranges);
         }
@@ -373,7 +448,8 @@ fn api_versions_v0_to_v3_decode_and_advertise_the_required_ranges() {
     }
     // Everything advertised must be something the protocol defines.
     for (&key, &(_, max)) in &ranges {
-        let api = ApiKey::try_from(key).unwrap_or_else(|_| panic!("unknown api key {key} advertised"));
+        let api =
+            ApiKey::try_from(key).unwrap_or_else(|_| panic!("unknown api key {key} advertised"));
         let _ = api.request_header_version(max);
     }
 }
@@ -405,17 +481,29 @@ fn api_versions_of_an_unknown_version_gets_the_kip_511_fallback() {
 
         let mut f = match w.read_frame() {
             ReadOutcome::Frame(f) => f,
-            other => panic!("ApiVersions v{version}: expected a v0 fallback response, got {other:?} (KIP-511)"),
+            other => panic!(
+                "ApiVersions v{version}: expected a v0 fallback response, got {other:?} (KIP-511)"
+            ),
         };
         let h = ResponseHeader::decode(&mut f, 0).unwrap();
         assert_eq!(h.correlation_id, 511);
-        let resp = ApiVersionsResponse::decode(&mut f, 0)
-            .unwrap_or_else(|e| panic!("ApiVersions v{version}: fallback must be a v0 response: {e:#}"));
-        assert_eq!(resp.error_code, UNSUPPORTED_VERSION, "ApiVersions v{version}: error code");
+        let resp = ApiVersionsResponse::decode(&mut f, 0).unwrap_or_else(|e| {
+            panic!("ApiVersions v{version}: fallback must be a v0 response: {e:#}")
+        });
+        assert_eq!(
+            resp.error_code, UNSUPPORTED_VERSION,
+            "ApiVersions v{version}: error code"
+        );
         let ranges = advertised(&resp);
         let av = ranges.get(&(ApiKey::ApiVersions as i16)).copied();
-        assert!(matches!(av, Some((0, m)) if m >= 3), "fallback must carry the ApiVersions range, got {av:?}");
-        assert!(ranges.contains_key(&(ApiKey::Produce as i16)), "fallback must carry all ranges");
+        assert!(
+            matches!(av, Some((0, m)) if m >= 3),
+            "fallback must carry the ApiVersions range, got {av:?}"
+        );
+        assert!(
+            ranges.contains_key(&(ApiKey::Produce as i16)),
+            "fallback must carry all ranges"
+        );
 
         // The client then retries with the broker's max; that must work on the same connection.
         let ok = api_versions(&mut w, max);
@@ -431,17 +519,25 @@ fn metadata_every_version_0_to_12_decodes() {
     let mut w = Wire::connect(&broker.bootstrap());
 
     for version in 0..=12i16 {
-        let mut req = MetadataRequest::default().with_topics(Some(vec![
-            MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(topic.clone()))))
-        ]));
+        let mut req = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(topic.clone()))))]));
         if version >= 4 {
             req = req.with_allow_auto_topic_creation(false);
         }
         let resp = w.call(&req, version);
         assert_eq!(resp.brokers.len(), 1, "Metadata v{version}: brokers");
         let b = &resp.brokers[0];
-        assert_eq!(b.host.as_str(), "127.0.0.1", "Metadata v{version}: advertised host");
-        assert_eq!(b.port, broker.port() as i32, "Metadata v{version}: advertised port");
+        assert_eq!(
+            b.host.as_str(),
+            "127.0.0.1",
+            "Metadata v{version}: advertised host"
+        );
+        assert_eq!(
+            b.port,
+            broker.port() as i32,
+            "Metadata v{version}: advertised port"
+        );
         assert_eq!(resp.topics.len(), 1, "Metadata v{version}: topics");
         let t = &resp.topics[0];
         assert_eq!(t.error_code, 0, "Metadata v{version}: topic error");
@@ -458,13 +554,16 @@ fn metadata_every_version_0_to_12_decodes() {
     // Unknown topic with auto-creation off in the request (v4+).
     for version in [4i16, 12] {
         let req = MetadataRequest::default()
-            .with_topics(Some(vec![
-                MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_static_str("no-such-topic"))))
-            ]))
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                TopicName(StrBytes::from_static_str("no-such-topic")),
+            ))]))
             .with_allow_auto_topic_creation(false);
         let resp = w.call(&req, version);
         assert_eq!(resp.topics.len(), 1);
-        assert_eq!(resp.topics[0].error_code, UNKNOWN_TOPIC_OR_PARTITION, "Metadata v{version}: unknown topic");
+        assert_eq!(
+            resp.topics[0].error_code, UNKNOWN_TOPIC_OR_PARTITION,
+            "Metadata v{version}: unknown topic"
+        );
     }
 }
 
@@ -498,18 +597,32 @@ fn produce_v0_to_v2_are_answered_with_unsupported_version() {
 
         let mut f = match w.read_frame() {
             ReadOutcome::Frame(f) => f,
-            other => panic!("Produce v{version}: expected an UNSUPPORTED_VERSION response, got {other:?}"),
+            other => panic!(
+                "Produce v{version}: expected an UNSUPPORTED_VERSION response, got {other:?}"
+            ),
         };
         // Response v0–2: corr, [topic: name, [partition, error, base_offset, (v2) log_append_time]], (v1+) throttle.
-        assert_eq!(f.get_i32(), 100 + version as i32, "Produce v{version}: correlation id");
+        assert_eq!(
+            f.get_i32(),
+            100 + version as i32,
+            "Produce v{version}: correlation id"
+        );
         assert_eq!(f.get_i32(), 1, "Produce v{version}: one topic");
         let n = f.get_i16() as usize;
         assert_eq!(&f.split_to(n)[..], topic.as_bytes());
         assert_eq!(f.get_i32(), 1, "one partition");
         assert_eq!(f.get_i32(), 0, "partition index");
-        assert_eq!(f.get_i16(), UNSUPPORTED_VERSION, "Produce v{version}: partition error");
+        assert_eq!(
+            f.get_i16(),
+            UNSUPPORTED_VERSION,
+            "Produce v{version}: partition error"
+        );
     }
-    assert_eq!(high_watermark(&broker.bootstrap(), &topic, 0), 0, "a refused Produce v0-2 writes nothing");
+    assert_eq!(
+        high_watermark(&broker.bootstrap(), &topic, 0),
+        0,
+        "a refused Produce v0-2 writes nothing"
+    );
     assert_broker_serves(&broker.bootstrap());
 }
 
@@ -523,15 +636,27 @@ fn idempotent_duplicate_batch_is_not_written_twice_and_a_sequence_gap_is_refused
     create_topic_blocking(&broker.bootstrap(), &topic, 1);
     let mut w = Wire::connect(&broker.bootstrap());
 
-    let init = w.call(&InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000), 4);
+    let init = w.call(
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000),
+        4,
+    );
     assert_eq!(init.error_code, 0, "InitProducerId error");
     let pid = init.producer_id.0;
     let epoch = init.producer_epoch;
-    assert!(pid >= 0 && epoch >= 0, "InitProducerId gave pid {pid} epoch {epoch}");
+    assert!(
+        pid >= 0 && epoch >= 0,
+        "InitProducerId gave pid {pid} epoch {epoch}"
+    );
 
     let first = batch(3, pid, epoch, 0).freeze();
     let resp = w.call(&produce_request(&topic, vec![(0, first.clone())]), 9);
-    assert_eq!(produce_results(&resp), vec![(0, 0, 0)], "first idempotent batch");
+    assert_eq!(
+        produce_results(&resp),
+        vec![(0, 0, 0)],
+        "first idempotent batch"
+    );
 
     // The same batch again, as a retry would send it.
     let resp = w.call(&produce_request(&topic, vec![(0, first.clone())]), 9);
@@ -540,16 +665,32 @@ fn idempotent_duplicate_batch_is_not_written_twice_and_a_sequence_gap_is_refused
         res == vec![(0, 0, 0)] || res[0].1 == DUPLICATE_SEQUENCE_NUMBER,
         "duplicate batch: expected NONE with the original base offset 0, or DUPLICATE_SEQUENCE_NUMBER; got {res:?}"
     );
-    assert_eq!(high_watermark(&broker.bootstrap(), &topic, 0), 3, "duplicate batch must not be appended");
+    assert_eq!(
+        high_watermark(&broker.bootstrap(), &topic, 0),
+        3,
+        "duplicate batch must not be appended"
+    );
 
     // A gap in the sequence: 3 is next, 10 is out of order.
     let gap = batch(2, pid, epoch, 10).freeze();
     let resp = w.call(&produce_request(&topic, vec![(0, gap)]), 9);
-    assert_eq!(produce_results(&resp)[0].1, OUT_OF_ORDER_SEQUENCE_NUMBER, "sequence gap");
-    assert_eq!(high_watermark(&broker.bootstrap(), &topic, 0), 3, "out-of-order batch must not be appended");
+    assert_eq!(
+        produce_results(&resp)[0].1,
+        OUT_OF_ORDER_SEQUENCE_NUMBER,
+        "sequence gap"
+    );
+    assert_eq!(
+        high_watermark(&broker.bootstrap(), &topic, 0),
+        3,
+        "out-of-order batch must not be appended"
+    );
 
     let next = batch(2, pid, epoch, 3).freeze();
     let resp = w.call(&produce_request(&topic, vec![(0, next)]), 9);
-    assert_eq!(produce_results(&resp), vec![(0, 0, 3)], "next in-sequence batch");
+    assert_eq!(
+        produce_results(&resp),
+        vec![(0, 0, 3)],
+        "next in-sequence batch"
+    );
     assert_eq!(high_watermark(&broker.bootstrap(), &topic, 0), 5);
 }

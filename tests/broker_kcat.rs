@@ -36,7 +36,12 @@ fn kcat(args: &[&str], stdin: &[u8]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kcat");
-    child.stdin.take().unwrap().write_all(stdin).expect("write kcat stdin");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin)
+        .expect("write kcat stdin");
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {
@@ -57,13 +62,19 @@ fn kcat(args: &[&str], stdin: &[u8]) -> String {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("kcat {args:?} ran longer than {KCAT_TIMEOUT:?}; stderr: {}", err_reader.join().unwrap());
+            panic!(
+                "kcat {args:?} ran longer than {KCAT_TIMEOUT:?}; stderr: {}",
+                err_reader.join().unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let out = out_reader.join().unwrap();
     let err = err_reader.join().unwrap();
-    assert!(status.success(), "kcat {args:?} exited with {status}; stderr:\n{err}");
+    assert!(
+        status.success(),
+        "kcat {args:?} exited with {status}; stderr:\n{err}"
+    );
     out
 }
 
@@ -73,10 +84,22 @@ fn kcat_round_trip_with_keys_and_headers() {
     let bootstrap = broker.bootstrap();
     let topic = topic_name("kcat");
     let n = 50;
-    let input: String = (0..n).map(|i| format!("key-{i}:value {i} with spaces\n")).collect();
+    let input: String = (0..n)
+        .map(|i| format!("key-{i}:value {i} with spaces\n"))
+        .collect();
     kcat(
         &[
-            "-b", &bootstrap, "-X", "broker.address.family=v4", "-t", &topic, "-P", "-K:", "-H", "trace=abc", "-H",
+            "-b",
+            &bootstrap,
+            "-X",
+            "broker.address.family=v4",
+            "-t",
+            &topic,
+            "-P",
+            "-K:",
+            "-H",
+            "trace=abc",
+            "-H",
             "origin=kcat",
         ],
         input.as_bytes(),
@@ -84,20 +107,55 @@ fn kcat_round_trip_with_keys_and_headers() {
 
     let out = kcat(
         &[
-            "-b", &bootstrap, "-X", "broker.address.family=v4", "-C", "-t", &topic, "-o", "beginning", "-e", "-q",
-            "-f", "%p|%o|%k|%s|%h\n",
+            "-b",
+            &bootstrap,
+            "-X",
+            "broker.address.family=v4",
+            "-C",
+            "-t",
+            &topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%p|%o|%k|%s|%h\n",
         ],
         b"",
     );
-    let expected: String =
-        (0..n).map(|i| format!("0|{i}|key-{i}|value {i} with spaces|trace=abc,origin=kcat\n")).collect();
+    let expected: String = (0..n)
+        .map(|i| format!("0|{i}|key-{i}|value {i} with spaces|trace=abc,origin=kcat\n"))
+        .collect();
     assert_eq!(out, expected, "kcat consumed output");
 
     // A second produce appends after the first; reading from offset 50 gives only it.
-    kcat(&["-b", &bootstrap, "-X", "broker.address.family=v4", "-t", &topic, "-P", "-K:"], b"late:arrival\n");
+    kcat(
+        &[
+            "-b",
+            &bootstrap,
+            "-X",
+            "broker.address.family=v4",
+            "-t",
+            &topic,
+            "-P",
+            "-K:",
+        ],
+        b"late:arrival\n",
+    );
     let out = kcat(
         &[
-            "-b", &bootstrap, "-X", "broker.address.family=v4", "-C", "-t", &topic, "-o", "50", "-e", "-q", "-f",
+            "-b",
+            &bootstrap,
+            "-X",
+            "broker.address.family=v4",
+            "-C",
+            "-t",
+            &topic,
+            "-o",
+            "50",
+            "-e",
+            "-q",
+            "-f",
             "%o|%k|%s\n",
         ],
         b"",
@@ -109,15 +167,46 @@ fn kcat_round_trip_with_keys_and_headers() {
 fn kcat_compressed_produce_is_stored_compressed() {
     let broker = Broker::start();
     let bootstrap = broker.bootstrap();
-    for (codec, expected) in [("gzip", Compression::Gzip), ("lz4", Compression::Lz4), ("snappy", Compression::Snappy), ("zstd", Compression::Zstd)] {
+    for (codec, expected) in [
+        ("gzip", Compression::Gzip),
+        ("lz4", Compression::Lz4),
+        ("snappy", Compression::Snappy),
+        ("zstd", Compression::Zstd),
+    ] {
         let topic = topic_name(&format!("kcat-{codec}"));
-        let input: String = (0..100).map(|i| format!("{i} {}\n", "compressible ".repeat(8))).collect();
+        let input: String = (0..100)
+            .map(|i| format!("{i} {}\n", "compressible ".repeat(8)))
+            .collect();
         kcat(
-            &["-b", &bootstrap, "-X", "broker.address.family=v4", "-t", &topic, "-P", "-z", codec, "-X", "linger.ms=50"],
+            &[
+                "-b",
+                &bootstrap,
+                "-X",
+                "broker.address.family=v4",
+                "-t",
+                &topic,
+                "-P",
+                "-z",
+                codec,
+                "-X",
+                "linger.ms=50",
+            ],
             input.as_bytes(),
         );
         let out = kcat(
-            &["-b", &bootstrap, "-X", "broker.address.family=v4", "-C", "-t", &topic, "-o", "beginning", "-e", "-q"],
+            &[
+                "-b",
+                &bootstrap,
+                "-X",
+                "broker.address.family=v4",
+                "-C",
+                "-t",
+                &topic,
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+            ],
             b"",
         );
         assert_eq!(out, input, "{codec}: kcat consumed output");

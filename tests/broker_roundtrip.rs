@@ -36,12 +36,16 @@ where
             .expect("enqueue record");
         futs.push(fut);
     }
-    let results = tokio::time::timeout(CLIENT_TIMEOUT, join_all(futs)).await.expect("delivery reports timed out");
+    let results = tokio::time::timeout(CLIENT_TIMEOUT, join_all(futs))
+        .await
+        .expect("delivery reports timed out");
     results
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
-            let d = r.expect("delivery future canceled").unwrap_or_else(|(e, _)| panic!("record {i} not delivered: {e:?}"));
+            let d = r
+                .expect("delivery future canceled")
+                .unwrap_or_else(|(e, _)| panic!("record {i} not delivered: {e:?}"));
             (d.partition, d.offset)
         })
         .collect()
@@ -66,7 +70,11 @@ async fn produce_with_acks_0_1_and_all_then_consume_everything() {
             let offsets: Vec<i64> = delivered.iter().map(|&(_, o)| o).collect();
             let mut sorted = offsets.clone();
             sorted.sort_unstable();
-            assert_eq!(sorted, (0..n as i64).collect::<Vec<_>>(), "acks={acks}: delivery offsets");
+            assert_eq!(
+                sorted,
+                (0..n as i64).collect::<Vec<_>>(),
+                "acks={acks}: delivery offsets"
+            );
             assert!(delivered.iter().all(|&(p, _)| p == 0));
         }
         let c = consumer(&broker.bootstrap(), &[]);
@@ -78,8 +86,16 @@ async fn produce_with_acks_0_1_and_all_then_consume_everything() {
         assert_eq!(msgs.len(), n, "acks={acks}: consumed count");
         for (i, m) in msgs.iter().enumerate() {
             assert_eq!(m.offset(), i as i64, "acks={acks}: offset of record {i}");
-            assert_eq!(payload_str(m), format!("{prefix}-{i}"), "acks={acks}: value of record {i}");
-            assert_eq!(m.key(), Some(format!("key-{i}").as_bytes()), "acks={acks}: key of record {i}");
+            assert_eq!(
+                payload_str(m),
+                format!("{prefix}-{i}"),
+                "acks={acks}: value of record {i}"
+            );
+            assert_eq!(
+                m.key(),
+                Some(format!("key-{i}").as_bytes()),
+                "acks={acks}: key of record {i}"
+            );
         }
     }
 }
@@ -98,13 +114,29 @@ async fn every_compression_codec_round_trips() {
     for (codec, expected) in codecs {
         let topic = topic_name(&format!("codec-{codec}"));
         create_topic(&broker.bootstrap(), &topic, 1).await;
-        let p = producer(&broker.bootstrap(), &[("acks", "all"), ("compression.type", codec), ("linger.ms", "20")]);
+        let p = producer(
+            &broker.bootstrap(),
+            &[
+                ("acks", "all"),
+                ("compression.type", codec),
+                ("linger.ms", "20"),
+            ],
+        );
         // Compressible, but every record distinct.
-        let make = |i: usize| (format!("key-{i}"), format!("{codec}-{i}-{}", "abcdefgh".repeat(24)));
+        let make = |i: usize| {
+            (
+                format!("key-{i}"),
+                format!("{codec}-{i}-{}", "abcdefgh".repeat(24)),
+            )
+        };
         let delivered = produce_n(&p, &topic, n, make).await;
         let mut offsets: Vec<i64> = delivered.iter().map(|&(_, o)| o).collect();
         offsets.sort_unstable();
-        assert_eq!(offsets, (0..n as i64).collect::<Vec<_>>(), "{codec}: delivery offsets");
+        assert_eq!(
+            offsets,
+            (0..n as i64).collect::<Vec<_>>(),
+            "{codec}: delivery offsets"
+        );
 
         let c = consumer(&broker.bootstrap(), &[]);
         assign(&c, &topic, &[0], Offset::Beginning);
@@ -138,7 +170,13 @@ async fn consume_from_beginning_end_and_timestamp() {
         let v = format!("old-{i}");
         let d = tokio::time::timeout(
             CLIENT_TIMEOUT,
-            p.send(FutureRecord::to(&topic).key("k").payload(&v).timestamp(ts_base + i * 1000), Duration::ZERO),
+            p.send(
+                FutureRecord::to(&topic)
+                    .key("k")
+                    .payload(&v)
+                    .timestamp(ts_base + i * 1000),
+                Duration::ZERO,
+            ),
         )
         .await
         .expect("send timed out")
@@ -154,7 +192,11 @@ async fn consume_from_beginning_end_and_timestamp() {
     for (i, m) in msgs.iter().enumerate() {
         assert_eq!(m.offset(), i as i64);
         assert_eq!(payload_str(m), format!("old-{i}"));
-        assert_eq!(m.timestamp(), Timestamp::CreateTime(ts_base + i as i64 * 1000), "timestamp of record {i}");
+        assert_eq!(
+            m.timestamp(),
+            Timestamp::CreateTime(ts_base + i as i64 * 1000),
+            "timestamp of record {i}"
+        );
     }
 
     // From the end: nothing until new records arrive, then exactly those.
@@ -165,7 +207,12 @@ async fn consume_from_beginning_end_and_timestamp() {
         let v = format!("new-{i}");
         tokio::time::timeout(
             CLIENT_TIMEOUT,
-            p.send(FutureRecord::<str, str>::to(&topic).payload(&v).timestamp(ts_base + 100_000 + i * 1000), Duration::ZERO),
+            p.send(
+                FutureRecord::<str, str>::to(&topic)
+                    .payload(&v)
+                    .timestamp(ts_base + 100_000 + i * 1000),
+                Duration::ZERO,
+            ),
         )
         .await
         .expect("send timed out")
@@ -173,29 +220,66 @@ async fn consume_from_beginning_end_and_timestamp() {
     }
     let mut new_msgs = consume_n(&tail, 5, CONSUME_TIMEOUT);
     new_msgs.extend(consume_to_end(&tail, &[0], CONSUME_TIMEOUT));
-    let got: Vec<(i64, String)> = new_msgs.iter().map(|m| (m.offset(), payload_str(m))).collect();
+    let got: Vec<(i64, String)> = new_msgs
+        .iter()
+        .map(|m| (m.offset(), payload_str(m)))
+        .collect();
     let want: Vec<(i64, String)> = (0..5).map(|i| (first + i, format!("new-{i}"))).collect();
-    assert_eq!(got, want, "consumer assigned at the end sees exactly the new records");
+    assert_eq!(
+        got, want,
+        "consumer assigned at the end sees exactly the new records"
+    );
 
     // By timestamp (ListOffsets): exact hit, between two records, and past the end.
     let lookup = |ts: i64| -> Offset {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Offset(ts)).unwrap();
-        let res = c.offsets_for_times(tpl, CLIENT_TIMEOUT).expect("offsets_for_times");
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(ts))
+            .unwrap();
+        let res = c
+            .offsets_for_times(tpl, CLIENT_TIMEOUT)
+            .expect("offsets_for_times");
         let e = res.find_partition(&topic, 0).expect("partition in result");
-        assert!(e.error().is_ok(), "offsets_for_times partition error: {:?}", e.error());
+        assert!(
+            e.error().is_ok(),
+            "offsets_for_times partition error: {:?}",
+            e.error()
+        );
         e.offset()
     };
-    assert_eq!(lookup(ts_base + 7_000), Offset::Offset(7), "timestamp of record 7 -> offset 7");
-    assert_eq!(lookup(ts_base + 7_500), Offset::Offset(8), "between 7 and 8 -> first at or after: 8");
-    assert_eq!(lookup(ts_base - 1), Offset::Offset(0), "before everything -> offset 0");
-    assert_eq!(lookup(ts_base + 100_000), Offset::Offset(first), "first new record");
-    assert_eq!(lookup(ts_base + 10_000_000), Offset::End, "past the last timestamp -> no offset (-1)");
+    assert_eq!(
+        lookup(ts_base + 7_000),
+        Offset::Offset(7),
+        "timestamp of record 7 -> offset 7"
+    );
+    assert_eq!(
+        lookup(ts_base + 7_500),
+        Offset::Offset(8),
+        "between 7 and 8 -> first at or after: 8"
+    );
+    assert_eq!(
+        lookup(ts_base - 1),
+        Offset::Offset(0),
+        "before everything -> offset 0"
+    );
+    assert_eq!(
+        lookup(ts_base + 100_000),
+        Offset::Offset(first),
+        "first new record"
+    );
+    assert_eq!(
+        lookup(ts_base + 10_000_000),
+        Offset::End,
+        "past the last timestamp -> no offset (-1)"
+    );
 
     let by_ts = consumer(&broker.bootstrap(), &[]);
     assign(&by_ts, &topic, &[0], lookup(ts_base + 7_000));
     let msgs = consume_to_end(&by_ts, &[0], CONSUME_TIMEOUT);
-    assert_eq!(msgs.len(), (first - 7 + 5) as usize, "records from the timestamp lookup on");
+    assert_eq!(
+        msgs.len(),
+        (first - 7 + 5) as usize,
+        "records from the timestamp lookup on"
+    );
     assert_eq!(msgs[0].offset(), 7);
     assert_eq!(payload_str(&msgs[0]), "old-7");
 }
@@ -214,7 +298,11 @@ async fn keys_headers_and_null_values_round_trip() {
         headers: Vec<(String, Option<Vec<u8>>)>,
     }
     let recs = vec![
-        Rec { key: Some(b"plain".to_vec()), value: Some(b"v0".to_vec()), headers: vec![] },
+        Rec {
+            key: Some(b"plain".to_vec()),
+            value: Some(b"v0".to_vec()),
+            headers: vec![],
+        },
         Rec {
             key: Some(binary.clone()),
             value: Some(binary.clone()),
@@ -226,14 +314,29 @@ async fn keys_headers_and_null_values_round_trip() {
                 ("bin".into(), Some(binary.clone())),
             ],
         },
-        Rec { key: None, value: Some(b"no key".to_vec()), headers: vec![("only".into(), Some(b"header".to_vec()))] },
-        Rec { key: Some(b"tombstone".to_vec()), value: None, headers: vec![] },
-        Rec { key: Some(vec![]), value: Some(vec![]), headers: vec![("ünïcödé".into(), Some("välue".as_bytes().to_vec()))] },
+        Rec {
+            key: None,
+            value: Some(b"no key".to_vec()),
+            headers: vec![("only".into(), Some(b"header".to_vec()))],
+        },
+        Rec {
+            key: Some(b"tombstone".to_vec()),
+            value: None,
+            headers: vec![],
+        },
+        Rec {
+            key: Some(vec![]),
+            value: Some(vec![]),
+            headers: vec![("ünïcödé".into(), Some("välue".as_bytes().to_vec()))],
+        },
     ];
     for (i, r) in recs.iter().enumerate() {
         let mut h = OwnedHeaders::new();
         for (name, value) in &r.headers {
-            h = h.insert(Header { key: name, value: value.as_deref() });
+            h = h.insert(Header {
+                key: name,
+                value: value.as_deref(),
+            });
         }
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(h);
         if let Some(k) = &r.key {
@@ -257,10 +360,16 @@ async fn keys_headers_and_null_values_round_trip() {
         assert_eq!(m.key(), r.key.as_deref(), "key of record {i}");
         assert_eq!(m.payload(), r.value.as_deref(), "value of record {i}");
         let got: Vec<(String, Option<Vec<u8>>)> = match m.headers() {
-            Some(h) => h.iter().map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec()))).collect(),
+            Some(h) => h
+                .iter()
+                .map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec())))
+                .collect(),
             None => vec![],
         };
-        assert_eq!(got, r.headers, "headers of record {i} (order, duplicates, empty and null values kept)");
+        assert_eq!(
+            got, r.headers,
+            "headers of record {i} (order, duplicates, empty and null values kept)"
+        );
     }
 }
 
@@ -273,15 +382,31 @@ async fn sixty_four_partitions_over_two_shards_all_produce_and_consume() {
     create_topic(&broker.bootstrap(), &topic, partitions).await;
 
     let c = consumer(&broker.bootstrap(), &[]);
-    let md = c.fetch_metadata(Some(&topic), CLIENT_TIMEOUT).expect("metadata");
+    let md = c
+        .fetch_metadata(Some(&topic), CLIENT_TIMEOUT)
+        .expect("metadata");
     let broker_ids: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
     assert_eq!(broker_ids.len(), 1, "single-node cluster");
-    let t = md.topics().iter().find(|t| t.name() == topic).expect("topic in metadata");
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .expect("topic in metadata");
     assert!(t.error().is_none(), "topic metadata error: {:?}", t.error());
     assert_eq!(t.partitions().len(), partitions as usize);
     for part in t.partitions() {
-        assert_eq!(part.leader(), broker_ids[0], "leader of partition {}", part.id());
-        assert!(part.error().is_none(), "partition {} error {:?}", part.id(), part.error());
+        assert_eq!(
+            part.leader(),
+            broker_ids[0],
+            "leader of partition {}",
+            part.id()
+        );
+        assert!(
+            part.error().is_none(),
+            "partition {} error {:?}",
+            part.id(),
+            part.error()
+        );
     }
 
     let p = producer(&broker.bootstrap(), &[("acks", "all")]);
@@ -290,35 +415,60 @@ async fn sixty_four_partitions_over_two_shards_all_produce_and_consume() {
         for part in 0..partitions {
             let v = format!("p{part}-{i}");
             let fut = p
-                .send_result(FutureRecord::<str, str>::to(&topic).partition(part).payload(&v))
+                .send_result(
+                    FutureRecord::<str, str>::to(&topic)
+                        .partition(part)
+                        .payload(&v),
+                )
                 .map_err(|(e, _)| e)
                 .expect("enqueue");
             futs.push((part, v, fut));
         }
     }
     let (meta, futs): (Vec<_>, Vec<_>) = futs.into_iter().map(|(p, v, f)| ((p, v), f)).unzip();
-    let results = tokio::time::timeout(CLIENT_TIMEOUT, join_all(futs)).await.expect("deliveries timed out");
+    let results = tokio::time::timeout(CLIENT_TIMEOUT, join_all(futs))
+        .await
+        .expect("deliveries timed out");
     let mut acked: BTreeMap<(i32, i64), String> = BTreeMap::new();
     for ((part, v), r) in meta.into_iter().zip(results) {
-        let d = r.unwrap().unwrap_or_else(|(e, _)| panic!("{v} not delivered: {e:?}"));
+        let d = r
+            .unwrap()
+            .unwrap_or_else(|(e, _)| panic!("{v} not delivered: {e:?}"));
         assert_eq!(d.partition, part);
-        assert!(acked.insert((part, d.offset), v).is_none(), "offset {} given twice in partition {part}", d.offset);
+        assert!(
+            acked.insert((part, d.offset), v).is_none(),
+            "offset {} given twice in partition {part}",
+            d.offset
+        );
     }
 
     let all: Vec<i32> = (0..partitions).collect();
     assign(&c, &topic, &all, Offset::Beginning);
     let msgs = consume_to_end(&c, &all, CONSUME_TIMEOUT);
-    assert_eq!(msgs.len(), partitions as usize * per_partition, "consumed count over 64 partitions");
+    assert_eq!(
+        msgs.len(),
+        partitions as usize * per_partition,
+        "consumed count over 64 partitions"
+    );
     let mut by_part: HashMap<i32, Vec<(i64, String)>> = HashMap::new();
     for m in &msgs {
-        by_part.entry(m.partition()).or_default().push((m.offset(), payload_str(m)));
+        by_part
+            .entry(m.partition())
+            .or_default()
+            .push((m.offset(), payload_str(m)));
     }
     for part in 0..partitions {
         let got = by_part.remove(&part).unwrap_or_default();
-        let want: Vec<(i64, String)> = (0..per_partition).map(|i| (i as i64, format!("p{part}-{i}"))).collect();
+        let want: Vec<(i64, String)> = (0..per_partition)
+            .map(|i| (i as i64, format!("p{part}-{i}")))
+            .collect();
         assert_eq!(got, want, "partition {part}");
         for (o, v) in &want {
-            assert_eq!(acked.get(&(part, *o)), Some(v), "ack for partition {part} offset {o}");
+            assert_eq!(
+                acked.get(&(part, *o)),
+                Some(v),
+                "ack for partition {part} offset {o}"
+            );
         }
     }
 }
@@ -334,7 +484,11 @@ async fn produce_across_a_crash(
     total: usize,
     kill_after: usize,
 ) -> (HashMap<String, (i32, i64)>, usize) {
-    let mut cfg = vec![("acks", "all"), ("message.timeout.ms", "30000"), ("retry.backoff.ms", "100")];
+    let mut cfg = vec![
+        ("acks", "all"),
+        ("message.timeout.ms", "30000"),
+        ("retry.backoff.ms", "100"),
+    ];
     cfg.extend_from_slice(extra);
     let p = producer(&broker.bootstrap(), &cfg);
     let acked_count = Arc::new(AtomicUsize::new(0));
@@ -342,7 +496,10 @@ async fn produce_across_a_crash(
     for i in 0..total {
         let v = format!("rec-{i}");
         let k = format!("key-{}", i % 7);
-        let fut = p.send_result(FutureRecord::to(topic).key(&k).payload(&v)).map_err(|(e, _)| e).expect("enqueue");
+        let fut = p
+            .send_result(FutureRecord::to(topic).key(&k).payload(&v))
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
         let counter = acked_count.clone();
         handles.push(tokio::spawn(async move {
             let r = fut.await.expect("delivery canceled");
@@ -362,12 +519,19 @@ async fn produce_across_a_crash(
     }
     let deadline = Instant::now() + CLIENT_TIMEOUT;
     while broker.is_running() && acked_count.load(Ordering::SeqCst) < kill_after {
-        assert!(Instant::now() < deadline, "only {} acks before the kill point", acked_count.load(Ordering::SeqCst));
+        assert!(
+            Instant::now() < deadline,
+            "only {} acks before the kill point",
+            acked_count.load(Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     broker.kill();
     let acked_at_kill = acked_count.load(Ordering::SeqCst);
-    assert!(acked_at_kill < total, "all {total} records were acked before the kill; the test did not test anything");
+    assert!(
+        acked_at_kill < total,
+        "all {total} records were acked before the kill; the test did not test anything"
+    );
     broker.restart();
 
     let results = tokio::time::timeout(Duration::from_secs(60), join_all(handles))
@@ -399,7 +563,12 @@ fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<(i32, i64
     let mut next: HashMap<i32, i64> = HashMap::new();
     for m in &msgs {
         let n = next.entry(m.partition()).or_insert(0);
-        assert_eq!(m.offset(), *n, "offsets in partition {} are not dense after recovery", m.partition());
+        assert_eq!(
+            m.offset(),
+            *n,
+            "offsets in partition {} are not dense after recovery",
+            m.partition()
+        );
         *n += 1;
         out.insert((m.partition(), m.offset()), payload_str(m));
     }
@@ -413,8 +582,14 @@ async fn sigkill_and_restart_keeps_every_acknowledged_record() {
     let partitions = 2;
     create_topic(&broker.bootstrap(), &topic, partitions).await;
 
-    let (acked, failed) =
-        produce_across_a_crash(&mut broker, &topic, &[("enable.idempotence", "false")], 3000, 800).await;
+    let (acked, failed) = produce_across_a_crash(
+        &mut broker,
+        &topic,
+        &[("enable.idempotence", "false")],
+        3000,
+        800,
+    )
+    .await;
     eprintln!("acked {} records, {failed} failed", acked.len());
 
     let stored = read_all(&broker.bootstrap(), &topic, partitions);
@@ -432,8 +607,12 @@ async fn sigkill_and_restart_keeps_every_acknowledged_record() {
         acked.len(),
         &missing[..missing.len().min(5)]
     );
-    let produced: std::collections::HashSet<String> = (0..3000).map(|i| format!("rec-{i}")).collect();
-    assert!(stored.values().all(|v| produced.contains(v)), "a stored value that was never produced");
+    let produced: std::collections::HashSet<String> =
+        (0..3000).map(|i| format!("rec-{i}")).collect();
+    assert!(
+        stored.values().all(|v| produced.contains(v)),
+        "a stored value that was never produced"
+    );
 
     // Appends continue after the recovered end: no offset is reused.
     let ends: HashMap<i32, i64> = (0..partitions)
@@ -443,12 +622,20 @@ async fn sigkill_and_restart_keeps_every_acknowledged_record() {
     for part in 0..partitions {
         let d = tokio::time::timeout(
             CLIENT_TIMEOUT,
-            p.send(FutureRecord::<str, str>::to(&topic).partition(part).payload("after-restart"), Duration::ZERO),
+            p.send(
+                FutureRecord::<str, str>::to(&topic)
+                    .partition(part)
+                    .payload("after-restart"),
+                Duration::ZERO,
+            ),
         )
         .await
         .expect("send timed out")
         .unwrap_or_else(|(e, _)| panic!("produce after restart: {e:?}"));
-        assert_eq!(d.offset, ends[&part], "first offset after recovery in partition {part}");
+        assert_eq!(
+            d.offset, ends[&part],
+            "first offset after recovery in partition {part}"
+        );
     }
 }
 
@@ -460,15 +647,26 @@ async fn idempotent_producer_writes_each_record_once_in_order() {
     create_topic(&broker.bootstrap(), &topic, partitions).await;
     let p = producer(
         &broker.bootstrap(),
-        &[("enable.idempotence", "true"), ("max.in.flight.requests.per.connection", "5"), ("linger.ms", "1")],
+        &[
+            ("enable.idempotence", "true"),
+            ("max.in.flight.requests.per.connection", "5"),
+            ("linger.ms", "1"),
+        ],
     );
     let n = 2000usize;
-    let delivered = produce_n(&p, &topic, n, |i| (format!("key-{}", i % 7), format!("idem-{i}"))).await;
+    let delivered = produce_n(&p, &topic, n, |i| {
+        (format!("key-{}", i % 7), format!("idem-{i}"))
+    })
+    .await;
 
     let stored = read_all(&broker.bootstrap(), &topic, partitions);
     assert_eq!(stored.len(), n, "idempotent producer: stored record count");
     for (i, (part, off)) in delivered.iter().enumerate() {
-        assert_eq!(stored.get(&(*part, *off)), Some(&format!("idem-{i}")), "record {i} at its acked offset");
+        assert_eq!(
+            stored.get(&(*part, *off)),
+            Some(&format!("idem-{i}")),
+            "record {i} at its acked offset"
+        );
     }
     // Per-partition order is the send order.
     for part in 0..partitions {
@@ -477,7 +675,10 @@ async fn idempotent_producer_writes_each_record_once_in_order() {
             .filter(|((q, _), _)| *q == part)
             .map(|(_, v)| v.trim_start_matches("idem-").parse().unwrap())
             .collect();
-        assert!(seq.windows(2).all(|w| w[0] < w[1]), "partition {part} out of send order");
+        assert!(
+            seq.windows(2).all(|w| w[0] < w[1]),
+            "partition {part} out of send order"
+        );
     }
 }
 
@@ -490,7 +691,14 @@ async fn idempotent_producer_retries_across_a_restart_do_not_duplicate() {
     let partitions = 2;
     create_topic(&broker.bootstrap(), &topic, partitions).await;
 
-    let (acked, failed) = produce_across_a_crash(&mut broker, &topic, &[("enable.idempotence", "true")], 3000, 800).await;
+    let (acked, failed) = produce_across_a_crash(
+        &mut broker,
+        &topic,
+        &[("enable.idempotence", "true")],
+        3000,
+        800,
+    )
+    .await;
     eprintln!("acked {} records, {failed} failed", acked.len());
 
     let stored = read_all(&broker.bootstrap(), &topic, partitions);
@@ -501,6 +709,10 @@ async fn idempotent_producer_retries_across_a_restart_do_not_duplicate() {
         }
     }
     for (v, po) in &acked {
-        assert_eq!(stored.get(po), Some(v), "acknowledged record {v} not at its acked offset {po:?}");
+        assert_eq!(
+            stored.get(po),
+            Some(v),
+            "acknowledged record {v} not at its acked offset {po:?}"
+        );
     }
 }

@@ -55,7 +55,12 @@ pub struct BrokerOptions {
 
 impl Default for BrokerOptions {
     fn default() -> Self {
-        BrokerOptions { cores: 1, num_partitions: None, auto_create_topics: None, extra_args: Vec::new() }
+        BrokerOptions {
+            cores: 1,
+            num_partitions: None,
+            auto_create_topics: None,
+            extra_args: Vec::new(),
+        }
     }
 }
 
@@ -103,9 +108,22 @@ impl Broker {
     }
 
     pub fn start_with(options: BrokerOptions) -> Broker {
-        let data_dir = tempfile::Builder::new().prefix("runnel-data-").tempdir().expect("tempdir");
-        let log_dir = tempfile::Builder::new().prefix("runnel-log-").tempdir().expect("tempdir");
-        let mut broker = Broker { child: None, port: free_port(), options, data_dir, log_dir, starts: 0 };
+        let data_dir = tempfile::Builder::new()
+            .prefix("runnel-data-")
+            .tempdir()
+            .expect("tempdir");
+        let log_dir = tempfile::Builder::new()
+            .prefix("runnel-log-")
+            .tempdir()
+            .expect("tempdir");
+        let mut broker = Broker {
+            child: None,
+            port: free_port(),
+            options,
+            data_dir,
+            log_dir,
+            starts: 0,
+        };
         broker.spawn();
         broker
     }
@@ -138,7 +156,10 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "spawn while a broker process is still running");
+        assert!(
+            self.child.is_none(),
+            "spawn while a broker process is still running"
+        );
         self.starts += 1;
         let stderr = File::create(self.log_path(self.starts)).expect("create broker log");
         let mut cmd = Command::new(runnel_bin());
@@ -156,8 +177,12 @@ impl Broker {
             cmd.arg("--auto-create-topics").arg(on.to_string());
         }
         cmd.args(&self.options.extra_args);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(stderr));
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", runnel_bin().display()));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", runnel_bin().display()));
 
         // A thread owns stdout for the life of the process: it forwards lines
         // until the ready line and then keeps draining, so the broker never
@@ -222,7 +247,9 @@ impl Broker {
     /// SIGTERM and wait up to `timeout` for a clean exit; SIGKILL after that.
     /// Returns true if the broker exited on its own.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
         }
@@ -254,7 +281,8 @@ impl Broker {
 
     /// Resident set size of the broker process, from /proc.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -267,7 +295,11 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- runnel stderr tail (port {}) ---\n{}", self.port, self.log_tail(6000));
+            eprintln!(
+                "--- runnel stderr tail (port {}) ---\n{}",
+                self.port,
+                self.log_tail(6000)
+            );
         }
         self.kill();
     }
@@ -293,7 +325,9 @@ pub fn base_config(bootstrap: &str) -> ClientConfig {
 /// A `FutureProducer` with `acks` and extra settings.
 pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
     let mut c = base_config(bootstrap);
-    c.set("message.timeout.ms", "15000").set("request.timeout.ms", "10000").set("linger.ms", "5");
+    c.set("message.timeout.ms", "15000")
+        .set("request.timeout.ms", "10000")
+        .set("linger.ms", "5");
     for (k, v) in extra {
         c.set(*k, *v);
     }
@@ -318,13 +352,17 @@ pub fn consumer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseConsumer {
 }
 
 pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
-    base_config(bootstrap).create().expect("create admin client")
+    base_config(bootstrap)
+        .create()
+        .expect("create admin client")
 }
 
 /// CreateTopics through the admin API; panics on any error.
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     let admin = admin(bootstrap);
-    let opts = AdminOptions::new().operation_timeout(Some(CLIENT_TIMEOUT)).request_timeout(Some(CLIENT_TIMEOUT));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(CLIENT_TIMEOUT))
+        .request_timeout(Some(CLIENT_TIMEOUT));
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let results = tokio::time::timeout(CLIENT_TIMEOUT, admin.create_topics([&topic], &opts))
         .await
@@ -338,7 +376,10 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
 
 /// Blocking variant for tests without a tokio runtime.
 pub fn create_topic_blocking(bootstrap: &str, name: &str, partitions: i32) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(create_topic(bootstrap, name, partitions));
 }
 
@@ -346,7 +387,11 @@ pub fn create_topic_blocking(bootstrap: &str, name: &str, partitions: i32) {
 pub fn topic_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Assign `partitions` of `topic` starting at `offset`.
@@ -362,7 +407,11 @@ pub fn assign(consumer: &BaseConsumer, topic: &str, partitions: &[i32], offset: 
 /// end-of-partition (after delivering all messages up to the high watermark).
 /// Returns all messages in arrival order. Panics on a consumer error or if the
 /// end is not reached within `timeout`.
-pub fn consume_to_end(consumer: &BaseConsumer, partitions: &[i32], timeout: Duration) -> Vec<OwnedMessage> {
+pub fn consume_to_end(
+    consumer: &BaseConsumer,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
     let deadline = Instant::now() + timeout;
     let mut pending: HashSet<i32> = partitions.iter().copied().collect();
     let mut out = Vec::new();
@@ -394,7 +443,11 @@ pub fn consume_n(consumer: &BaseConsumer, n: usize, timeout: Duration) -> Vec<Ow
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < n {
-        assert!(Instant::now() < deadline, "consume_n: got {} of {n} messages within {timeout:?}", out.len());
+        assert!(
+            Instant::now() < deadline,
+            "consume_n: got {} of {n} messages within {timeout:?}",
+            out.len()
+        );
         match consumer.poll(Duration::from_millis(100)) {
             None | Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Ok(m)) => out.push(m.detach()),
@@ -408,7 +461,11 @@ pub fn consume_n(consumer: &BaseConsumer, n: usize, timeout: Duration) -> Vec<Ow
 /// any message. Used to know an `Offset::End` assignment has been resolved.
 pub fn wait_eof_no_messages(consumer: &BaseConsumer, partitions: &[i32], timeout: Duration) {
     let msgs = consume_to_end(consumer, partitions, timeout);
-    assert!(msgs.is_empty(), "expected no messages before EOF, got {}", msgs.len());
+    assert!(
+        msgs.is_empty(),
+        "expected no messages before EOF, got {}",
+        msgs.len()
+    );
 }
 
 pub fn payload_str(m: &OwnedMessage) -> String {
@@ -425,20 +482,32 @@ pub fn assert_broker_serves(bootstrap: &str) {
     c.set("message.timeout.ms", "15000").set("acks", "all");
     let p: BaseProducer = c.create().unwrap();
     for i in 0..5 {
-        p.send(BaseRecord::to(&topic).key("k").payload(&format!("alive-{i}"))).expect("enqueue");
+        p.send(
+            BaseRecord::to(&topic)
+                .key("k")
+                .payload(&format!("alive-{i}")),
+        )
+        .expect("enqueue");
     }
-    p.flush(CLIENT_TIMEOUT).expect("flush: broker no longer accepts produce");
+    p.flush(CLIENT_TIMEOUT)
+        .expect("flush: broker no longer accepts produce");
     let c = consumer(bootstrap, &[]);
     assign(&c, &topic, &[0], rdkafka::Offset::Beginning);
     let msgs = consume_to_end(&c, &[0], CONSUME_TIMEOUT);
     let got: Vec<String> = msgs.iter().map(payload_str).collect();
     let want: Vec<String> = (0..5).map(|i| format!("alive-{i}")).collect();
-    assert_eq!(got, want, "broker no longer serves produce+consume correctly");
+    assert_eq!(
+        got, want,
+        "broker no longer serves produce+consume correctly"
+    );
 }
 
 /// Fetch partition 0 from offset 0 over the raw protocol and return the
 /// compression codec of every stored batch, to show batches are stored as sent.
-pub fn stored_batch_codecs(bootstrap: &str, topic: &str) -> Vec<kafka_protocol::records::Compression> {
+pub fn stored_batch_codecs(
+    bootstrap: &str,
+    topic: &str,
+) -> Vec<kafka_protocol::records::Compression> {
     let mut wire = Wire::connect(bootstrap);
     let req = kafka_protocol::messages::FetchRequest::default()
         .with_replica_id((-1).into())
@@ -446,20 +515,27 @@ pub fn stored_batch_codecs(bootstrap: &str, topic: &str) -> Vec<kafka_protocol::
         .with_min_bytes(1)
         .with_max_bytes(16 * 1024 * 1024)
         .with_session_epoch(-1)
-        .with_topics(vec![kafka_protocol::messages::fetch_request::FetchTopic::default()
-            .with_topic(kafka_protocol::messages::TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partitions(vec![kafka_protocol::messages::fetch_request::FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_current_leader_epoch(-1)
-                .with_log_start_offset(-1)
-                .with_partition_max_bytes(16 * 1024 * 1024)])]);
+        .with_topics(vec![
+            kafka_protocol::messages::fetch_request::FetchTopic::default()
+                .with_topic(kafka_protocol::messages::TopicName(StrBytes::from_string(
+                    topic.to_string(),
+                )))
+                .with_partitions(vec![
+                    kafka_protocol::messages::fetch_request::FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_current_leader_epoch(-1)
+                        .with_log_start_offset(-1)
+                        .with_partition_max_bytes(16 * 1024 * 1024),
+                ]),
+        ]);
     let resp = wire.call(&req, 12);
     assert_eq!(resp.error_code, 0, "fetch top-level error");
     let part = &resp.responses[0].partitions[0];
     assert_eq!(part.error_code, 0, "fetch partition error");
     let mut records: Bytes = part.records.clone().expect("fetch returned records");
-    let infos = kafka_protocol::records::RecordBatchDecoder::decode_batch_info(&mut records).expect("stored batches decode");
+    let infos = kafka_protocol::records::RecordBatchDecoder::decode_batch_info(&mut records)
+        .expect("stored batches decode");
     infos.iter().map(|b| b.compression).collect()
 }
 
@@ -491,10 +567,17 @@ pub struct Wire {
 impl Wire {
     pub fn connect(bootstrap: &str) -> Wire {
         let stream = TcpStream::connect(bootstrap).expect("connect to broker");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
-        Wire { stream, correlation_id: 0 }
+        Wire {
+            stream,
+            correlation_id: 0,
+        }
     }
 
     pub fn set_read_timeout(&self, d: Duration) {
@@ -511,7 +594,9 @@ impl Wire {
             .with_correlation_id(correlation_id)
             .with_client_id(Some(StrBytes::from_static_str("runnel-tests")));
         let mut body = BytesMut::new();
-        header.encode(&mut body, R::header_version(version)).expect("encode header");
+        header
+            .encode(&mut body, R::header_version(version))
+            .expect("encode header");
         req.encode(&mut body, version).expect("encode body");
         (frame(&body), correlation_id)
     }
@@ -532,15 +617,26 @@ impl Wire {
     pub fn recv_response<R: Request>(&mut self, version: i16, correlation_id: i32) -> R::Response {
         let mut frame = match self.read_frame() {
             ReadOutcome::Frame(f) => f,
-            other => panic!("expected a response to api key {} v{version}, got {other:?}", R::KEY),
+            other => panic!(
+                "expected a response to api key {} v{version}, got {other:?}",
+                R::KEY
+            ),
         };
         let api_key = ApiKey::try_from(R::KEY).unwrap();
         let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
             .expect("decode response header");
-        assert_eq!(header.correlation_id, correlation_id, "response correlation id");
+        assert_eq!(
+            header.correlation_id, correlation_id,
+            "response correlation id"
+        );
         let resp = R::Response::decode(&mut frame, version)
             .unwrap_or_else(|e| panic!("decode response to api key {} v{version}: {e:#}", R::KEY));
-        assert_eq!(frame.remaining(), 0, "trailing bytes after api key {} v{version} response", R::KEY);
+        assert_eq!(
+            frame.remaining(),
+            0,
+            "trailing bytes after api key {} v{version} response",
+            R::KEY
+        );
         resp
     }
 
@@ -554,7 +650,10 @@ impl Wire {
             Err(e) => panic!("read frame length: {e}"),
         }
         let n = i32::from_be_bytes(len);
-        assert!(n >= 0 && (n as usize) <= WIRE_FRAME_BYTES_MAX, "response frame length {n} out of range");
+        assert!(
+            n >= 0 && (n as usize) <= WIRE_FRAME_BYTES_MAX,
+            "response frame length {n} out of range"
+        );
         let mut buf = vec![0u8; n as usize];
         match read_exact_or_close(&mut self.stream, &mut buf) {
             Ok(true) => ReadOutcome::Frame(Bytes::from(buf)),
@@ -579,7 +678,10 @@ pub fn frame(body: &[u8]) -> Bytes {
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// Ok(true): filled. Ok(false): peer closed (EOF or reset) before or during the read.
