@@ -528,6 +528,7 @@ async fn produce_across_a_crash(
     }
     broker.kill();
     let acked_at_kill = acked_count.load(Ordering::SeqCst);
+    eprintln!("SIGKILL with {acked_at_kill} of {total} records acknowledged");
     assert!(
         acked_at_kill < total,
         "all {total} records were acked before the kill; the test did not test anything"
@@ -593,6 +594,12 @@ async fn sigkill_and_restart_keeps_every_acknowledged_record() {
     eprintln!("acked {} records, {failed} failed", acked.len());
 
     let stored = read_all(&broker.bootstrap(), &topic, partitions);
+    let unique: std::collections::HashSet<&String> = stored.values().collect();
+    eprintln!(
+        "stored {} records, {} distinct (non-idempotent retries may duplicate)",
+        stored.len(),
+        unique.len()
+    );
     let mut missing = Vec::new();
     for (v, po) in &acked {
         match stored.get(po) {
