@@ -1,0 +1,489 @@
+//! Protocol behaviour beyond the happy path, over the raw wire and rdkafka's
+//! admin client: pipelined requests answered in order across shards, acks=0
+//! gets no response, Kafka's error codes for the common mistakes, the
+//! `--auto-create-topics` / `--num-partitions` flags, OffsetForLeaderEpoch,
+//! DescribeConfigs, and SIGTERM + restart keeping data and topics.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use indexmap::IndexMap;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiVersionsRequest, FetchRequest, MetadataRequest, MetadataResponse,
+    OffsetForLeaderEpochRequest, ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::consumer::Consumer;
+use rdkafka::types::RDKafkaErrorCode;
+
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const LEADER_NOT_AVAILABLE: i16 = 5;
+const MESSAGE_TOO_LARGE: i16 = 10;
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// A magic-2 batch of `n` records whose values are `value(i)`.
+fn batch_with(n: usize, value: impl Fn(usize) -> Bytes) -> Bytes {
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(value(i)),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+fn produce(topic: &str, partition: i32, acks: i16, records: Bytes) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_transactional_id(None)
+        .with_acks(acks)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])])
+}
+
+fn only_partition(resp: &ProduceResponse) -> (i16, i64) {
+    assert_eq!(resp.responses.len(), 1);
+    assert_eq!(resp.responses[0].partition_responses.len(), 1);
+    let p = &resp.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+fn metadata_for(wire: &mut Wire, topic: &str, allow_auto_create: bool) -> MetadataResponse {
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(name(topic)))
+        ]))
+        .with_allow_auto_topic_creation(allow_auto_create);
+    wire.call(&req, 12)
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_request_order_across_shards() {
+    let broker = Broker::start_with(BrokerOptions::default().cores(2));
+    let topic = topic_name("pipeline");
+    let partitions = 8;
+    create_topic_blocking(&broker.bootstrap(), &topic, partitions);
+    let mut w = Wire::connect(&broker.bootstrap());
+
+    enum Sent {
+        Produce {
+            correlation_id: i32,
+            partition: i32,
+            round: i64,
+        },
+        ApiVersions(i32),
+        Metadata(i32),
+    }
+    // Everything in one write: the broker sees a pipeline of 50 requests whose
+    // partitions live on both shards, so answers can complete out of order.
+    let mut bytes = BytesMut::new();
+    let mut sent = Vec::new();
+    for round in 0..5i64 {
+        for partition in 0..partitions {
+            let v = Bytes::from(format!("r{round}-p{partition}"));
+            let (b, correlation_id) = w.encode_request(
+                &produce(&topic, partition, -1, batch_with(1, |_| v.clone())),
+                9,
+            );
+            bytes.extend_from_slice(&b);
+            sent.push(Sent::Produce {
+                correlation_id,
+                partition,
+                round,
+            });
+        }
+        let (b, c) = w.encode_request(&ApiVersionsRequest::default(), 3);
+        bytes.extend_from_slice(&b);
+        sent.push(Sent::ApiVersions(c));
+        let (b, c) = w.encode_request(&MetadataRequest::default().with_topics(None), 12);
+        bytes.extend_from_slice(&b);
+        sent.push(Sent::Metadata(c));
+    }
+    w.send_raw(&bytes).unwrap();
+
+    for s in sent {
+        match s {
+            Sent::Produce {
+                correlation_id,
+                partition,
+                round,
+            } => {
+                let resp = w.recv_response::<ProduceRequest>(9, correlation_id);
+                let p = &resp.responses[0].partition_responses[0];
+                assert_eq!(
+                    (p.index, p.error_code, p.base_offset),
+                    (partition, 0, round),
+                    "pipelined produce"
+                );
+            }
+            Sent::ApiVersions(c) => {
+                assert_eq!(w.recv_response::<ApiVersionsRequest>(3, c).error_code, 0);
+            }
+            Sent::Metadata(c) => {
+                assert_eq!(w.recv_response::<MetadataRequest>(12, c).brokers.len(), 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn acks_0_produce_gets_no_response() {
+    let broker = Broker::start();
+    let topic = topic_name("acks0");
+    create_topic_blocking(&broker.bootstrap(), &topic, 1);
+    let mut w = Wire::connect(&broker.bootstrap());
+
+    let (b, _) = w.encode_request(
+        &produce(
+            &topic,
+            0,
+            0,
+            batch_with(3, |i| Bytes::from(format!("v{i}"))),
+        ),
+        9,
+    );
+    w.send_raw(&b).unwrap();
+    // The next frame on the connection must answer the ApiVersions sent after it.
+    let (b, c) = w.encode_request(&ApiVersionsRequest::default(), 3);
+    w.send_raw(&b).unwrap();
+    assert_eq!(
+        w.recv_response::<ApiVersionsRequest>(3, c).error_code,
+        0,
+        "first response is ApiVersions'"
+    );
+
+    let c = consumer(&broker.bootstrap(), &[]);
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    loop {
+        let (_, high) = c.fetch_watermarks(&topic, 0, CLIENT_TIMEOUT).unwrap();
+        if high == 3 {
+            break;
+        }
+        assert!(high < 3, "high watermark {high} > 3");
+        assert!(
+            Instant::now() < deadline,
+            "acks=0 records never appeared (high watermark {high})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn common_mistakes_get_kafka_error_codes() {
+    let broker = Broker::start();
+    let topic = topic_name("errors");
+    create_topic_blocking(&broker.bootstrap(), &topic, 1);
+    let mut w = Wire::connect(&broker.bootstrap());
+
+    // Produce to a partition that does not exist.
+    let resp = w.call(
+        &produce(&topic, 99, -1, batch_with(1, |_| Bytes::from_static(b"x"))),
+        9,
+    );
+    assert_eq!(
+        only_partition(&resp).0,
+        UNKNOWN_TOPIC_OR_PARTITION,
+        "produce to partition 99"
+    );
+
+    // A record bigger than message.max.bytes (Kafka's default is 1 MiB + 12).
+    let big = Bytes::from(vec![b'x'; 2 * 1024 * 1024]);
+    let resp = w.call(&produce(&topic, 0, -1, batch_with(1, |_| big.clone())), 9);
+    assert_eq!(only_partition(&resp).0, MESSAGE_TOO_LARGE, "2 MiB batch");
+
+    // Fetch far past the end.
+    let fetch = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(10)
+        .with_max_bytes(1024 * 1024)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(&topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(1000)
+                .with_current_leader_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(1024 * 1024)])]);
+    let resp = w.call(&fetch, 12);
+    assert_eq!(
+        resp.responses[0].partitions[0].error_code, OFFSET_OUT_OF_RANGE,
+        "fetch at offset 1000 of 0"
+    );
+
+    // Nothing was written by any of the above.
+    let c = consumer(&broker.bootstrap(), &[]);
+    assert_eq!(
+        c.fetch_watermarks(&topic, 0, CLIENT_TIMEOUT).unwrap(),
+        (0, 0)
+    );
+
+    // CreateTopics: an existing name, and invalid names.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = admin(&broker.bootstrap());
+    let opts = AdminOptions::new().request_timeout(Some(CLIENT_TIMEOUT));
+    let long_name = "x".repeat(250);
+    let cases = [
+        (topic.as_str(), RDKafkaErrorCode::TopicAlreadyExists),
+        ("bad/name", RDKafkaErrorCode::InvalidTopic),
+        ("..", RDKafkaErrorCode::InvalidTopic),
+        (long_name.as_str(), RDKafkaErrorCode::InvalidTopic),
+    ];
+    for (t, want) in cases {
+        let nt = NewTopic::new(t, 1, TopicReplication::Fixed(1));
+        let res = rt
+            .block_on(admin.create_topics([&nt], &opts))
+            .expect("create_topics request");
+        match &res[0] {
+            Err((_, code)) => assert_eq!(*code, want, "create topic {t:?}"),
+            Ok(_) => panic!("create topic {t:?} succeeded, expected {want:?}"),
+        }
+    }
+
+    // DeleteTopics: the topic disappears from metadata; deleting it again is an error.
+    let res = rt
+        .block_on(admin.delete_topics(&[&topic], &opts))
+        .expect("delete_topics request");
+    assert!(res[0].is_ok(), "delete topic: {:?}", res[0]);
+    let md = metadata_for(&mut w, &topic, false);
+    assert_eq!(
+        md.topics[0].error_code, UNKNOWN_TOPIC_OR_PARTITION,
+        "metadata after delete"
+    );
+    let res = rt
+        .block_on(admin.delete_topics(&[&topic], &opts))
+        .expect("delete_topics request");
+    assert_eq!(
+        res[0].as_ref().err().map(|e| e.1),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+    );
+}
+
+#[test]
+fn auto_create_off_refuses_unknown_topics() {
+    let broker = Broker::start_with(BrokerOptions::default().auto_create_topics(false));
+    let mut w = Wire::connect(&broker.bootstrap());
+    let topic = topic_name("nope");
+    // The client asks for creation; the broker's setting wins.
+    let md = metadata_for(&mut w, &topic, true);
+    assert_eq!(md.topics[0].error_code, UNKNOWN_TOPIC_OR_PARTITION);
+    let resp = w.call(
+        &produce(&topic, 0, -1, batch_with(1, |_| Bytes::from_static(b"x"))),
+        9,
+    );
+    assert_eq!(
+        only_partition(&resp).0,
+        UNKNOWN_TOPIC_OR_PARTITION,
+        "produce to an unknown topic"
+    );
+    let md = metadata_for(&mut w, &topic, true);
+    assert_eq!(
+        md.topics[0].error_code, UNKNOWN_TOPIC_OR_PARTITION,
+        "still not created"
+    );
+}
+
+#[test]
+fn auto_created_topics_get_num_partitions() {
+    let broker = Broker::start_with(BrokerOptions::default().num_partitions(3));
+    let mut w = Wire::connect(&broker.bootstrap());
+    let topic = topic_name("auto");
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    loop {
+        let md = metadata_for(&mut w, &topic, true);
+        let t = &md.topics[0];
+        if t.error_code == 0 {
+            assert_eq!(t.partitions.len(), 3, "--num-partitions 3");
+            break;
+        }
+        // Kafka answers LEADER_NOT_AVAILABLE while an auto-created topic is being set up.
+        assert_eq!(
+            t.error_code, LEADER_NOT_AVAILABLE,
+            "auto-create metadata error"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "auto-created topic never became available"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn offset_for_leader_epoch_returns_the_log_end() {
+    let broker = Broker::start();
+    let topic = topic_name("epoch");
+    create_topic_blocking(&broker.bootstrap(), &topic, 1);
+    let mut w = Wire::connect(&broker.bootstrap());
+    let resp = w.call(
+        &produce(
+            &topic,
+            0,
+            -1,
+            batch_with(3, |i| Bytes::from(format!("{i}"))),
+        ),
+        9,
+    );
+    assert_eq!(only_partition(&resp), (0, 0));
+    let md = metadata_for(&mut w, &topic, false);
+    let epoch = md.topics[0].partitions[0].leader_epoch;
+    assert!(epoch >= 0, "leader epoch {epoch}");
+
+    // librdkafka sends exactly v2; v3+ adds replica_id, v4 is flexible.
+    for version in [2i16, 3, 4] {
+        let req = OffsetForLeaderEpochRequest::default()
+            .with_replica_id((-1).into())
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(name(&topic))
+                .with_partitions(vec![OffsetForLeaderPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(epoch)
+                    .with_leader_epoch(epoch)])]);
+        let resp = w.call(&req, version);
+        let p = &resp.topics[0].partitions[0];
+        assert_eq!(p.error_code, 0, "OffsetForLeaderEpoch v{version}");
+        assert_eq!(
+            (p.leader_epoch, p.end_offset),
+            (epoch, 3),
+            "OffsetForLeaderEpoch v{version}: epoch end offset"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_configs_lists_topic_configs() {
+    let broker = Broker::start();
+    let topic = topic_name("configs");
+    create_topic(&broker.bootstrap(), &topic, 1).await;
+    let admin = admin(&broker.bootstrap());
+    let opts = AdminOptions::new().request_timeout(Some(CLIENT_TIMEOUT));
+    let res = tokio::time::timeout(
+        CLIENT_TIMEOUT,
+        admin.describe_configs([&ResourceSpecifier::Topic(&topic)], &opts),
+    )
+    .await
+    .expect("describe_configs timed out")
+    .expect("describe_configs request");
+    let cfg = res[0]
+        .as_ref()
+        .unwrap_or_else(|e| panic!("describe_configs error: {e:?}"));
+    for key in [
+        "cleanup.policy",
+        "retention.ms",
+        "retention.bytes",
+        "segment.bytes",
+        "max.message.bytes",
+    ] {
+        let e = cfg
+            .get(key)
+            .unwrap_or_else(|| panic!("DescribeConfigs lacks {key}"));
+        assert!(e.value.is_some(), "{key} has no value");
+    }
+    assert_eq!(
+        cfg.get("cleanup.policy").unwrap().value.as_deref(),
+        Some("delete")
+    );
+}
+
+#[test]
+fn sigterm_stops_the_broker_and_a_restart_keeps_topics_and_data() {
+    let mut broker = Broker::start_with(BrokerOptions::default().cores(2));
+    let topic = topic_name("term");
+    create_topic_blocking(&broker.bootstrap(), &topic, 4);
+    let mut w = Wire::connect(&broker.bootstrap());
+    for p in 0..4 {
+        let resp = w.call(
+            &produce(
+                &topic,
+                p,
+                -1,
+                batch_with(5, |i| Bytes::from(format!("p{p}-{i}"))),
+            ),
+            9,
+        );
+        assert_eq!(only_partition(&resp), (0, 0));
+    }
+    drop(w);
+    assert!(
+        broker.terminate(Duration::from_secs(15)),
+        "broker did not exit within 15 s of SIGTERM"
+    );
+    broker.restart();
+
+    let c = consumer(&broker.bootstrap(), &[]);
+    let md = c.fetch_metadata(Some(&topic), CLIENT_TIMEOUT).unwrap();
+    assert_eq!(
+        md.topics()[0].partitions().len(),
+        4,
+        "partitions after restart"
+    );
+    let all = [0, 1, 2, 3];
+    assign(&c, &topic, &all, rdkafka::Offset::Beginning);
+    let mut got: Vec<String> = consume_to_end(&c, &all, CONSUME_TIMEOUT)
+        .iter()
+        .map(payload_str)
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = (0..4)
+        .flat_map(|p| (0..5).map(move |i| format!("p{p}-{i}")))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "records after SIGTERM + restart");
+
+    // And the topic still takes writes at the right offsets.
+    let mut w = Wire::connect(&broker.bootstrap());
+    let resp = w.call(
+        &produce(
+            &topic,
+            2,
+            -1,
+            batch_with(1, |_| Bytes::from_static(b"more")),
+        ),
+        9,
+    );
+    assert_eq!(only_partition(&resp), (0, 5));
+}
