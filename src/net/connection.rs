@@ -82,8 +82,15 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
                 }
                 buf.reserve(4 + len - buf.len());
             }
+            // Read at most what the current frame still needs (or one chunk): the bytes
+            // handed to read() are zeroed first, so never hand it the whole spare room.
             let start = buf.len();
-            let want = (buf.capacity() - start).max(READ_CHUNK_BYTES);
+            let frame_rest = if start >= 4 {
+                4 + i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize - start
+            } else {
+                0
+            };
+            let want = frame_rest.max(READ_CHUNK_BYTES);
             buf.resize(start + want, 0);
             match reader.read(&mut buf[start..]).await {
                 Ok(0) => {
@@ -128,6 +135,8 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
         if tx.send(task).await.is_err() {
             break;
         }
+        // A client pipelining many small requests must not hold the core.
+        glommio::yield_if_needed().await;
         // Keep the buffer's spare room for the next reads instead of reallocating.
         if buf.capacity() < READ_CHUNK_BYTES {
             buf.reserve(READ_CHUNK_BYTES);

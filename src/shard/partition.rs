@@ -84,6 +84,9 @@ impl Partition {
         let mut appended = false;
         let count = batches.len();
         for (i, (batch, h)) in batches.into_iter().zip(headers).enumerate() {
+            // Copies of many batches must not hold the core; yield before, never inside,
+            // the read-log-end .. append window below.
+            glommio::yield_if_needed().await;
             // Nothing runs between reading the log end and the append's first poll (which
             // assigns the offset), so this is the offset the batch will get.
             let base_if_appended = self.log.log_end_offset();
