@@ -1,1 +1,254 @@
-fn main() {}
+//! Storage benchmark: partition-log appends against `fio` on the same directory.
+//!
+//! `cargo run --release --bin segment-bench -- --dir DIR [--seconds 4]`
+//!
+//! For batch sizes 1 KiB, 16 KiB, 256 KiB and 1 MiB, two modes:
+//! - flush-per-batch: one appender, every append `Durable` (write + fdatasync each);
+//!   fio: `--direct=1 --fdatasync=1`, same block size.
+//! - group commit: `--appenders` concurrent tasks, every append `Durable`, so one
+//!   flusher round writes and syncs many batches; fio: `--direct=1`, same block size,
+//!   no fdatasync (the raw O_DIRECT bandwidth the disk gives one sequential writer).
+//!
+//! Latencies: our append→durable latency and our fdatasync alone (hdrhistogram), fio's
+//! write completion and fdatasync latencies (from its JSON output).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use glommio::LocalExecutorBuilder;
+use hdrhistogram::Histogram;
+use runnel::segment::testing::encode_batch_of_size;
+use runnel::segment::{Durability, LogConfig, PartitionLog};
+
+// The broker's allocator: write buffers are freed and reallocated every flush round.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(about = "Partition log append benchmark with fio comparison")]
+struct Args {
+    /// Directory on the device to measure (a scratch subdirectory is used and removed).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Seconds per case (ours and fio each).
+    #[arg(long, default_value_t = 4)]
+    seconds: u64,
+    /// Concurrent appenders in group-commit mode.
+    #[arg(long, default_value_t = 16)]
+    appenders: usize,
+    /// Skip fio (print only our numbers).
+    #[arg(long)]
+    no_fio: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    FlushPerBatch,
+    GroupCommit,
+}
+
+#[derive(Default, Clone)]
+struct Outcome {
+    mb_s: f64,
+    /// p50, p99, p99.9 in µs.
+    lat_us: [f64; 3],
+    sync_us: [f64; 3],
+}
+
+fn pcts(h: &Histogram<u64>, scale: f64) -> [f64; 3] {
+    if h.is_empty() {
+        return [0.0; 3];
+    }
+    [
+        h.value_at_quantile(0.50) as f64 / scale,
+        h.value_at_quantile(0.99) as f64 / scale,
+        h.value_at_quantile(0.999) as f64 / scale,
+    ]
+}
+
+fn run_ours(dir: &Path, size: usize, mode: Mode, seconds: u64, appenders: usize) -> Outcome {
+    let dir = dir.to_path_buf();
+    LocalExecutorBuilder::default()
+        .io_memory(4 << 20)
+        .spawn(move || async move {
+            let config = LogConfig {
+                segment_bytes: 512 << 20,
+                max_message_bytes: (2 << 20) as u32,
+                ..LogConfig::default()
+            };
+            let log = PartitionLog::open(dir.clone(), config)
+                .await
+                .expect("open log");
+            let batch = encode_batch_of_size(size, 0);
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let tasks = if mode == Mode::FlushPerBatch {
+                1
+            } else {
+                appenders
+            };
+            let started = Instant::now();
+            let handles: Vec<_> = (0..tasks)
+                .map(|_| {
+                    let log: Rc<PartitionLog> = log.clone();
+                    let batch = batch.clone();
+                    glommio::spawn_local(async move {
+                        let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+                            .expect("bounds");
+                        let mut bytes = 0u64;
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            log.append(batch.clone(), Durability::Durable)
+                                .await
+                                .expect("append");
+                            lat.saturating_record(t.elapsed().as_nanos() as u64);
+                            bytes += batch.len() as u64;
+                        }
+                        (lat, bytes)
+                    })
+                })
+                .collect();
+            let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+            let mut bytes = 0;
+            for h in handles {
+                let (l, b) = h.await;
+                lat.add(&l).expect("same bounds");
+                bytes += b;
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            let stats = log.take_flush_stats();
+            log.close().await.expect("close");
+            let _ = std::fs::remove_dir_all(&dir);
+            Outcome {
+                mb_s: bytes as f64 / elapsed / 1e6,
+                lat_us: pcts(&lat, 1e3),
+                sync_us: pcts(&stats.fdatasync_ns, 1e3),
+            }
+        })
+        .expect("executor")
+        .join()
+        .expect("bench thread")
+}
+
+fn run_fio(dir: &Path, size: usize, mode: Mode, seconds: u64) -> Option<Outcome> {
+    std::fs::create_dir_all(dir).ok()?;
+    let mut cmd = Command::new("fio");
+    cmd.args([
+        "--name=runnel",
+        &format!("--directory={}", dir.display()),
+        "--rw=write",
+        &format!("--bs={size}"),
+        "--direct=1",
+        "--ioengine=psync",
+        // Fresh space, as a log append gets: a file larger than the run can fill, so
+        // fio never loops back to overwrite already-allocated blocks.
+        "--size=16g",
+        &format!("--runtime={seconds}"),
+        "--time_based",
+        "--output-format=json",
+    ]);
+    if mode == Mode::FlushPerBatch {
+        cmd.arg("--fdatasync=1");
+    }
+    let out = cmd.output().ok()?;
+    let _ = std::fs::remove_dir_all(dir);
+    if !out.status.success() {
+        eprintln!("fio failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    // fio may print warnings before the JSON document.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(&text[text.find('{')?..]).ok()?;
+    let job = &json["jobs"][0];
+    let pct = |v: &serde_json::Value| -> [f64; 3] {
+        let p = &v["percentile"];
+        let g = |k: &str| p[k].as_f64().unwrap_or(0.0) / 1e3;
+        [g("50.000000"), g("99.000000"), g("99.900000")]
+    };
+    Some(Outcome {
+        mb_s: job["write"]["bw_bytes"].as_f64()? / 1e6,
+        lat_us: pct(&job["write"]["clat_ns"]),
+        sync_us: pct(&job["sync"]["lat_ns"]),
+    })
+}
+
+fn main() {
+    let args = Args::parse();
+    let root = args.dir.join("segment-bench-scratch");
+    let sizes = [1usize << 10, 16 << 10, 256 << 10, 1 << 20];
+    let have_fio = !args.no_fio && Command::new("fio").arg("--version").output().is_ok();
+    if !args.no_fio && !have_fio {
+        eprintln!("fio not found: install it (apt-get install -y fio) or pass --no-fio");
+    }
+    println!(
+        "{:<15} {:>7} | {:>9} {:>9} {:>6} | {:>26} | {:>26} | {:>26} | {:>8}",
+        "mode",
+        "batch",
+        "ours MB/s",
+        "fio MB/s",
+        "ratio",
+        "ours append->durable µs",
+        "ours fdatasync µs",
+        "fio fdatasync µs",
+        "sync p99"
+    );
+    println!(
+        "{:<15} {:>7} | {:>9} {:>9} {:>6} | {:>26} | {:>26} | {:>26} | {:>8}",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "p50 / p99 / p99.9",
+        "p50 / p99 / p99.9",
+        "p50 / p99 / p99.9",
+        "ours/fio"
+    );
+    for mode in [Mode::FlushPerBatch, Mode::GroupCommit] {
+        for &size in &sizes {
+            let ours = run_ours(&root.join("ours"), size, mode, args.seconds, args.appenders);
+            let fio = if have_fio {
+                run_fio(&root.join("fio"), size, mode, args.seconds)
+            } else {
+                None
+            };
+            let f = fio.clone().unwrap_or_default();
+            let ratio = |a: f64, b: f64| {
+                if b > 0.0 {
+                    format!("{:.2}", a / b)
+                } else {
+                    "-".into()
+                }
+            };
+            let tri = |v: [f64; 3]| format!("{:.0} / {:.0} / {:.0}", v[0], v[1], v[2]);
+            let label = match mode {
+                Mode::FlushPerBatch => "flush-per-batch",
+                Mode::GroupCommit => "group-commit",
+            };
+            println!(
+                "{:<15} {:>6}K | {:>9.1} {:>9} {:>6} | {:>26} | {:>26} | {:>26} | {:>8}",
+                label,
+                size >> 10,
+                ours.mb_s,
+                fio.as_ref()
+                    .map_or("-".into(), |f| format!("{:.1}", f.mb_s)),
+                ratio(ours.mb_s, f.mb_s),
+                tri(ours.lat_us),
+                tri(ours.sync_us),
+                if mode == Mode::FlushPerBatch {
+                    tri(f.sync_us)
+                } else {
+                    "-".into()
+                },
+                if mode == Mode::FlushPerBatch {
+                    ratio(ours.sync_us[1], f.sync_us[1])
+                } else {
+                    "-".into()
+                },
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

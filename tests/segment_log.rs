@@ -398,3 +398,38 @@ fn concurrent_durable_appends_share_flushes_and_keep_call_order() {
         assert_eq!(log.durable_offset(), 64);
     });
 }
+
+#[test]
+fn a_backlog_larger_than_the_write_buffer_is_written_in_disjoint_rounds() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 3 << 20,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.path().to_path_buf(), config.clone())
+            .await
+            .unwrap();
+        let mut expected = Vec::new();
+        // ~12 MiB of odd-sized batches, mostly Written: buffers fill and rotate with a
+        // partial tail block, background writes and backpressure kick in, segments roll.
+        for i in 0..2400usize {
+            let b = encode_batch(0, i as i64, &[value(i, 4000 + i * 13 % 1500).as_slice()]);
+            let d = if i % 500 == 499 {
+                Durability::Durable
+            } else {
+                Durability::Written
+            };
+            let info = log.append(b.clone(), d).await.unwrap();
+            expected.extend(stored(&b, info.base_offset));
+        }
+        assert_eq!(read_all(&log, 0).await, expected);
+        log.flush().await.unwrap();
+        drop(log); // crash after the flush: everything must be there
+        let log = PartitionLog::open(dir.path().to_path_buf(), config)
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 2400);
+        assert_eq!(read_all(&log, 0).await, expected);
+    });
+}

@@ -227,9 +227,15 @@ struct Appender {
 }
 
 impl Appender {
-    /// Seals the current buffer into the queue if it holds new bytes, continuing in a
-    /// fresh buffer of `capacity` (at least the carried tail block) at the same spot.
-    fn rotate(&mut self, capacity: usize) {
+    /// Continues in a fresh buffer of `capacity` bytes that starts with the current
+    /// partial tail block.
+    ///
+    /// `for_flush`: the whole old buffer, tail block zero-padded, is queued; the next
+    /// round rewrites that tail block. Otherwise (the buffer is full) only its whole
+    /// blocks are queued and the tail travels, still unwritten, with the new buffer:
+    /// so the writes queued within one round never share a block and can be issued
+    /// concurrently.
+    fn rotate(&mut self, capacity: usize, for_flush: bool) {
         let tail_start = align_down(self.cur.len as u64) as usize;
         let tail_len = self.cur.len - tail_start;
         let capacity = align_up(capacity.max(tail_len + 1) as u64) as usize;
@@ -241,15 +247,19 @@ impl Appender {
             file_pos: self.cur.file_pos + tail_start as u64,
             buf: next,
             len: tail_len,
-            dirty: false,
+            dirty: !for_flush && self.cur.dirty && tail_len > 0,
             end_offset: self.cur.end_offset,
         };
-        let old = std::mem::replace(&mut self.cur, fresh);
+        let mut old = std::mem::replace(&mut self.cur, fresh);
+        if !for_flush {
+            old.len = tail_start;
+        }
         self.seal(old);
     }
 
+    /// Queues `old` (zero-padded to a whole block) if it holds bytes not yet queued.
     fn seal(&mut self, mut old: WriteBuf) {
-        if !old.dirty {
+        if !old.dirty || old.len == 0 {
             return;
         }
         let padded = align_up(old.len as u64) as usize;
@@ -269,17 +279,15 @@ impl Appender {
     fn roll(&mut self, seg: Rc<Segment>, first_len: usize) {
         let capacity = align_up(first_len.max(WRITE_BUFFER_BYTES) as u64) as usize;
         let end_offset = seg.next_offset.get();
-        let old = std::mem::replace(
-            &mut self.cur,
-            WriteBuf {
-                seg,
-                file_pos: 0,
-                buf: glommio::allocate_dma_buffer(capacity),
-                len: 0,
-                dirty: false,
-                end_offset,
-            },
-        );
+        let fresh = WriteBuf {
+            seg,
+            file_pos: 0,
+            buf: glommio::allocate_dma_buffer(capacity),
+            len: 0,
+            dirty: false,
+            end_offset,
+        };
+        let old = std::mem::replace(&mut self.cur, fresh);
         self.seal(old);
     }
 
@@ -296,7 +304,7 @@ impl Appender {
         let len = batch.len();
         if self.cur.len + len > self.cur.buf.len() {
             let tail = self.cur.len - align_down(self.cur.len as u64) as usize;
-            self.rotate((tail + len).max(WRITE_BUFFER_BYTES));
+            self.rotate((tail + len).max(WRITE_BUFFER_BYTES), false);
         }
         let at = self.cur.len;
         let dst = &mut self.cur.buf.as_bytes_mut()[at..at + len];
@@ -308,8 +316,36 @@ impl Appender {
     }
 }
 
+/// Flush-stage measurements of one log (nanoseconds), merged by whoever reports them.
+#[derive(Clone, Debug)]
+pub struct FlushStats {
+    /// One flusher round: writes + fdatasync if any.
+    pub round_ns: hdrhistogram::Histogram<u64>,
+    /// fdatasync alone.
+    pub fdatasync_ns: hdrhistogram::Histogram<u64>,
+    /// Bytes handed to O_DIRECT writes (including rewritten tail blocks and padding).
+    pub bytes_written: u64,
+    pub writes: u64,
+}
+
+impl Default for FlushStats {
+    fn default() -> Self {
+        let h = || {
+            hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .expect("static histogram bounds")
+        };
+        FlushStats {
+            round_ns: h(),
+            fdatasync_ns: h(),
+            bytes_written: 0,
+            writes: 0,
+        }
+    }
+}
+
 pub struct PartitionLog {
     dir: PathBuf,
+    stats: RefCell<FlushStats>,
     me: Weak<PartitionLog>,
     config: RefCell<LogConfig>,
     /// Oldest first; the last one is active. Never empty.
@@ -488,6 +524,7 @@ impl PartitionLog {
         };
         let log = Rc::new_cyclic(|me| PartitionLog {
             dir,
+            stats: RefCell::new(FlushStats::default()),
             me: me.clone(),
             config: RefCell::new(config),
             segments: RefCell::new(segments),
@@ -530,6 +567,11 @@ impl PartitionLog {
     /// All offsets below this are on disk and fdatasync'd.
     pub fn durable_offset(&self) -> i64 {
         self.durable_offset.get()
+    }
+
+    /// Flush measurements since open or the last `take_flush_stats`.
+    pub fn take_flush_stats(&self) -> FlushStats {
+        std::mem::take(&mut *self.stats.borrow_mut())
     }
 
     pub fn segment_count(&self) -> usize {
@@ -753,13 +795,17 @@ impl PartitionLog {
             if app.cur.dirty {
                 // After a flush the buffer keeps only the tail block; the next append
                 // rotates into a full-size buffer. Keeps idle partitions small.
-                app.rotate(BLOCK_BYTES as usize);
+                app.rotate(BLOCK_BYTES as usize, true);
             }
             app.queued_bytes = 0;
             (std::mem::take(&mut app.queue), self.log_end.get())
         };
         let config = self.config.borrow().clone();
-        for w in writes {
+        let started = std::time::Instant::now();
+        let mut synced = None;
+        // Files and preallocation first, in order (a roll may create a file).
+        let mut files = Vec::with_capacity(writes.len());
+        for w in &writes {
             let file = self.ensure_file(&w.seg).await?;
             let end = w.file_pos + w.buf.len() as u64;
             if end > w.seg.allocated.get() {
@@ -771,25 +817,42 @@ impl PartitionLog {
                     .map_err(|e| StorageError::io("fallocate", w.seg.path("log"), e))?;
                 w.seg.allocated.set(target);
             }
+            files.push(file);
+        }
+        // Then every write of the round at once: they never share a block (see
+        // `Appender::rotate`), so their completion order does not matter.
+        let in_flight = writes.into_iter().zip(files).map(|(w, file)| async move {
             let len = w.buf.len();
-            let n = file
-                .write_at(w.buf, w.file_pos)
-                .await
-                .map_err(|e| StorageError::io("write", w.seg.path("log"), e))?;
-            if n != len {
-                return Err(StorageError::io(
-                    "write",
-                    w.seg.path("log"),
-                    std::io::Error::other(format!("short write {n} of {len}")),
-                ));
+            let n = file.write_at(w.buf, w.file_pos).await;
+            (w.seg, w.logical_end, len, n)
+        });
+        let mut first_error = None;
+        for (seg, logical_end, len, n) in futures::future::join_all(in_flight).await {
+            {
+                let mut st = self.stats.borrow_mut();
+                st.bytes_written += len as u64;
+                st.writes += 1;
             }
-            w.seg.written.set(w.seg.written.get().max(w.logical_end));
-            self.written_offset
-                .set(self.written_offset.get().max(w.end_offset));
+            match n {
+                Ok(n) if n == len => {}
+                Ok(n) => {
+                    let e = std::io::Error::other(format!("short write {n} of {len}"));
+                    first_error.get_or_insert(StorageError::io("write", seg.path("log"), e));
+                    continue;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(StorageError::io("write", seg.path("log"), e));
+                    continue;
+                }
+            }
+            seg.written.set(seg.written.get().max(logical_end));
             let mut unsynced = self.unsynced.borrow_mut();
-            if !unsynced.iter().any(|s| Rc::ptr_eq(s, &w.seg)) {
-                unsynced.push(w.seg.clone());
+            if !unsynced.iter().any(|s| Rc::ptr_eq(s, &seg)) {
+                unsynced.push(seg.clone());
             }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         // Everything appended before the snapshot is in the writes above or was before.
         self.written_offset
@@ -810,11 +873,21 @@ impl PartitionLog {
                     }
                 }
             });
+            let sync_started = std::time::Instant::now();
             for r in futures::future::join_all(syncs).await {
                 r?;
             }
+            synced = Some(sync_started.elapsed());
             self.durable_offset
                 .set(self.durable_offset.get().max(synced_to));
+        }
+        {
+            let mut st = self.stats.borrow_mut();
+            let ns = |d: Duration| (d.as_nanos() as u64).clamp(1, 60_000_000_000);
+            st.round_ns.saturating_record(ns(started.elapsed()));
+            if let Some(d) = synced {
+                st.fdatasync_ns.saturating_record(ns(d));
+            }
         }
         self.cache.borrow_mut().evict(CACHE_BYTES_MAX);
         self.persist_sealed_indexes()?;

@@ -25,4 +25,6 @@ pub mod testing;
 
 pub use batch::{BatchHeader, BATCH_HEADER_LEN};
 pub use error::StorageError;
-pub use log::{AppendInfo, Durability, LogConfig, PartitionLog, ReadResult, TimestampType};
+pub use log::{
+    AppendInfo, Durability, FlushStats, LogConfig, PartitionLog, ReadResult, TimestampType,
+};
