@@ -47,63 +47,99 @@ impl PartRead {
     }
 }
 
-async fn read_partition(shard: &Rc<Shard>, t: &Target) -> PartRead {
-    let Some(owner) = t.owner else {
+/// Reads one partition on its owning shard (the caller is on that shard).
+async fn read_local(
+    s: &Shard,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+) -> PartRead {
+    let Some(p) = s.partition(topic, partition) else {
         return PartRead {
-            error_code: t.unknown_code,
+            error_code: ec::UNKNOWN_TOPIC_OR_PARTITION,
             log_start_offset: -1,
             high_watermark: -1,
             ..Default::default()
         };
     };
-    let (topic, partition, offset, max_bytes) =
-        (t.topic.clone(), t.partition, t.offset, t.max_bytes);
-    shard
-        .invoke_on(owner, move |s| async move {
-            let Some(p) = s.partition(&topic, partition) else {
-                return PartRead {
-                    error_code: ec::UNKNOWN_TOPIC_OR_PARTITION,
-                    log_start_offset: -1,
-                    high_watermark: -1,
-                    ..Default::default()
-                };
-            };
-            let (start, end) = (p.log.log_start_offset(), p.log.log_end_offset());
-            if offset == end {
-                return PartRead {
-                    log_start_offset: start,
-                    high_watermark: end,
-                    ..Default::default()
-                };
+    let (start, end) = (p.log.log_start_offset(), p.log.log_end_offset());
+    if offset == end {
+        return PartRead {
+            log_start_offset: start,
+            high_watermark: end,
+            ..Default::default()
+        };
+    }
+    match p.log.read(offset, max_bytes).await {
+        Ok(r) => PartRead {
+            error_code: ec::NONE,
+            chunks: r.chunks,
+            log_start_offset: r.log_start_offset,
+            high_watermark: r.log_end_offset,
+        },
+        Err(e @ StorageError::OffsetOutOfRange { .. }) => {
+            tracing::debug!(error = %e, "fetch out of range");
+            PartRead {
+                error_code: ec::OFFSET_OUT_OF_RANGE,
+                log_start_offset: start,
+                high_watermark: end,
+                ..Default::default()
             }
-            match p.log.read(offset, max_bytes).await {
-                Ok(r) => PartRead {
-                    error_code: ec::NONE,
-                    chunks: r.chunks,
-                    log_start_offset: r.log_start_offset,
-                    high_watermark: r.log_end_offset,
-                },
-                Err(e @ StorageError::OffsetOutOfRange { .. }) => {
-                    tracing::debug!(error = %e, "fetch out of range");
-                    PartRead {
-                        error_code: ec::OFFSET_OUT_OF_RANGE,
-                        log_start_offset: start,
-                        high_watermark: end,
-                        ..Default::default()
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "fetch read failed");
-                    PartRead {
-                        error_code: e.kafka_error_code(),
-                        log_start_offset: start,
-                        high_watermark: end,
-                        ..Default::default()
-                    }
-                }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "fetch read failed");
+            PartRead {
+                error_code: e.kafka_error_code(),
+                log_start_offset: start,
+                high_watermark: end,
+                ..Default::default()
             }
+        }
+    }
+}
+
+/// Reads every target, one hop per owning shard (Redpanda's fetch plan).
+async fn read_all(shard: &Rc<Shard>, targets: &[Target]) -> Vec<PartRead> {
+    let mut reads: Vec<PartRead> = targets
+        .iter()
+        .map(|t| PartRead {
+            error_code: t.unknown_code,
+            log_start_offset: -1,
+            high_watermark: -1,
+            ..Default::default()
         })
-        .await
+        .collect();
+    let mut plan: Vec<Vec<(usize, String, i32, i64, usize)>> = vec![Vec::new(); shard.nshards];
+    for (slot, t) in targets.iter().enumerate() {
+        if let Some(owner) = t.owner {
+            plan[owner].push((slot, t.topic.clone(), t.partition, t.offset, t.max_bytes));
+        }
+    }
+    let hops = plan
+        .into_iter()
+        .enumerate()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(owner, items)| {
+            shard.invoke_on(owner, move |s| async move {
+                let reads = items
+                    .into_iter()
+                    .map(|(slot, topic, partition, offset, max_bytes)| {
+                        let s = s.clone();
+                        async move {
+                            (
+                                slot,
+                                read_local(&s, &topic, partition, offset, max_bytes).await,
+                            )
+                        }
+                    });
+                futures::future::join_all(reads).await
+            })
+        });
+    for (slot, r) in futures::future::join_all(hops).await.into_iter().flatten() {
+        reads[slot] = r;
+    }
+    reads
 }
 
 /// Resolves when any target's log grows past `ends[i]` (its end at the last read), or
@@ -162,8 +198,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Vec<T
     let started = Instant::now();
     let wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
     let reads = loop {
-        let reads =
-            futures::future::join_all(targets.iter().map(|t| read_partition(shard, t))).await;
+        let reads = read_all(shard, &targets).await;
         let total: usize = reads.iter().map(|r| r.bytes()).sum();
         let errored = reads.iter().any(|r| r.error_code != ec::NONE);
         let elapsed = started.elapsed();
@@ -173,8 +208,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Vec<T
         let ends: Vec<i64> = reads.iter().map(|r| r.high_watermark).collect();
         wait_any(shard, &targets, &ends, (wait - elapsed).as_millis() as u64).await;
         if started.elapsed() >= wait {
-            break futures::future::join_all(targets.iter().map(|t| read_partition(shard, t)))
-                .await;
+            break read_all(shard, &targets).await;
         }
     };
     let response_max = if req.max_bytes > 0 {

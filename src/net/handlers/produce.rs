@@ -34,62 +34,76 @@ pub async fn handle(
         _ => None,
     };
     let image = shard.image();
-    let mut calls = Vec::new();
+    // Plan per shard: every partition's outcome has a slot; partitions that need an
+    // append are grouped by owning shard so each shard gets one hop, not one per partition.
+    let mut outcomes: Vec<(String, i32, Option<ProduceOutcome>)> = Vec::new();
+    let mut plan: Vec<Vec<(usize, String, i32, bytes::Bytes)>> = vec![Vec::new(); shard.nshards];
     for topic in &req.topic_data {
         let name = topic.name.0.to_string();
-        let meta = image.topic(&name).cloned();
+        let meta = image.topic(&name);
+        let max_bytes = meta
+            .and_then(|t| t.configs.get("max.message.bytes"))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(shard.config.message_max_bytes as usize);
         for p in &topic.partition_data {
-            let index = p.index;
             let records = p.records.clone().unwrap_or_default();
-            let owner = meta.as_ref().and_then(|t| shard.owner_of(&t.owners, index));
-            let name = name.clone();
-            let max_bytes = meta
-                .as_ref()
-                .and_then(|t| t.configs.get("max.message.bytes"))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(shard.config.message_max_bytes as usize);
-            calls.push(async move {
-                let outcome = match (durability, owner) {
-                    (None, _) => ProduceOutcome::error(
-                        ec::INVALID_REQUIRED_ACKS,
-                        format!("acks={acks} is not -1, 0 or 1"),
+            let owner = meta.and_then(|t| shard.owner_of(&t.owners, p.index));
+            let early = match (durability, owner) {
+                (None, _) => Some(ProduceOutcome::error(
+                    ec::INVALID_REQUIRED_ACKS,
+                    format!("acks={acks} is not -1, 0 or 1"),
+                )),
+                (_, None) => Some(ProduceOutcome::error(
+                    ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    "unknown topic or partition",
+                )),
+                _ if records.len() > max_bytes => Some(ProduceOutcome::error(
+                    ec::MESSAGE_TOO_LARGE,
+                    format!(
+                        "{} bytes of records exceed max.message.bytes={max_bytes}",
+                        records.len()
                     ),
-                    (_, None) => ProduceOutcome::error(
-                        ec::UNKNOWN_TOPIC_OR_PARTITION,
-                        "unknown topic or partition",
-                    ),
-                    _ if records.len() > max_bytes => ProduceOutcome::error(
-                        ec::MESSAGE_TOO_LARGE,
-                        format!(
-                            "{} bytes of records exceed max.message.bytes={max_bytes}",
-                            records.len()
-                        ),
-                    ),
-                    (Some(d), Some(owner)) => {
-                        let topic = name.clone();
-                        shard
-                            .invoke_on(owner, move |s| async move {
-                                match s.partition(&topic, index) {
-                                    Some(p) => p.produce(records, d).await,
-                                    None => ProduceOutcome::error(
-                                        ec::UNKNOWN_TOPIC_OR_PARTITION,
-                                        "partition not open",
-                                    ),
-                                }
-                            })
-                            .await
-                    }
-                };
-                (name, index, outcome)
-            });
+                )),
+                (Some(_), Some(owner)) => {
+                    plan[owner].push((outcomes.len(), name.clone(), p.index, records));
+                    None
+                }
+            };
+            outcomes.push((name.clone(), p.index, early));
         }
     }
-    let outcomes = futures::future::join_all(calls).await;
+    let d = durability.unwrap_or(Durability::Written);
+    let hops = plan
+        .into_iter()
+        .enumerate()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(owner, items)| {
+            shard.invoke_on(owner, move |s| async move {
+                let appends = items.into_iter().map(|(slot, topic, index, records)| {
+                    let s = s.clone();
+                    async move {
+                        let outcome = match s.partition(&topic, index) {
+                            Some(p) => p.produce(records, d).await,
+                            None => ProduceOutcome::error(
+                                ec::UNKNOWN_TOPIC_OR_PARTITION,
+                                "partition not open",
+                            ),
+                        };
+                        (slot, outcome)
+                    }
+                });
+                futures::future::join_all(appends).await
+            })
+        });
+    for (slot, outcome) in futures::future::join_all(hops).await.into_iter().flatten() {
+        outcomes[slot].2 = Some(outcome);
+    }
     if acks == 0 {
         return None;
     }
     let mut responses: Vec<TopicProduceResponse> = Vec::new();
     for (name, index, o) in outcomes {
+        let o = o.unwrap_or_else(|| ProduceOutcome::error(ec::UNKNOWN_SERVER_ERROR, "no outcome"));
         let part = PartitionProduceResponse::default()
             .with_index(index)
             .with_error_code(o.error_code)
