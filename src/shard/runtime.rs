@@ -5,6 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,8 +35,24 @@ impl glommio::StallDetectionHandler for StallLogger {
     }
 }
 
+/// Set by the signal thread on SIGTERM/SIGINT; each shard polls it (a flag, not a lock).
+static SHUTDOWN_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// How often shards look at the shutdown flag.
+const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Runs the broker until a shard exits. Blocks the calling thread.
 pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("runnel-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "shutdown requested: flushing logs");
+                SHUTDOWN_REQUESTED.store(true, Ordering::Release);
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start signal thread: {e}"))?;
     let config = Arc::new(config);
     let cpus = core_affinity::get_core_ids()
         .map(|c| c.len())
@@ -176,7 +193,33 @@ async fn shard_main(
         })
     };
     retention.detach();
+    if id == 0 {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while !SHUTDOWN_REQUESTED.load(Ordering::Acquire) {
+                glommio::timer::sleep(SHUTDOWN_POLL_INTERVAL).await;
+            }
+            // Graceful stop: every shard flushes and closes its logs, then the process
+            // exits. Requests still in flight are answered or fail with the connection.
+            let closed: Vec<usize> = shard.invoke_on_all(|s| async move { close_partitions(&s).await }).await;
+            tracing::info!(partitions = closed.iter().sum::<usize>(), "logs flushed and closed; exiting");
+            std::process::exit(0);
+        })
+        .detach();
+    }
     net::listener::serve(shard).await
+}
+
+/// Flushes and closes every log this shard owns; returns how many.
+async fn close_partitions(shard: &Rc<Shard>) -> usize {
+    let parts: Vec<Rc<Partition>> =
+        shard.partitions.borrow_mut().drain().flat_map(|(_, m)| m.into_values()).collect();
+    for p in &parts {
+        if let Err(e) = p.log.close().await {
+            tracing::error!(dir = %p.log.dir().display(), error = %e, "closing log failed");
+        }
+    }
+    parts.len()
 }
 
 /// Brings this shard's open partitions in line with `image`: opens logs of partitions it
