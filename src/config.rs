@@ -18,6 +18,8 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     pub listen: SocketAddr,
+    /// Admin HTTP (metrics, health); `None` disables it.
+    pub admin_listen: Option<SocketAddr>,
     /// Host and port put in Metadata responses.
     pub advertised_host: String,
     pub advertised_port: u16,

@@ -31,6 +31,9 @@ struct ServeArgs {
     /// Kafka listener address (host:port).
     #[arg(long, env = "RUNNEL_LISTEN", default_value = "127.0.0.1:9092")]
     listen: String,
+    /// Admin HTTP address for /metrics and /health ("off" disables it).
+    #[arg(long, env = "RUNNEL_ADMIN_LISTEN", default_value = "127.0.0.1:9644")]
+    admin_listen: String,
     /// Host advertised to clients in Metadata (default: the listen host).
     #[arg(long, env = "RUNNEL_ADVERTISED_HOST")]
     advertised_host: Option<String>,
@@ -109,12 +112,22 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         .map_err(|e| format!("listen={}: {e}", a.listen))?
         .next()
         .ok_or_else(|| format!("listen={}: resolves to no address", a.listen))?;
+    let admin_listen = match a.admin_listen.as_str() {
+        "off" | "" => None,
+        s => Some(
+            s.to_socket_addrs()
+                .map_err(|e| format!("admin-listen={s}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("admin-listen={s}: resolves to no address"))?,
+        ),
+    };
     let cpus = core_affinity::get_core_ids()
         .map(|c| c.len())
         .unwrap_or(1)
         .max(1);
     let config = BrokerConfig {
         listen,
+        admin_listen,
         advertised_host: a.advertised_host.unwrap_or_else(|| {
             if listen.ip().is_unspecified() {
                 "127.0.0.1".into()

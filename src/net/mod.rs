@@ -1,5 +1,6 @@
 //! The Kafka wire protocol server: listeners, connections, one handler per API.
 
+pub mod admin;
 pub mod connection;
 pub mod error_code;
 pub mod handlers;

@@ -42,8 +42,11 @@ const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Runs the broker until a shard exits. Blocks the calling thread.
 pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
     std::thread::Builder::new()
         .name("runnel-signals".into())
         .spawn(move || {
@@ -165,6 +168,11 @@ async fn shard_main(
             crate::fatal(&e);
         }
         tracing::info!(%addr, shards = nshards, data_dir = %config.data_dir.display(), "broker ready");
+        if let Some(admin) = config.admin_listen {
+            if let Some(bound) = net::admin::start(&shard, admin) {
+                println!("runnel: admin on {bound}");
+            }
+        }
         // Scripts and tests wait for this line.
         println!("runnel: ready on {addr}");
         let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -201,8 +209,13 @@ async fn shard_main(
             }
             // Graceful stop: every shard flushes and closes its logs, then the process
             // exits. Requests still in flight are answered or fail with the connection.
-            let closed: Vec<usize> = shard.invoke_on_all(|s| async move { close_partitions(&s).await }).await;
-            tracing::info!(partitions = closed.iter().sum::<usize>(), "logs flushed and closed; exiting");
+            let closed: Vec<usize> = shard
+                .invoke_on_all(|s| async move { close_partitions(&s).await })
+                .await;
+            tracing::info!(
+                partitions = closed.iter().sum::<usize>(),
+                "logs flushed and closed; exiting"
+            );
             std::process::exit(0);
         })
         .detach();
@@ -212,8 +225,12 @@ async fn shard_main(
 
 /// Flushes and closes every log this shard owns; returns how many.
 async fn close_partitions(shard: &Rc<Shard>) -> usize {
-    let parts: Vec<Rc<Partition>> =
-        shard.partitions.borrow_mut().drain().flat_map(|(_, m)| m.into_values()).collect();
+    let parts: Vec<Rc<Partition>> = shard
+        .partitions
+        .borrow_mut()
+        .drain()
+        .flat_map(|(_, m)| m.into_values())
+        .collect();
     for p in &parts {
         if let Err(e) = p.log.close().await {
             tracing::error!(dir = %p.log.dir().display(), error = %e, "closing log failed");

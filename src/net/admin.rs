@@ -1,0 +1,200 @@
+//! Admin HTTP on 127.0.0.1:9644 (shard 0): `/metrics` in Prometheus text format and
+//! `/health`. Each shard keeps its own histograms; a scrape collects copies from every
+//! shard by message and merges them, so recording never crosses cores.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpListener;
+use hdrhistogram::Histogram;
+use kafka_protocol::messages::ApiKey;
+
+use crate::shard::Shard;
+
+/// Largest HTTP request head read; admin requests are tiny.
+const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+
+/// One shard's numbers, copied out for a scrape.
+struct Snapshot {
+    latency_us: Vec<(i16, Histogram<u64>)>,
+    bytes_in: u64,
+    bytes_out: u64,
+    fetch_record_bytes: u64,
+    record_bytes_copied: u64,
+    connections: u64,
+    partitions: usize,
+}
+
+fn snapshot(s: &Shard) -> Snapshot {
+    let m = &s.metrics;
+    Snapshot {
+        latency_us: m
+            .request_latency_us
+            .borrow()
+            .iter()
+            .map(|(k, h)| (*k, h.clone()))
+            .collect(),
+        bytes_in: m.bytes_in.get(),
+        bytes_out: m.bytes_out.get(),
+        fetch_record_bytes: m.fetch_record_bytes.get(),
+        record_bytes_copied: m.record_bytes_copied.get(),
+        connections: m.connections.get(),
+        partitions: s.partitions.borrow().values().map(|p| p.len()).sum(),
+    }
+}
+
+/// Binds the admin listener; a failure is logged and the broker runs without it.
+pub fn start(shard: &Rc<Shard>, addr: SocketAddr) -> Option<SocketAddr> {
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "admin HTTP not started (metrics unavailable)");
+            return None;
+        }
+    };
+    let local = listener.local_addr().ok()?;
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    glommio::spawn_local(serve_one(shard.clone(), stream)).detach();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    })
+    .detach();
+    Some(local)
+}
+
+async fn serve_one(shard: Rc<Shard>, mut stream: glommio::net::TcpStream) {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > REQUEST_HEAD_BYTES_MAX {
+            return;
+        }
+    }
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let path = std::str::from_utf8(line)
+        .ok()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("");
+    let (status, body) = match path {
+        "/metrics" => ("200 OK", render(&shard).await),
+        "/health" => ("200 OK", "ok\n".to_string()),
+        _ => ("404 Not Found", "not found\n".to_string()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.close().await;
+}
+
+/// Prometheus text exposition of every shard's numbers, merged.
+pub async fn render(shard: &Rc<Shard>) -> String {
+    let snaps: Vec<Snapshot> = shard.invoke_on_all(|s| async move { snapshot(&s) }).await;
+    let mut merged: Vec<(i16, Histogram<u64>)> = Vec::new();
+    for s in &snaps {
+        for (k, h) in &s.latency_us {
+            match merged.iter_mut().find(|(mk, _)| mk == k) {
+                Some((_, m)) => {
+                    let _ = m.add(h);
+                }
+                None => merged.push((*k, h.clone())),
+            }
+        }
+    }
+    merged.sort_by_key(|(k, _)| *k);
+    let mut out = String::new();
+    out.push_str("# HELP runnel_request_latency_seconds Time from a request's last byte read to its response ready, by API.\n");
+    out.push_str("# TYPE runnel_request_latency_seconds summary\n");
+    for (k, h) in &merged {
+        let api = ApiKey::try_from(*k)
+            .map(|a| format!("{a:?}"))
+            .unwrap_or_else(|_| k.to_string());
+        for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+            let v = h.value_at_quantile(q) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "runnel_request_latency_seconds{{api=\"{api}\",quantile=\"{q}\"}} {v}"
+            );
+        }
+        let sum = h.mean() * h.len() as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "runnel_request_latency_seconds_sum{{api=\"{api}\"}} {sum}"
+        );
+        let _ = writeln!(
+            out,
+            "runnel_request_latency_seconds_count{{api=\"{api}\"}} {}",
+            h.len()
+        );
+    }
+    let total = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "runnel_bytes_in_total",
+            "Bytes of requests received.",
+            total(|s| s.bytes_in),
+        ),
+        (
+            "runnel_bytes_out_total",
+            "Bytes of responses sent.",
+            total(|s| s.bytes_out),
+        ),
+        (
+            "runnel_fetch_record_bytes_total",
+            "Record bytes served by Fetch.",
+            total(|s| s.fetch_record_bytes),
+        ),
+        (
+            "runnel_record_bytes_copied_total",
+            "Record bytes copied in user space on the fetch path.",
+            total(|s| s.record_bytes_copied),
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let fetched = total(|s| s.fetch_record_bytes);
+    let ratio = if fetched == 0 {
+        0.0
+    } else {
+        total(|s| s.record_bytes_copied) as f64 / fetched as f64
+    };
+    let _ = writeln!(
+        out,
+        "# HELP runnel_fetch_copy_ratio Record bytes copied per record byte fetched.\n# TYPE runnel_fetch_copy_ratio gauge\nrunnel_fetch_copy_ratio {ratio}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP runnel_connections Open client connections.\n# TYPE runnel_connections gauge"
+    );
+    for (i, s) in snaps.iter().enumerate() {
+        let _ = writeln!(out, "runnel_connections{{shard=\"{i}\"}} {}", s.connections);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP runnel_partitions Partitions owned.\n# TYPE runnel_partitions gauge"
+    );
+    for (i, s) in snaps.iter().enumerate() {
+        let _ = writeln!(out, "runnel_partitions{{shard=\"{i}\"}} {}", s.partitions);
+    }
+    out
+}

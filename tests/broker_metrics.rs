@@ -1,0 +1,98 @@
+//! The admin HTTP endpoint: `/metrics` exposes per-API latency summaries merged across
+//! shards and the byte counters, `/health` answers; scraped after real rdkafka traffic.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::producer::FutureRecord;
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read admin response");
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Value of the first sample line starting with `prefix`.
+fn sample(body: &str, prefix: &str) -> f64 {
+    let line = body
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no sample {prefix:?} in:\n{body}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_expose_latency_summaries_and_counters_after_traffic() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut options = BrokerOptions::default().cores(2);
+    options.extra_args = vec!["--admin-listen".into(), admin.clone()];
+    let broker = Broker::start_with(options);
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("metrics");
+    create_topic(&bootstrap, &topic, 4).await;
+    let p = producer(&bootstrap, &[("acks", "all")]);
+    for i in 0..40 {
+        let payload = format!("value-{i}");
+        let key = format!("k{i}");
+        p.send(
+            FutureRecord::to(&topic)
+                .payload(&payload)
+                .key(&key)
+                .partition(i % 4),
+            CLIENT_TIMEOUT,
+        )
+        .await
+        .expect("delivered");
+    }
+    let c = consumer(&bootstrap, &[]);
+    assign(&c, &topic, &[0, 1, 2, 3], rdkafka::Offset::Beginning);
+    let got = consume_to_end(&c, &[0, 1, 2, 3], CONSUME_TIMEOUT);
+    assert_eq!(got.len(), 40);
+
+    let health = http_get(&admin, "/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let body = http_get(&admin, "/metrics");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("# TYPE runnel_request_latency_seconds summary"));
+    assert!(
+        sample(
+            &body,
+            "runnel_request_latency_seconds_count{api=\"Produce\"}"
+        ) >= 4.0
+    );
+    assert!(sample(&body, "runnel_request_latency_seconds_count{api=\"Fetch\"}") >= 1.0);
+    let p99 = sample(
+        &body,
+        "runnel_request_latency_seconds{api=\"Produce\",quantile=\"0.99\"}",
+    );
+    assert!(p99 > 0.0 && p99 < 60.0, "produce p99 {p99}");
+    assert!(sample(&body, "runnel_bytes_in_total") > 0.0);
+    assert!(sample(&body, "runnel_fetch_record_bytes_total") > 0.0);
+    let ratio = sample(&body, "runnel_fetch_copy_ratio");
+    assert!((0.0..=1.0).contains(&ratio), "copy ratio {ratio}");
+    assert!(
+        body.contains("runnel_partitions{shard=\"1\"}"),
+        "both shards report"
+    );
+    let missing = http_get(&admin, "/nope");
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}
