@@ -39,6 +39,9 @@ struct Args {
     /// Concurrent appenders in group-commit mode.
     #[arg(long, default_value_t = 16)]
     appenders: usize,
+    /// Run only the cases whose "mode:KiB" label contains this, e.g. "group-commit:1024".
+    #[arg(long)]
+    only: Option<String>,
     /// Skip fio (print only our numbers).
     #[arg(long)]
     no_fio: bool,
@@ -208,6 +211,17 @@ fn main() {
     );
     for mode in [Mode::FlushPerBatch, Mode::GroupCommit] {
         for &size in &sizes {
+            let label = match mode {
+                Mode::FlushPerBatch => "flush-per-batch",
+                Mode::GroupCommit => "group-commit",
+            };
+            if args
+                .only
+                .as_ref()
+                .is_some_and(|o| !format!("{label}:{}", size >> 10).contains(o.as_str()))
+            {
+                continue;
+            }
             let ours = run_ours(&root.join("ours"), size, mode, args.seconds, args.appenders);
             let fio = if have_fio {
                 run_fio(&root.join("fio"), size, mode, args.seconds)
@@ -223,10 +237,6 @@ fn main() {
                 }
             };
             let tri = |v: [f64; 3]| format!("{:.0} / {:.0} / {:.0}", v[0], v[1], v[2]);
-            let label = match mode {
-                Mode::FlushPerBatch => "flush-per-batch",
-                Mode::GroupCommit => "group-commit",
-            };
             println!(
                 "{:<15} {:>6}K | {:>9.1} {:>9} {:>6} | {:>26} | {:>26} | {:>26} | {:>8}",
                 label,

@@ -775,6 +775,10 @@ impl PartitionLog {
                 continue;
             }
             self.flushing.set(true);
+            // Let the other runnable tasks (typically appenders just woken by the last
+            // round) copy their batches in first, so this round takes them all instead
+            // of alternating between a round of one and a round of the rest.
+            futures_lite::future::yield_now().await;
             let result = self.run_flush(sync).await;
             self.flushing.set(false);
             for w in self.flush_waiters.borrow_mut().drain(..) {
