@@ -1028,6 +1028,14 @@ impl PartitionLog {
                     break;
                 }
                 let h = BatchHeader::parse(&data[p..p + len])?;
+                if h.base_offset < seg.base_offset
+                    || h.last_offset() >= seg.next_offset.get()
+                    || h.last_offset() < h.base_offset
+                {
+                    // The index or the file is not what recovery left: refuse, never
+                    // serve bytes from the wrong place.
+                    return Err(corrupt(pos + p as u64, "batch offsets outside the segment"));
+                }
                 if h.last_offset() >= offset {
                     if !out.is_empty() && total + len > max_bytes {
                         done = true;

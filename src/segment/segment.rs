@@ -208,12 +208,14 @@ impl Segment {
             buf.extend_from_slice(&e.rel_offset.to_be_bytes());
             buf.extend_from_slice(&e.pos.to_be_bytes());
         }
+        seal_crc(&mut buf);
         write_replace(&self.path("index"), &buf)?;
         let mut buf = Vec::with_capacity(self.time_index.borrow().len() * TIME_ENTRY_BYTES);
         for e in self.time_index.borrow().iter() {
             buf.extend_from_slice(&e.max_ts_before.to_be_bytes());
             buf.extend_from_slice(&e.rel_offset.to_be_bytes());
         }
+        seal_crc(&mut buf);
         write_replace(&self.path("timeindex"), &buf)?;
         self.index_dirty.set(false);
         Ok(())
@@ -228,6 +230,9 @@ impl Segment {
             return false;
         };
         let traw = std::fs::read(self.path("timeindex")).unwrap_or_default();
+        let (Some(raw), Some(traw)) = (check_crc(&raw), check_crc(&traw)) else {
+            return false;
+        };
         if raw.len() % INDEX_ENTRY_BYTES != 0 || traw.len() % TIME_ENTRY_BYTES != 0 {
             return false;
         }
@@ -280,6 +285,19 @@ impl Segment {
             let _ = std::fs::remove_file(self.path(ext));
         }
     }
+}
+
+/// Index files end with a CRC32C of their entries: a torn or bit-flipped index is
+/// rebuilt instead of pointing reads at the wrong place.
+fn seal_crc(buf: &mut Vec<u8>) {
+    let crc = crc32c::crc32c(buf);
+    buf.extend_from_slice(&crc.to_be_bytes());
+}
+
+fn check_crc(raw: &[u8]) -> Option<&[u8]> {
+    let split = raw.len().checked_sub(4)?;
+    let (entries, crc) = raw.split_at(split);
+    (crc32c::crc32c(entries).to_be_bytes() == crc).then_some(entries)
 }
 
 /// Atomically replaces `path` with `data` (write tmp, rename).
@@ -354,6 +372,12 @@ mod tests {
         // Entries beyond the file are refused.
         assert!(!again.load_index(200));
         std::fs::write(seg.path("index"), [1, 2, 3]).unwrap();
+        assert!(!again.load_index(pos));
+        // Plausible entries without the right checksum are refused too.
+        seg.persist_index().unwrap();
+        let mut raw = std::fs::read(seg.path("index")).unwrap();
+        raw[5] ^= 1;
+        std::fs::write(seg.path("index"), &raw).unwrap();
         assert!(!again.load_index(pos));
     }
 }
