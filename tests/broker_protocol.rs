@@ -487,3 +487,151 @@ fn sigterm_stops_the_broker_and_a_restart_keeps_topics_and_data() {
     );
     assert_eq!(only_partition(&resp), (0, 5));
 }
+
+fn fetch_at(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1024 * 1024)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_current_leader_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(1024 * 1024)])])
+}
+
+/// Fetch at the log end waits up to max.wait.ms for min.bytes (long poll), and
+/// returns as soon as data arrives.
+#[test]
+fn fetch_long_polls_until_data_or_max_wait() {
+    let broker = Broker::start_with(BrokerOptions::default().cores(2));
+    let topic = topic_name("longpoll");
+    create_topic_blocking(&broker.bootstrap(), &topic, 1);
+
+    // Nothing arrives: the answer comes after about max_wait_ms, empty.
+    let mut w = Wire::connect(&broker.bootstrap());
+    let started = Instant::now();
+    let resp = w.call(&fetch_at(&topic, 0, 700), 12);
+    let waited = started.elapsed();
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert_eq!(p.high_watermark, 0);
+    assert!(
+        p.records.as_ref().map_or(true, |r| r.is_empty()),
+        "records from an empty partition"
+    );
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_millis(5000),
+        "empty fetch with max_wait_ms=700 answered after {waited:?}"
+    );
+
+    // Data arrives while the fetch waits: it is answered well before max_wait_ms.
+    let (b, c) = w.encode_request(&fetch_at(&topic, 0, 10_000), 12);
+    let started = Instant::now();
+    w.send_raw(&b).unwrap();
+    let mut producer_conn = Wire::connect(&broker.bootstrap());
+    let resp = producer_conn.call(
+        &produce(
+            &topic,
+            0,
+            -1,
+            batch_with(2, |i| Bytes::from(format!("{i}"))),
+        ),
+        9,
+    );
+    assert_eq!(only_partition(&resp), (0, 0));
+    let resp = w.recv_response::<FetchRequest>(12, c);
+    let waited = started.elapsed();
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert_eq!(p.high_watermark, 2);
+    assert!(
+        p.records.as_ref().is_some_and(|r| !r.is_empty()),
+        "long-poll fetch woke without records"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "long-poll fetch not woken by a produce (answered after {waited:?})"
+    );
+}
+
+/// DeleteRecords moves the log start; consumers from the beginning start there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_records_moves_the_log_start() {
+    use rdkafka::producer::FutureRecord;
+    let broker = Broker::start();
+    let topic = topic_name("delrec");
+    create_topic(&broker.bootstrap(), &topic, 1).await;
+    let p = producer(&broker.bootstrap(), &[("acks", "all")]);
+    for i in 0..10 {
+        let v = format!("v{i}");
+        tokio::time::timeout(
+            CLIENT_TIMEOUT,
+            p.send(
+                FutureRecord::<str, str>::to(&topic).payload(&v),
+                Duration::ZERO,
+            ),
+        )
+        .await
+        .unwrap()
+        .unwrap_or_else(|(e, _)| panic!("{e:?}"));
+    }
+    let admin = admin(&broker.bootstrap());
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(4))
+        .unwrap();
+    let opts = AdminOptions::new().request_timeout(Some(CLIENT_TIMEOUT));
+    let res = tokio::time::timeout(CLIENT_TIMEOUT, admin.delete_records(&tpl, &opts))
+        .await
+        .expect("delete_records timed out")
+        .expect("delete_records");
+    let e = res.find_partition(&topic, 0).unwrap();
+    assert!(
+        e.error().is_ok(),
+        "delete_records partition error {:?}",
+        e.error()
+    );
+    assert_eq!(
+        e.offset(),
+        rdkafka::Offset::Offset(4),
+        "new low watermark in the DeleteRecords response"
+    );
+
+    let c = consumer(&broker.bootstrap(), &[]);
+    assert_eq!(
+        c.fetch_watermarks(&topic, 0, CLIENT_TIMEOUT).unwrap(),
+        (4, 10),
+        "watermarks after DeleteRecords"
+    );
+    assign(&c, &topic, &[0], rdkafka::Offset::Beginning);
+    let msgs = consume_to_end(&c, &[0], CONSUME_TIMEOUT);
+    let got: Vec<(i64, String)> = msgs
+        .iter()
+        .map(|m| (rdkafka::Message::offset(m), payload_str(m)))
+        .collect();
+    let want: Vec<(i64, String)> = (4..10).map(|i| (i, format!("v{i}"))).collect();
+    assert_eq!(got, want, "consume from beginning after DeleteRecords");
+}
+
+/// Many simultaneous connections are all served (spread over the shards' listeners).
+#[test]
+fn two_hundred_concurrent_connections_are_served() {
+    let broker = Broker::start_with(BrokerOptions::default().cores(2));
+    let mut conns: Vec<Wire> = (0..200)
+        .map(|_| Wire::connect(&broker.bootstrap()))
+        .collect();
+    let mut pending = Vec::new();
+    for w in conns.iter_mut() {
+        let (b, c) = w.encode_request(&ApiVersionsRequest::default(), 3);
+        w.send_raw(&b).unwrap();
+        pending.push(c);
+    }
+    for (w, c) in conns.iter_mut().zip(pending) {
+        assert_eq!(w.recv_response::<ApiVersionsRequest>(3, c).error_code, 0);
+    }
+}

@@ -723,3 +723,43 @@ async fn idempotent_producer_retries_across_a_restart_do_not_duplicate() {
         );
     }
 }
+
+/// Records close to the 1 MiB default message.max.bytes go through produce and
+/// fetch intact (fetch sizing, batch boundaries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_records_round_trip() {
+    let broker = Broker::start();
+    let topic = topic_name("large");
+    create_topic(&broker.bootstrap(), &topic, 1).await;
+    let p = producer(&broker.bootstrap(), &[("acks", "all"), ("linger.ms", "0")]);
+    let n = 6usize;
+    let value = |i: usize| -> Vec<u8> {
+        (0..900 * 1024)
+            .map(|j| ((i * 31 + j * 7) % 251) as u8)
+            .collect()
+    };
+    for i in 0..n {
+        let v = value(i);
+        let d = tokio::time::timeout(
+            CLIENT_TIMEOUT,
+            p.send(
+                FutureRecord::<str, [u8]>::to(&topic).payload(&v[..]),
+                Duration::ZERO,
+            ),
+        )
+        .await
+        .expect("send timed out")
+        .unwrap_or_else(|(e, _)| panic!("large record {i}: {e:?}"));
+        assert_eq!(d.offset, i as i64);
+    }
+    let c = consumer(&broker.bootstrap(), &[]);
+    assign(&c, &topic, &[0], Offset::Beginning);
+    let msgs = consume_to_end(&c, &[0], CONSUME_TIMEOUT);
+    assert_eq!(msgs.len(), n);
+    for (i, m) in msgs.iter().enumerate() {
+        assert!(
+            m.payload() == Some(&value(i)[..]),
+            "large record {i} differs after the round trip"
+        );
+    }
+}
