@@ -694,3 +694,59 @@ fn idempotent_duplicate_batch_is_not_written_twice_and_a_sequence_gap_is_refused
     );
     assert_eq!(high_watermark(&broker.bootstrap(), &topic, 0), 5);
 }
+
+/// Kafka rebuilds idempotent-producer state (last sequences per producer id)
+/// from the log on recovery, so a retry that crosses a broker restart is still
+/// recognised as a duplicate. Deterministic form of the rdkafka restart test.
+#[test]
+fn idempotent_producer_state_survives_a_restart() {
+    let mut broker = Broker::start();
+    let topic = topic_name("idem-restart");
+    create_topic_blocking(&broker.bootstrap(), &topic, 1);
+    let mut w = Wire::connect(&broker.bootstrap());
+    let init = w.call(
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000),
+        4,
+    );
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    let first = batch(3, pid, epoch, 0).freeze();
+    let second = batch(2, pid, epoch, 3).freeze();
+    assert_eq!(
+        produce_results(&w.call(&produce_request(&topic, vec![(0, first.clone())]), 9)),
+        vec![(0, 0, 0)]
+    );
+    assert_eq!(
+        produce_results(&w.call(&produce_request(&topic, vec![(0, second.clone())]), 9)),
+        vec![(0, 0, 3)]
+    );
+    drop(w);
+
+    broker.restart(); // SIGKILL + start on the same data dir
+    let mut w = Wire::connect(&broker.bootstrap());
+    // The client never saw the ack of `second` and retries it.
+    let res = produce_results(&w.call(&produce_request(&topic, vec![(0, second.clone())]), 9));
+    assert!(
+        res == vec![(0, 0, 3)] || res[0].1 == DUPLICATE_SEQUENCE_NUMBER,
+        "retry of an acknowledged batch after restart: expected NONE at base offset 3 or DUPLICATE_SEQUENCE_NUMBER, got {res:?}"
+    );
+    assert_eq!(
+        high_watermark(&broker.bootstrap(), &topic, 0),
+        5,
+        "retried batch appended twice after restart"
+    );
+    // And the sequence continues where the log says, not wherever the client says.
+    let gap = batch(1, pid, epoch, 9).freeze();
+    let res = produce_results(&w.call(&produce_request(&topic, vec![(0, gap)]), 9));
+    assert_eq!(
+        res[0].1, OUT_OF_ORDER_SEQUENCE_NUMBER,
+        "sequence gap after restart: {res:?}"
+    );
+    let next = batch(1, pid, epoch, 5).freeze();
+    assert_eq!(
+        produce_results(&w.call(&produce_request(&topic, vec![(0, next)]), 9)),
+        vec![(0, 0, 5)]
+    );
+}
