@@ -206,7 +206,6 @@ struct WriteBuf {
     len: usize,
     /// Holds bytes not yet handed to a write.
     dirty: bool,
-    end_offset: i64,
 }
 
 /// A sealed buffer waiting for the flusher.
@@ -216,14 +215,28 @@ struct PendingWrite {
     buf: DmaBuffer,
     /// Logical segment position the data ends at.
     logical_end: u64,
-    /// Next offset after the last batch in this buffer.
-    end_offset: i64,
+    /// Ends in a zero-padded partial block that the next write of this segment
+    /// rewrites: nothing else may be in flight with it.
+    barrier: bool,
+}
+
+/// Submitted writes, in submission order, to know which prefix is complete.
+#[derive(Default)]
+struct WriteTracker {
+    next_seq: u64,
+    /// (seq, segment, logical end, done)
+    in_flight: VecDeque<(u64, Rc<Segment>, u64, bool)>,
+    /// Every write with seq below this is complete.
+    done_prefix: u64,
+    waiters: Vec<(u64, oneshot::Sender<()>)>,
+    barrier_in_flight: bool,
+    /// Bytes sealed and not yet written (queued or in flight).
+    unwritten_bytes: usize,
 }
 
 struct Appender {
     cur: WriteBuf,
     queue: VecDeque<PendingWrite>,
-    queued_bytes: usize,
 }
 
 impl Appender {
@@ -248,50 +261,47 @@ impl Appender {
             buf: next,
             len: tail_len,
             dirty: !for_flush && self.cur.dirty && tail_len > 0,
-            end_offset: self.cur.end_offset,
         };
         let mut old = std::mem::replace(&mut self.cur, fresh);
         if !for_flush {
             old.len = tail_start;
         }
-        self.seal(old);
+        self.seal(old, for_flush);
     }
 
     /// Queues `old` (zero-padded to a whole block) if it holds bytes not yet queued.
-    fn seal(&mut self, mut old: WriteBuf) {
+    fn seal(&mut self, mut old: WriteBuf, barrier: bool) {
         if !old.dirty || old.len == 0 {
             return;
         }
         let padded = align_up(old.len as u64) as usize;
         old.buf.as_bytes_mut()[old.len..padded].fill(0);
         old.buf.trim_to_size(padded);
-        self.queued_bytes += padded;
         self.queue.push_back(PendingWrite {
             logical_end: old.file_pos + old.len as u64,
             seg: old.seg,
             file_pos: old.file_pos,
             buf: old.buf,
-            end_offset: old.end_offset,
+            barrier,
         });
     }
 
     /// Starts `seg` (just rolled) with an empty buffer sized for `first_len`.
     fn roll(&mut self, seg: Rc<Segment>, first_len: usize) {
         let capacity = align_up(first_len.max(WRITE_BUFFER_BYTES) as u64) as usize;
-        let end_offset = seg.next_offset.get();
         let fresh = WriteBuf {
             seg,
             file_pos: 0,
             buf: glommio::allocate_dma_buffer(capacity),
             len: 0,
             dirty: false,
-            end_offset,
         };
         let old = std::mem::replace(&mut self.cur, fresh);
-        self.seal(old);
+        // The sealed segment's last write: nothing follows it in that file.
+        self.seal(old, false);
     }
 
-    fn copy_in(&mut self, seg: &Rc<Segment>, pos: u64, batch: &PatchedBatch, end_offset: i64) {
+    fn copy_in(&mut self, seg: &Rc<Segment>, pos: u64, batch: &PatchedBatch) {
         assert!(
             Rc::ptr_eq(&self.cur.seg, seg),
             "appends go to the active segment"
@@ -312,7 +322,6 @@ impl Appender {
         dst[BATCH_HEADER_LEN..].copy_from_slice(&batch.body);
         self.cur.len += len;
         self.cur.dirty = true;
-        self.cur.end_offset = end_offset;
     }
 }
 
@@ -356,6 +365,7 @@ pub struct PartitionLog {
     written_offset: Cell<i64>,
     durable_offset: Cell<i64>,
     appender: RefCell<Appender>,
+    tracker: RefCell<WriteTracker>,
     cache: RefCell<BatchCache>,
     /// Segments written since the last fdatasync.
     unsynced: RefCell<Vec<Rc<Segment>>>,
@@ -520,7 +530,6 @@ impl PartitionLog {
             buf,
             len: tail_len,
             dirty: false,
-            end_offset: log_end,
         };
         let log = Rc::new_cyclic(|me| PartitionLog {
             dir,
@@ -535,8 +544,8 @@ impl PartitionLog {
             appender: RefCell::new(Appender {
                 cur,
                 queue: VecDeque::new(),
-                queued_bytes: 0,
             }),
+            tracker: RefCell::new(WriteTracker::default()),
             cache: RefCell::new(BatchCache::default()),
             unsynced: RefCell::new(Vec::new()),
             unsynced_messages: Cell::new(0),
@@ -602,19 +611,14 @@ impl PartitionLog {
         durability: Durability,
     ) -> Result<AppendInfo, StorageError> {
         let info = self.append_now(&batch)?;
+        self.submit_ready();
         let target = info.last_offset + 1;
         match durability {
             Durability::Durable => self.flush_to(target, true).await?,
             Durability::Written => {
-                if self.appender.borrow().queued_bytes > UNWRITTEN_BYTES_MAX {
-                    // Backpressure: the disk is behind; wait for the sealed buffers.
-                    let sealed_end = self
-                        .appender
-                        .borrow()
-                        .queue
-                        .back()
-                        .map_or(target, |w| w.end_offset);
-                    self.flush_to(sealed_end, false).await?;
+                if self.unwritten_bytes() > UNWRITTEN_BYTES_MAX {
+                    // Backpressure: the disk is behind; wait for a write round.
+                    self.flush_to(target, false).await?;
                 }
                 self.schedule_background();
             }
@@ -658,9 +662,7 @@ impl PartitionLog {
             .expect("active segment")
             .clone();
         let pos = seg.size.get();
-        self.appender
-            .borrow_mut()
-            .copy_in(&seg, pos, &patched, last_offset + 1);
+        self.appender.borrow_mut().copy_in(&seg, pos, &patched);
         seg.on_batch(
             base_offset,
             last_offset,
@@ -791,8 +793,144 @@ impl PartitionLog {
         }
     }
 
-    /// One round of the flusher: seal the current buffer, write every sealed buffer in
-    /// order, fdatasync if asked.
+    /// Bytes sealed but not yet written (queued or in flight).
+    fn unwritten_bytes(&self) -> usize {
+        let queued: usize = self
+            .appender
+            .borrow()
+            .queue
+            .iter()
+            .map(|w| w.buf.len())
+            .sum();
+        queued + self.tracker.borrow().unwritten_bytes
+    }
+
+    /// Write-behind: submits sealed full buffers right away (synchronously, from the
+    /// append path) so the disk works while later batches are still being copied.
+    /// Leaves in the queue, for the next flush round, whatever must wait: anything
+    /// behind a barrier write still in flight, or a write that needs the file created
+    /// or preallocated first.
+    fn submit_ready(&self) {
+        loop {
+            let w = {
+                let mut app = self.appender.borrow_mut();
+                let Some(front) = app.queue.front() else {
+                    return;
+                };
+                if front.barrier || self.tracker.borrow().barrier_in_flight {
+                    return;
+                }
+                let end = front.file_pos + front.buf.len() as u64;
+                if front.seg.file.borrow().is_none() || end > front.seg.allocated.get() {
+                    drop(app);
+                    self.schedule_background();
+                    return;
+                }
+                app.queue.pop_front().expect("front exists")
+            };
+            let file = w.seg.file.borrow().clone().expect("checked above");
+            self.submit(w, file);
+        }
+    }
+
+    /// Starts one O_DIRECT write as its own task; `complete` records the result.
+    fn submit(&self, w: PendingWrite, file: Rc<DmaFile>) {
+        let me = self.me.upgrade().expect("a PartitionLog lives in an Rc");
+        let seq = {
+            let mut t = self.tracker.borrow_mut();
+            let seq = t.next_seq;
+            t.next_seq += 1;
+            t.in_flight
+                .push_back((seq, w.seg.clone(), w.logical_end, false));
+            t.barrier_in_flight |= w.barrier;
+            t.unwritten_bytes += w.buf.len();
+            seq
+        };
+        glommio::spawn_local(async move {
+            let len = w.buf.len();
+            let result = file.write_at(w.buf, w.file_pos).await;
+            let result = match result {
+                Ok(n) if n == len => Ok(()),
+                Ok(n) => Err(std::io::Error::other(format!("short write {n} of {len}"))),
+                Err(e) => Err(e.into()),
+            };
+            me.complete(
+                seq,
+                w.barrier,
+                len,
+                result.map_err(|e| StorageError::io("write", w.seg.path("log"), e)),
+            );
+        })
+        .detach();
+    }
+
+    fn complete(&self, seq: u64, barrier: bool, len: usize, result: Result<(), StorageError>) {
+        if let Err(e) = result {
+            self.failed.borrow_mut().get_or_insert(e);
+        }
+        let mut wake = Vec::new();
+        {
+            let mut t = self.tracker.borrow_mut();
+            {
+                let mut st = self.stats.borrow_mut();
+                st.bytes_written += len as u64;
+                st.writes += 1;
+            }
+            t.unwritten_bytes -= len;
+            if barrier {
+                t.barrier_in_flight = false;
+            }
+            let front = t.in_flight.front().map_or(seq, |e| e.0);
+            let i = (seq - front) as usize;
+            t.in_flight[i].3 = true;
+            // Only a complete prefix is readable from the file.
+            while t.in_flight.front().is_some_and(|e| e.3) {
+                let (s, seg, logical_end, _) = t.in_flight.pop_front().expect("front exists");
+                seg.written.set(seg.written.get().max(logical_end));
+                let mut unsynced = self.unsynced.borrow_mut();
+                if !unsynced.iter().any(|u| Rc::ptr_eq(u, &seg)) {
+                    unsynced.push(seg);
+                }
+                t.done_prefix = s + 1;
+            }
+            let done = t.done_prefix;
+            let failed = self.failed.borrow().is_some();
+            let mut i = 0;
+            while i < t.waiters.len() {
+                if t.waiters[i].0 < done || failed {
+                    wake.push(t.waiters.swap_remove(i).1);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for w in wake {
+            let _ = w.send(());
+        }
+        self.cache.borrow_mut().evict(CACHE_BYTES_MAX);
+        if barrier {
+            self.submit_ready();
+        }
+    }
+
+    /// Waits until every write submitted before this call is complete.
+    async fn wait_submitted(&self) -> Result<(), StorageError> {
+        let target = self.tracker.borrow().next_seq;
+        loop {
+            if let Some(e) = self.failed.borrow().as_ref() {
+                return Err(e.duplicate());
+            }
+            if self.tracker.borrow().done_prefix >= target {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            self.tracker.borrow_mut().waiters.push((target - 1, tx));
+            let _ = rx.await;
+        }
+    }
+
+    /// One round of the flusher: seal the current buffer, submit every queued buffer,
+    /// wait for all writes submitted so far, fdatasync if asked.
     async fn run_flush(&self, sync: bool) -> Result<(), StorageError> {
         let (writes, snapshot_end) = {
             let mut app = self.appender.borrow_mut();
@@ -800,16 +938,19 @@ impl PartitionLog {
                 // After a flush the buffer keeps only the tail block; the next append
                 // rotates into a full-size buffer. Keeps idle partitions small.
                 app.rotate(BLOCK_BYTES as usize, true);
+                // From now until that write completes, no write-behind may start:
+                // the next one would share its last block.
+                self.tracker.borrow_mut().barrier_in_flight = true;
             }
-            app.queued_bytes = 0;
             (std::mem::take(&mut app.queue), self.log_end.get())
         };
         let config = self.config.borrow().clone();
         let started = std::time::Instant::now();
         let mut synced = None;
-        // Files and preallocation first, in order (a roll may create a file).
-        let mut files = Vec::with_capacity(writes.len());
-        for w in &writes {
+        // No barrier can be in flight here: only rounds submit barriers and every
+        // round waits for its writes. The queued writes are disjoint from each other
+        // and from the write-behind ones (see `Appender::rotate`).
+        for w in writes {
             let file = self.ensure_file(&w.seg).await?;
             let end = w.file_pos + w.buf.len() as u64;
             if end > w.seg.allocated.get() {
@@ -821,43 +962,9 @@ impl PartitionLog {
                     .map_err(|e| StorageError::io("fallocate", w.seg.path("log"), e))?;
                 w.seg.allocated.set(target);
             }
-            files.push(file);
+            self.submit(w, file);
         }
-        // Then every write of the round at once: they never share a block (see
-        // `Appender::rotate`), so their completion order does not matter.
-        let in_flight = writes.into_iter().zip(files).map(|(w, file)| async move {
-            let len = w.buf.len();
-            let n = file.write_at(w.buf, w.file_pos).await;
-            (w.seg, w.logical_end, len, n)
-        });
-        let mut first_error = None;
-        for (seg, logical_end, len, n) in futures::future::join_all(in_flight).await {
-            {
-                let mut st = self.stats.borrow_mut();
-                st.bytes_written += len as u64;
-                st.writes += 1;
-            }
-            match n {
-                Ok(n) if n == len => {}
-                Ok(n) => {
-                    let e = std::io::Error::other(format!("short write {n} of {len}"));
-                    first_error.get_or_insert(StorageError::io("write", seg.path("log"), e));
-                    continue;
-                }
-                Err(e) => {
-                    first_error.get_or_insert(StorageError::io("write", seg.path("log"), e));
-                    continue;
-                }
-            }
-            seg.written.set(seg.written.get().max(logical_end));
-            let mut unsynced = self.unsynced.borrow_mut();
-            if !unsynced.iter().any(|s| Rc::ptr_eq(s, &seg)) {
-                unsynced.push(seg.clone());
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+        self.wait_submitted().await?;
         // Everything appended before the snapshot is in the writes above or was before.
         self.written_offset
             .set(self.written_offset.get().max(snapshot_end));
