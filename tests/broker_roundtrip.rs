@@ -763,3 +763,94 @@ async fn large_records_round_trip() {
         );
     }
 }
+
+/// A consumer starting in the middle of a compressed batch gets exactly the
+/// records from its offset on (the broker returns whole batches; the client
+/// skips the head).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_from_an_offset_inside_a_compressed_batch() {
+    let broker = Broker::start();
+    let topic = topic_name("mid-batch");
+    create_topic(&broker.bootstrap(), &topic, 1).await;
+    let p = producer(
+        &broker.bootstrap(),
+        &[
+            ("acks", "all"),
+            ("compression.type", "zstd"),
+            ("linger.ms", "50"),
+        ],
+    );
+    let n = 100usize;
+    produce_n(&p, &topic, n, kv("mid")).await;
+    let stored = stored_batch_codecs(&broker.bootstrap(), &topic);
+    assert!(
+        stored.len() < n,
+        "expected records to share batches, got {} batches",
+        stored.len()
+    );
+
+    let c = consumer(&broker.bootstrap(), &[]);
+    assign(&c, &topic, &[0], Offset::Offset(37));
+    let msgs = consume_to_end(&c, &[0], CONSUME_TIMEOUT);
+    let got: Vec<(i64, String)> = msgs.iter().map(|m| (m.offset(), payload_str(m))).collect();
+    let want: Vec<(i64, String)> = (37..n).map(|i| (i as i64, format!("mid-{i}"))).collect();
+    assert_eq!(got, want);
+}
+
+/// message.timestamp.type=LogAppendTime: the broker stamps the batch, and
+/// consumers see LogAppendTime timestamps taken at append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_append_time_topics_are_stamped_by_the_broker() {
+    let broker = Broker::start();
+    let topic = topic_name("lat");
+    let admin = admin(&broker.bootstrap());
+    let opts = rdkafka::admin::AdminOptions::new().request_timeout(Some(CLIENT_TIMEOUT));
+    let nt = rdkafka::admin::NewTopic::new(&topic, 1, rdkafka::admin::TopicReplication::Fixed(1))
+        .set("message.timestamp.type", "LogAppendTime");
+    let res = tokio::time::timeout(CLIENT_TIMEOUT, admin.create_topics([&nt], &opts))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(res[0].is_ok(), "{:?}", res[0]);
+
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let p = producer(&broker.bootstrap(), &[("acks", "all")]);
+    for i in 0..5 {
+        let v = format!("lat-{i}");
+        // An old CreateTime the broker must replace.
+        tokio::time::timeout(
+            CLIENT_TIMEOUT,
+            p.send(
+                FutureRecord::<str, str>::to(&topic)
+                    .payload(&v)
+                    .timestamp(1_000),
+                Duration::ZERO,
+            ),
+        )
+        .await
+        .unwrap()
+        .unwrap_or_else(|(e, _)| panic!("{e:?}"));
+    }
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let c = consumer(&broker.bootstrap(), &[]);
+    assign(&c, &topic, &[0], Offset::Beginning);
+    let msgs = consume_to_end(&c, &[0], CONSUME_TIMEOUT);
+    assert_eq!(msgs.len(), 5);
+    for m in &msgs {
+        match m.timestamp() {
+            Timestamp::LogAppendTime(t) => {
+                assert!(
+                    t >= before - 1000 && t <= after + 1000,
+                    "log append time {t} outside [{before}, {after}]"
+                )
+            }
+            other => panic!("expected LogAppendTime, got {other:?}"),
+        }
+    }
+}
