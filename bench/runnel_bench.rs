@@ -101,9 +101,31 @@ fn main() {
         std::process::exit(1);
     }
     let produced = produce(&args, &topic);
-    if !args.produce_only && produced > 0 {
-        consume(&args, &topic, produced);
+    let consumed = if !args.produce_only && produced.acked > 0 {
+        Some(consume(&args, &topic, produced.acked))
+    } else {
+        None
+    };
+    // One machine-readable line for scripts (perf/compare).
+    let (c_mbps, c_records) = consumed.unwrap_or((0.0, 0));
+    println!(
+        "json {{\"produce_mb_s\":{:.3},\"produce_msg_s\":{:.1},\"acked\":{},\"failed\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"consume_mb_s\":{:.3},\"consumed\":{}}}",
+        produced.mb_s, produced.msg_s, produced.acked, produced.failed, produced.p50_ms, produced.p99_ms, produced.p999_ms, produced.max_ms, c_mbps, c_records
+    );
+    if produced.failed > 0 || (consumed.is_some() && c_records != produced.acked) {
+        std::process::exit(1);
     }
+}
+
+struct Produced {
+    acked: u64,
+    failed: u64,
+    mb_s: f64,
+    msg_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
 }
 
 fn create_topic(args: &Args, topic: &str) -> Result<(), String> {
@@ -124,7 +146,7 @@ fn create_topic(args: &Args, topic: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn produce(args: &Args, topic: &str) -> u64 {
+fn produce(args: &Args, topic: &str) -> Produced {
     let ctx = Ctx {
         latency_us: Mutex::new(
             Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("static bounds"),
@@ -140,6 +162,11 @@ fn produce(args: &Args, topic: &str) -> u64 {
         .set("compression.type", &args.compression)
         .set("queue.buffering.max.kbytes", "1048576")
         .set("queue.buffering.max.messages", "1000000")
+        // Room for the largest message asked for (librdkafka's default is 1 MB).
+        .set(
+            "message.max.bytes",
+            (args.message_bytes + 4096).max(1_000_000).to_string(),
+        )
         .create_with_context(ctx)
     {
         Ok(p) => p,
@@ -165,6 +192,7 @@ fn produce(args: &Args, topic: &str) -> u64 {
             }
             Err((e, _)) => {
                 eprintln!("runnel-bench: send failed: {e}");
+                producer.context().failed.fetch_add(1, Ordering::Relaxed);
                 break;
             }
         }
@@ -195,17 +223,28 @@ fn produce(args: &Args, topic: &str) -> u64 {
         mb / elapsed,
         acked as f64 / elapsed
     );
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
     println!(
         "produce  latency send->ack ms: p50={:.2} p99={:.2} p99.9={:.2} max={:.2}",
-        h.value_at_quantile(0.50) as f64 / 1e3,
-        h.value_at_quantile(0.99) as f64 / 1e3,
-        h.value_at_quantile(0.999) as f64 / 1e3,
+        ms(0.50),
+        ms(0.99),
+        ms(0.999),
         h.max() as f64 / 1e3
     );
-    acked
+    Produced {
+        acked,
+        failed,
+        mb_s: mb / elapsed,
+        msg_s: acked as f64 / elapsed,
+        p50_ms: ms(0.50),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: h.max() as f64 / 1e3,
+    }
 }
 
-fn consume(args: &Args, topic: &str, expected: u64) {
+/// Returns (MB/s, records consumed).
+fn consume(args: &Args, topic: &str, expected: u64) -> (f64, u64) {
     let consumer: BaseConsumer = match ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap)
         .set("group.id", "runnel-bench")
@@ -217,7 +256,7 @@ fn consume(args: &Args, topic: &str, expected: u64) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("runnel-bench: cannot create consumer: {e}");
-            return;
+            return (0.0, 0);
         }
     };
     let mut tpl = TopicPartitionList::new();
@@ -226,7 +265,7 @@ fn consume(args: &Args, topic: &str, expected: u64) {
     }
     if let Err(e) = consumer.assign(&tpl) {
         eprintln!("runnel-bench: assign: {e}");
-        return;
+        return (0.0, 0);
     }
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     let started = Instant::now();
@@ -247,4 +286,5 @@ fn consume(args: &Args, topic: &str, expected: u64) {
         bytes as f64 / 1e6 / elapsed,
         got as f64 / elapsed
     );
+    (bytes as f64 / 1e6 / elapsed, got)
 }
