@@ -222,11 +222,9 @@ fn record(i: i64, producer_id: i64, producer_epoch: i16, sequence: i32) -> Recor
         producer_epoch,
         timestamp_type: TimestampType::Creation,
         offset: i,
-        sequence: if sequence < 0 {
-            -1
-        } else {
-            sequence + i as i32
-        },
+        // offset - sequence must be the same for every record, or the encoder
+        // splits them into one batch per record; -1 + i keeps base sequence -1.
+        sequence: sequence.wrapping_add(i as i32),
         timestamp: 1_700_000_000_000 + i,
         key: Some(Bytes::from(format!("k{i}"))),
         value: Some(Bytes::from(format!("value-{i}"))),
@@ -249,6 +247,10 @@ fn batch(n: i64, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> B
         },
     )
     .expect("encode batch");
+    let info =
+        kafka_protocol::records::RecordBatchDecoder::decode_batch_info(&mut buf.clone().freeze())
+            .expect("decode own batch");
+    assert_eq!(info.len(), 1, "test helper must build exactly one batch");
     buf
 }
 

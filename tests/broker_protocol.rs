@@ -50,7 +50,8 @@ fn batch_with(n: usize, value: impl Fn(usize) -> Bytes) -> Bytes {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // Constant offset - sequence keeps all records in one batch (base sequence -1).
+            sequence: (i as i32).wrapping_sub(1),
             timestamp: 1_700_000_000_000,
             key: None,
             value: Some(value(i)),
@@ -67,7 +68,11 @@ fn batch_with(n: usize, value: impl Fn(usize) -> Bytes) -> Bytes {
         },
     )
     .unwrap();
-    buf.freeze()
+    let out = buf.freeze();
+    let info =
+        kafka_protocol::records::RecordBatchDecoder::decode_batch_info(&mut out.clone()).unwrap();
+    assert_eq!(info.len(), 1, "test helper must build exactly one batch");
+    out
 }
 
 fn produce(topic: &str, partition: i32, acks: i16, records: Bytes) -> ProduceRequest {
@@ -795,4 +800,74 @@ async fn rolled_segments_survive_a_restart_and_serve_any_offset() {
             );
         }
     }
+}
+
+/// A torn tail (the last batch's bytes damaged on disk while the broker was
+/// down) is cut at recovery: every batch before it is served, nothing after,
+/// and appends continue at the first lost offset (DESIGN.md "On disk").
+#[test]
+fn a_damaged_last_batch_is_truncated_at_recovery_and_appends_continue() {
+    use std::io::{Seek, SeekFrom, Write as _};
+    let mut broker = Broker::start();
+    let topic = topic_name("torn");
+    create_topic_blocking(&broker.bootstrap(), &topic, 1);
+    let mut w = Wire::connect(&broker.bootstrap());
+    let mut logical_end = 0u64;
+    for b in 0..10 {
+        let batch = batch_with(10, |i| Bytes::from(format!("b{b}-r{i}")));
+        logical_end += batch.len() as u64;
+        assert_eq!(
+            only_partition(&w.call(&produce(&topic, 0, -1, batch), 9)),
+            (0, b * 10)
+        );
+    }
+    drop(w);
+    broker.kill();
+
+    let path = broker
+        .data_dir()
+        .join("topics")
+        .join(format!("{topic}-0"))
+        .join("00000000000000000000.log");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.seek(SeekFrom::Start(logical_end - 10)).unwrap();
+    f.write_all(&[0xa5; 10]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    broker.restart();
+    let c = consumer(&broker.bootstrap(), &[]);
+    assert_eq!(
+        c.fetch_watermarks(&topic, 0, CLIENT_TIMEOUT).unwrap(),
+        (0, 90),
+        "watermarks after a torn last batch"
+    );
+    assign(&c, &topic, &[0], rdkafka::Offset::Beginning);
+    let got: Vec<String> = consume_to_end(&c, &[0], CONSUME_TIMEOUT)
+        .iter()
+        .map(payload_str)
+        .collect();
+    let want: Vec<String> = (0..9)
+        .flat_map(|b| (0..10).map(move |i| format!("b{b}-r{i}")))
+        .collect();
+    assert_eq!(got, want, "records after recovery");
+
+    let mut w = Wire::connect(&broker.bootstrap());
+    let resp = w.call(
+        &produce(
+            &topic,
+            0,
+            -1,
+            batch_with(1, |_| Bytes::from_static(b"after")),
+        ),
+        9,
+    );
+    assert_eq!(
+        only_partition(&resp),
+        (0, 90),
+        "append after recovery reuses the lost offsets"
+    );
 }
