@@ -871,3 +871,107 @@ fn a_damaged_last_batch_is_truncated_at_recovery_and_appends_continue() {
         "append after recovery reuses the lost offsets"
     );
 }
+
+/// Deleting a topic and creating one of the same name gives an empty topic
+/// (no old data resurfaces), also after the metadata log is replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_starts_empty_even_after_restart() {
+    let mut broker = Broker::start();
+    let topic = topic_name("recreate");
+    create_topic(&broker.bootstrap(), &topic, 1).await;
+    let mut w = Wire::connect(&broker.bootstrap());
+    let resp = w.call(
+        &produce(
+            &topic,
+            0,
+            -1,
+            batch_with(5, |i| Bytes::from(format!("old-{i}"))),
+        ),
+        9,
+    );
+    assert_eq!(only_partition(&resp), (0, 0));
+
+    let admin = admin(&broker.bootstrap());
+    let opts = AdminOptions::new().request_timeout(Some(CLIENT_TIMEOUT));
+    let res = tokio::time::timeout(CLIENT_TIMEOUT, admin.delete_topics(&[&topic], &opts))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(res[0].is_ok(), "delete: {:?}", res[0]);
+    create_topic(&broker.bootstrap(), &topic, 2).await;
+    let resp = w.call(
+        &produce(&topic, 0, -1, batch_with(1, |_| Bytes::from_static(b"new"))),
+        9,
+    );
+    assert_eq!(
+        only_partition(&resp),
+        (0, 0),
+        "first offset of the recreated topic"
+    );
+    drop(w);
+
+    for phase in ["before restart", "after restart"] {
+        let c = consumer(&broker.bootstrap(), &[]);
+        let md = c.fetch_metadata(Some(&topic), CLIENT_TIMEOUT).unwrap();
+        assert_eq!(md.topics()[0].partitions().len(), 2, "partitions {phase}");
+        assign(&c, &topic, &[0, 1], rdkafka::Offset::Beginning);
+        let got: Vec<String> = consume_to_end(&c, &[0, 1], CONSUME_TIMEOUT)
+            .iter()
+            .map(payload_str)
+            .collect();
+        assert_eq!(
+            got,
+            vec!["new".to_string()],
+            "recreated topic contents {phase}"
+        );
+        if phase == "before restart" {
+            broker.restart();
+        }
+    }
+}
+
+/// CreatePartitions adds partitions that take writes and survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_partitions_adds_usable_partitions() {
+    let mut broker = Broker::start_with(BrokerOptions::default().cores(2));
+    let topic = topic_name("grow");
+    create_topic(&broker.bootstrap(), &topic, 1).await;
+    let admin = admin(&broker.bootstrap());
+    let opts = AdminOptions::new().request_timeout(Some(CLIENT_TIMEOUT));
+    let np = rdkafka::admin::NewPartitions::new(&topic, 3);
+    let res = tokio::time::timeout(CLIENT_TIMEOUT, admin.create_partitions([&np], &opts))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(res[0].is_ok(), "create_partitions: {:?}", res[0]);
+
+    let mut w = Wire::connect(&broker.bootstrap());
+    for p in 0..3 {
+        let resp = w.call(
+            &produce(
+                &topic,
+                p,
+                -1,
+                batch_with(1, move |_| Bytes::from(format!("p{p}"))),
+            ),
+            9,
+        );
+        assert_eq!(only_partition(&resp), (0, 0), "produce to partition {p}");
+    }
+    drop(w);
+    broker.restart();
+    let c = consumer(&broker.bootstrap(), &[]);
+    let md = c.fetch_metadata(Some(&topic), CLIENT_TIMEOUT).unwrap();
+    assert_eq!(
+        md.topics()[0].partitions().len(),
+        3,
+        "partitions after restart"
+    );
+    assign(&c, &topic, &[0, 1, 2], rdkafka::Offset::Beginning);
+    let mut got: Vec<String> = consume_to_end(&c, &[0, 1, 2], CONSUME_TIMEOUT)
+        .iter()
+        .map(payload_str)
+        .collect();
+    got.sort();
+    assert_eq!(got, vec!["p0", "p1", "p2"]);
+}
