@@ -338,3 +338,65 @@ fn missing_or_damaged_indexes_are_rebuilt() {
         }
     });
 }
+
+#[test]
+fn the_active_segments_index_is_persisted_and_recovery_resumes_from_it() {
+    run(|| async {
+        for (seed, cut_fraction) in [(400u64, 1.0f64), (401, 0.99), (402, 0.3)] {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let dir = tempfile::tempdir().unwrap();
+            let config = LogConfig {
+                index_interval_bytes: 0,
+                ..LogConfig::default()
+            };
+            let log = PartitionLog::open(dir.path().to_path_buf(), config.clone())
+                .await
+                .unwrap();
+            let mut stored = Vec::new();
+            for i in 0..1500usize {
+                let b = encode_batch(
+                    0,
+                    i as i64,
+                    &[vec![i as u8; rng.gen_range(1..200)].as_slice()],
+                );
+                let info = log.append(b.clone(), Durability::Written).await.unwrap();
+                let p = patch_batch(&b, info.base_offset, None);
+                stored.push([p.header.as_ref(), p.body.as_ref()].concat());
+            }
+            log.flush().await.unwrap();
+            drop(log); // crash: no close
+            let index = std::fs::read(dir.path().join(format!("{:020}.index", 0))).unwrap();
+            assert!(
+                index.len() > 8 * 1000,
+                "seed {seed}: active index persisted ({} bytes)",
+                index.len()
+            );
+
+            let path = dir.path().join(format!("{:020}.log", 0));
+            let file = std::fs::read(&path).unwrap();
+            let spans = batch_spans(&file);
+            let cut = (spans.last().unwrap().1 as f64 * cut_fraction) as usize;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(cut as u64)
+                .unwrap();
+            let kept = spans.iter().take_while(|(_, e)| *e <= cut).count();
+
+            let log = PartitionLog::open(dir.path().to_path_buf(), config)
+                .await
+                .unwrap();
+            assert_eq!(log.log_end_offset(), kept as i64, "seed {seed}");
+            let expected: Vec<u8> = stored[..kept].concat();
+            assert_eq!(read_everything(&log).await, expected, "seed {seed}");
+            for o in (0..kept as i64).step_by(97) {
+                assert_eq!(
+                    log.read(o, 1).await.unwrap().chunks.concat(),
+                    stored[o as usize],
+                    "seed {seed} offset {o}"
+                );
+            }
+        }
+    });
+}

@@ -433,3 +433,88 @@ fn a_backlog_larger_than_the_write_buffer_is_written_in_disjoint_rounds() {
         assert_eq!(read_all(&log, 0).await, expected);
     });
 }
+
+#[test]
+fn segments_roll_by_age() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_ms: 1,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.path().to_path_buf(), config.clone())
+            .await
+            .unwrap();
+        for i in 0..4usize {
+            log.append(
+                encode_batch(0, 0, &[value(i, 10).as_slice()]),
+                Durability::Durable,
+            )
+            .await
+            .unwrap();
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(log.segment_count(), 4);
+        drop(log);
+        let log = PartitionLog::open(dir.path().to_path_buf(), config)
+            .await
+            .unwrap();
+        assert_eq!(log.segment_count(), 4);
+        assert_eq!(log.log_end_offset(), 4);
+        let names: Vec<String> = (0..4).map(|i| format!("{i:020}.log")).collect();
+        for n in names {
+            assert!(dir.path().join(&n).exists(), "{n}");
+        }
+    });
+}
+
+#[test]
+fn flush_policy_syncs_written_appends_by_count_and_by_time() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush_messages: 10,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.path().to_path_buf(), config)
+            .await
+            .unwrap();
+        for i in 0..9usize {
+            log.append(
+                encode_batch(0, 0, &[value(i, 10).as_slice()]),
+                Durability::Written,
+            )
+            .await
+            .unwrap();
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(
+            log.durable_offset(),
+            0,
+            "below flush.messages nothing is synced"
+        );
+        log.append(
+            encode_batch(0, 0, &[b"tenth".as_slice()]),
+            Durability::Written,
+        )
+        .await
+        .unwrap();
+        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(log.durable_offset(), 10);
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush_ms: 10,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.path().to_path_buf(), config)
+            .await
+            .unwrap();
+        log.append(encode_batch(0, 0, &[b"x".as_slice()]), Durability::Written)
+            .await
+            .unwrap();
+        assert_eq!(log.durable_offset(), 0);
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(log.durable_offset(), 1);
+    });
+}

@@ -104,6 +104,9 @@ const PREALLOCATE_BYTES: u64 = 32 << 20;
 /// Bounds of one DMA read on the fetch path.
 const READ_WINDOW_BYTES_MIN: usize = 64 << 10;
 const READ_WINDOW_BYTES_MAX: usize = 8 << 20;
+/// Minimum new offset-index entries before the active segment's index is rewritten
+/// (1024 entries = 4 MiB of batches at the default index.interval.bytes).
+const ACTIVE_INDEX_PERSIST_ENTRIES: usize = 1024;
 const LOG_START_CHECKPOINT: &str = "log-start-offset";
 
 const _: () = assert!(WRITE_BUFFER_BYTES as u64 % BLOCK_BYTES == 0);
@@ -970,6 +973,13 @@ impl PartitionLog {
             .set(self.written_offset.get().max(snapshot_end));
         if sync {
             let synced_to = self.written_offset.get();
+            let active = self
+                .segments
+                .borrow()
+                .back()
+                .expect("active segment")
+                .clone();
+            let active_durable_pos = active.written.get();
             let segs = std::mem::take(&mut *self.unsynced.borrow_mut());
             self.unsynced_messages.set(0);
             let syncs = segs.iter().map(|s| {
@@ -991,6 +1001,14 @@ impl PartitionLog {
             synced = Some(sync_started.elapsed());
             self.durable_offset
                 .set(self.durable_offset.get().max(synced_to));
+            // Bound recovery time of the active segment: its index is written every
+            // time it grew by a quarter (at least ACTIVE_INDEX_PERSIST_ENTRIES), so
+            // the rewrites cost O(1) amortized per entry.
+            let persisted = active.persisted_entries.get();
+            let grown = active.index.borrow().len().saturating_sub(persisted);
+            if !active.sealed.get() && grown >= ACTIVE_INDEX_PERSIST_ENTRIES.max(persisted / 4) {
+                active.persist_index_upto(active_durable_pos)?;
+            }
         }
         {
             let mut st = self.stats.borrow_mut();

@@ -71,6 +71,8 @@ pub(crate) struct Segment {
     pub index_dirty: Cell<bool>,
     /// No longer the active segment.
     pub sealed: Cell<bool>,
+    /// Offset-index entries in the index file.
+    pub persisted_entries: Cell<usize>,
 }
 
 impl Segment {
@@ -90,6 +92,7 @@ impl Segment {
             created_ms: Cell::new(created_ms),
             index_dirty: Cell::new(true),
             sealed: Cell::new(false),
+            persisted_entries: Cell::new(0),
         }
     }
 
@@ -203,21 +206,41 @@ impl Segment {
     /// at the defaults) and this happens once per roll. Not fsync'd: recovery
     /// validates indexes and rebuilds a damaged one.
     pub fn persist_index(&self) -> Result<(), StorageError> {
-        let mut buf = Vec::with_capacity(self.index.borrow().len() * INDEX_ENTRY_BYTES);
-        for e in self.index.borrow().iter() {
+        self.persist_index_upto(u64::MAX)?;
+        self.index_dirty.set(false);
+        Ok(())
+    }
+
+    /// Writes the index entries whose batch starts before `durable_pos` (all but the
+    /// last of them, whose batch may end past it), for the active segment: recovery
+    /// then scans from there instead of from the segment start.
+    pub fn persist_index_upto(&self, durable_pos: u64) -> Result<(), StorageError> {
+        let index = self.index.borrow();
+        let mut n = index.partition_point(|e| u64::from(e.pos) < durable_pos);
+        if durable_pos != u64::MAX {
+            n = n.saturating_sub(1);
+        }
+        let mut buf = Vec::with_capacity(n * INDEX_ENTRY_BYTES + 4);
+        for e in &index[..n] {
             buf.extend_from_slice(&e.rel_offset.to_be_bytes());
             buf.extend_from_slice(&e.pos.to_be_bytes());
         }
+        let last_rel = index[..n].last().map_or(0, |e| e.rel_offset);
         seal_crc(&mut buf);
         write_replace(&self.path("index"), &buf)?;
-        let mut buf = Vec::with_capacity(self.time_index.borrow().len() * TIME_ENTRY_BYTES);
-        for e in self.time_index.borrow().iter() {
+        let mut buf = Vec::with_capacity(self.time_index.borrow().len() * TIME_ENTRY_BYTES + 4);
+        for e in self
+            .time_index
+            .borrow()
+            .iter()
+            .take_while(|e| n > 0 && e.rel_offset <= last_rel)
+        {
             buf.extend_from_slice(&e.max_ts_before.to_be_bytes());
             buf.extend_from_slice(&e.rel_offset.to_be_bytes());
         }
         seal_crc(&mut buf);
         write_replace(&self.path("timeindex"), &buf)?;
-        self.index_dirty.set(false);
+        self.persisted_entries.set(n);
         Ok(())
     }
 
@@ -273,6 +296,7 @@ impl Segment {
             time.push(e);
         }
         let loaded = !index.is_empty();
+        self.persisted_entries.set(index.len());
         *self.index.borrow_mut() = index;
         *self.time_index.borrow_mut() = time;
         loaded
