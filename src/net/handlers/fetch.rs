@@ -1,7 +1,6 @@
 //! Fetch (1) v4–16, with long polling (max.wait.ms / min.bytes). Each partition is read
 //! on its owning shard; the result comes back as `Bytes` chunks of whole batches.
-//! Fetch sessions (KIP-227) are declined with session id 0, which every client accepts
-//! as "send full fetch requests".
+//! Incremental fetch sessions (KIP-227) are in `fetch_session`.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -11,6 +10,7 @@ use kafka_protocol::messages::FetchRequest;
 use uuid::Uuid;
 
 use super::fetch_encode::{PartOut, TopicOut};
+use super::fetch_session::{self, SessionPartition};
 use crate::net::error_code as ec;
 use crate::net::metrics::ShardMetrics;
 use crate::segment::StorageError;
@@ -165,35 +165,145 @@ async fn wait_any(shard: &Rc<Shard>, targets: &[Target], ends: &[i64], wait_ms: 
     futures::future::select_all(waits).await;
 }
 
+/// What a Fetch answers: a top-level error (session problems), the session id, and the
+/// partitions to include.
+pub struct FetchOutcome {
+    pub error_code: i16,
+    pub session_id: i32,
+    pub topics: Vec<TopicOut>,
+}
+
+enum Mode {
+    /// Full request, full response, no session (librdkafka; session id 0, epoch -1).
+    Sessionless,
+    /// Full request that opens a session (epoch 0).
+    New,
+    /// Changes against a session; only partitions with news are answered.
+    Incremental(i32, fetch_session::Session),
+}
+
 /// Reads every requested partition (waiting per max.wait.ms / min.bytes) and returns the
-/// response body's contents; `fetch_encode` writes them without copying records.
-pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Vec<TopicOut> {
+/// response's contents; `fetch_encode` writes them without copying records.
+pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchOutcome {
     let image = shard.image();
-    let mut targets = Vec::new();
+    let by_id = version >= 13;
+    let mut requested: Vec<SessionPartition> = Vec::new();
     for ft in &req.topics {
-        let meta = if version >= 13 {
+        let meta = if by_id {
             image.topic_by_id(ft.topic_id.as_u128())
         } else {
             image.topic(ft.topic.0.as_str())
         };
-        let unknown_code = match (meta, version >= 13) {
-            (None, true) => ec::UNKNOWN_TOPIC_ID,
-            _ => ec::UNKNOWN_TOPIC_OR_PARTITION,
-        };
         for fp in &ft.partitions {
-            targets.push(Target {
+            requested.push(SessionPartition {
                 topic: meta
                     .map(|m| m.name.clone())
                     .unwrap_or_else(|| ft.topic.0.to_string()),
                 topic_id: meta.map(|m| Uuid::from_u128(m.id)).unwrap_or(ft.topic_id),
                 partition: fp.partition,
-                offset: fp.fetch_offset,
-                max_bytes: fp.partition_max_bytes.max(0) as usize,
-                owner: meta.and_then(|m| shard.owner_of(&m.owners, fp.partition)),
-                unknown_code,
+                fetch_offset: fp.fetch_offset,
+                max_bytes: fp.partition_max_bytes,
+                high_watermark: -2,
+                log_start_offset: -2,
             });
         }
     }
+    let same = |a: &SessionPartition, b: &SessionPartition| {
+        a.partition == b.partition
+            && if by_id {
+                a.topic_id == b.topic_id
+            } else {
+                a.topic == b.topic
+            }
+    };
+    let fail = |code| FetchOutcome {
+        error_code: code,
+        session_id: 0,
+        topics: Vec::new(),
+    };
+    let mode = match (req.session_id, req.session_epoch) {
+        (0, -1) => Mode::Sessionless,
+        (id, -1) => {
+            fetch_session::remove(id);
+            Mode::Sessionless
+        }
+        (id, 0) => {
+            if id != 0 {
+                fetch_session::remove(id);
+            }
+            if requested.len() > fetch_session::SESSION_PARTITIONS_MAX {
+                Mode::Sessionless
+            } else {
+                Mode::New
+            }
+        }
+        (0, _) => return fail(fetch_session::FETCH_SESSION_ID_NOT_FOUND),
+        (id, epoch) => match fetch_session::take(id, epoch) {
+            Ok(session) => Mode::Incremental(id, session),
+            Err(code) => return fail(code),
+        },
+    };
+    // The partitions to read, and for an incremental fetch which of them the request
+    // (re)named: those are answered even without news.
+    let (mut parts, touched): (Vec<SessionPartition>, Vec<bool>) = match &mode {
+        Mode::Incremental(_, session) => {
+            let mut parts = session.partitions.clone();
+            let mut touched = vec![false; parts.len()];
+            for ft in &req.forgotten_topics_data {
+                parts.retain(|p| {
+                    let topic_matches = if by_id {
+                        p.topic_id == ft.topic_id
+                    } else {
+                        p.topic == ft.topic.0.as_str()
+                    };
+                    !(topic_matches && ft.partitions.contains(&p.partition))
+                });
+            }
+            touched.truncate(parts.len());
+            for r in requested {
+                match parts.iter().position(|p| same(p, &r)) {
+                    Some(i) => {
+                        parts[i].fetch_offset = r.fetch_offset;
+                        parts[i].max_bytes = r.max_bytes;
+                        touched[i] = true;
+                    }
+                    None => {
+                        parts.push(r);
+                        touched.push(true);
+                    }
+                }
+            }
+            (parts, touched)
+        }
+        _ => {
+            let n = requested.len();
+            (requested, vec![true; n])
+        }
+    };
+    let targets: Vec<Target> = parts
+        .iter()
+        .map(|p| {
+            let meta = if by_id {
+                image.topic_by_id(p.topic_id.as_u128())
+            } else {
+                image.topic(&p.topic)
+            };
+            Target {
+                topic: p.topic.clone(),
+                topic_id: p.topic_id,
+                partition: p.partition,
+                offset: p.fetch_offset,
+                max_bytes: p.max_bytes.max(0) as usize,
+                owner: meta.and_then(|m| shard.owner_of(&m.owners, p.partition)),
+                unknown_code: if meta.is_none() && by_id {
+                    ec::UNKNOWN_TOPIC_ID
+                } else {
+                    ec::UNKNOWN_TOPIC_OR_PARTITION
+                },
+            }
+        })
+        .collect();
+    let incremental = matches!(mode, Mode::Incremental(..));
     let min_bytes = req.min_bytes.max(0) as usize;
     let started = Instant::now();
     let wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
@@ -218,8 +328,17 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Vec<T
     };
     let mut total = 0usize;
     let mut topics: Vec<TopicOut> = Vec::new();
-    for (t, r) in targets.iter().zip(reads) {
+    for (i, (t, r)) in targets.iter().zip(reads).enumerate() {
         let bytes = r.bytes();
+        let news = bytes > 0
+            || r.error_code != ec::NONE
+            || r.high_watermark != parts[i].high_watermark
+            || r.log_start_offset != parts[i].log_start_offset;
+        parts[i].high_watermark = r.high_watermark;
+        parts[i].log_start_offset = r.log_start_offset;
+        if incremental && !news && !touched[i] {
+            continue;
+        }
         // The response's max_bytes cuts later partitions off, but the first data always goes
         // (Kafka's rule, so one large batch can never block a consumer).
         let chunks = if bytes > 0 && (total == 0 || total + bytes <= response_max) {
@@ -245,5 +364,18 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Vec<T
         }
     }
     ShardMetrics::add(&shard.metrics.fetch_record_bytes, total as u64);
-    topics
+    let session_id = match mode {
+        Mode::Sessionless => 0,
+        Mode::New => fetch_session::create(parts),
+        Mode::Incremental(id, mut session) => {
+            session.partitions = parts;
+            fetch_session::put(id, session);
+            id
+        }
+    };
+    FetchOutcome {
+        error_code: ec::NONE,
+        session_id,
+        topics,
+    }
 }

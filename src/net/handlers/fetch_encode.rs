@@ -29,7 +29,13 @@ fn put_uvarint(b: &mut BytesMut, mut v: u32) {
 }
 
 /// Encodes a whole response frame (size, header, body) as buffers to write in order.
-pub fn encode(correlation_id: i32, version: i16, topics: &[TopicOut]) -> Vec<Bytes> {
+pub fn encode(
+    correlation_id: i32,
+    version: i16,
+    error_code: i16,
+    session_id: i32,
+    topics: &[TopicOut],
+) -> Vec<Bytes> {
     debug_assert!((4..=16).contains(&version));
     let flexible = version >= 12;
     let mut out: Vec<Bytes> = Vec::new();
@@ -41,8 +47,8 @@ pub fn encode(correlation_id: i32, version: i16, topics: &[TopicOut]) -> Vec<Byt
     }
     cur.put_i32(0); // throttle_time_ms
     if version >= 7 {
-        cur.put_i16(0); // error_code
-        cur.put_i32(0); // session_id: sessions declined
+        cur.put_i16(error_code);
+        cur.put_i32(session_id);
     }
     let array_len = |b: &mut BytesMut, n: usize| {
         if flexible {
@@ -147,7 +153,7 @@ mod tests {
             },
         ];
         for version in 4..=16i16 {
-            let bufs = encode(77, version, &topics);
+            let bufs = encode(77, version, 0, 5, &topics);
             let mut all = BytesMut::new();
             for b in &bufs {
                 all.extend_from_slice(b);
@@ -160,6 +166,9 @@ mod tests {
             let header = ResponseHeader::decode(&mut frame, header_version).unwrap();
             assert_eq!(header.correlation_id, 77);
             let resp = FetchResponse::decode(&mut frame, version).unwrap();
+            if version >= 7 {
+                assert_eq!(resp.session_id, 5);
+            }
             assert_eq!(frame.len(), 0, "v{version}: trailing bytes");
             assert_eq!(resp.responses.len(), 2);
             let t = &resp.responses[0];

@@ -8,6 +8,7 @@ pub mod delete_records;
 pub mod describe_cluster;
 pub mod fetch;
 pub mod fetch_encode;
+pub mod fetch_session;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
@@ -151,8 +152,14 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> Reply {
             None => Reply::Nothing,
         },
         RequestKind::Fetch(r) => {
-            let topics = fetch::handle(shard, r, version).await;
-            Reply::Chunks(fetch_encode::encode(ctx.correlation_id, version, &topics))
+            let out = fetch::handle(shard, r, version).await;
+            Reply::Chunks(fetch_encode::encode(
+                ctx.correlation_id,
+                version,
+                out.error_code,
+                out.session_id,
+                &out.topics,
+            ))
         }
         RequestKind::ListOffsets(r) => ctx.respond(&list_offsets::handle(shard, r, version).await),
         RequestKind::CreateTopics(r) => {
