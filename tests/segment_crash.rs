@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use glommio::LocalExecutorBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -259,10 +258,7 @@ fn garbage_files_never_panic() {
                 .unwrap();
             assert_eq!(log.log_end_offset(), 0, "seed {seed}");
             let info = log
-                .append(
-                    Bytes::from(encode_batch(0, 0, &[b"ok".as_slice()])),
-                    Durability::Durable,
-                )
+                .append(encode_batch(0, 0, &[b"ok".as_slice()]), Durability::Durable)
                 .await
                 .unwrap();
             assert_eq!(info.base_offset, 0);

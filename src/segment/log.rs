@@ -109,7 +109,7 @@ const READ_WINDOW_BYTES_MAX: usize = 8 << 20;
 const ACTIVE_INDEX_PERSIST_ENTRIES: usize = 1024;
 const LOG_START_CHECKPOINT: &str = "log-start-offset";
 
-const _: () = assert!(WRITE_BUFFER_BYTES as u64 % BLOCK_BYTES == 0);
+const _: () = assert!((WRITE_BUFFER_BYTES as u64).is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(UNWRITTEN_BYTES_MAX >= WRITE_BUFFER_BYTES);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -451,9 +451,7 @@ impl PartitionLog {
         let mut segments: VecDeque<Rc<Segment>> = VecDeque::new();
         for (i, &base) in bases.iter().enumerate() {
             let seg = Rc::new(Segment::new(&dir, base, now));
-            let follows = segments
-                .back()
-                .map_or(true, |p| p.next_offset.get() == base);
+            let follows = segments.back().is_none_or(|p| p.next_offset.get() == base);
             if !follows {
                 // An earlier segment lost its tail: nothing after it can be trusted.
                 for later in &bases[i..] {
@@ -470,7 +468,7 @@ impl PartitionLog {
                 .await
                 .map_err(|e| StorageError::io("open", &path, e))?;
             assert!(
-                BLOCK_BYTES % file.alignment() == 0,
+                BLOCK_BYTES.is_multiple_of(file.alignment()),
                 "O_DIRECT alignment above 4 KiB"
             );
             let file_size = file
@@ -560,6 +558,9 @@ impl PartitionLog {
             closed: Cell::new(false),
         });
         log.persist_sealed_indexes()?;
+        // A crash between the checkpoint and the deletions leaves segments below the
+        // log start: finish the job.
+        log.delete_segments_below_start().await?;
         Ok(log)
     }
 
@@ -1345,7 +1346,8 @@ impl PartitionLog {
             {
                 result = s.persist_index();
             }
-            if let Some(file) = s.file.borrow_mut().take() {
+            let file = s.file.borrow_mut().take();
+            if let Some(file) = file {
                 if let Ok(f) = Rc::try_unwrap(file) {
                     let _ = f.close().await;
                 }

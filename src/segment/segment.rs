@@ -267,9 +267,9 @@ impl Segment {
             };
             let ok = u64::from(e.pos) < file_size
                 && e.pos > 0
-                && index.last().map_or(true, |p: &IndexEntry| {
-                    e.rel_offset > p.rel_offset && e.pos > p.pos
-                });
+                && index
+                    .last()
+                    .is_none_or(|p: &IndexEntry| e.rel_offset > p.rel_offset && e.pos > p.pos);
             if !ok {
                 return false;
             }
@@ -287,7 +287,7 @@ impl Segment {
             if e.rel_offset > last_rel {
                 break;
             }
-            let ok = time.last().map_or(true, |p: &TimeEntry| {
+            let ok = time.last().is_none_or(|p: &TimeEntry| {
                 e.max_ts_before > p.max_ts_before && e.rel_offset > p.rel_offset
             });
             if !ok {
