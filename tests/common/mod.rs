@@ -412,13 +412,27 @@ pub fn consume_to_end(
     partitions: &[i32],
     timeout: Duration,
 ) -> Vec<OwnedMessage> {
+    consume_at_least_to_end(consumer, partitions, 0, timeout)
+}
+
+/// Like `consume_to_end`, but also keeps polling until at least `n` messages
+/// arrived: for records that become visible without an ack to wait for
+/// (acks=0, or a consumer tailing concurrent producers). librdkafka reports
+/// end-of-partition once per catch-up, so this must be one loop, not
+/// `consume_n` followed by `consume_to_end`.
+pub fn consume_at_least_to_end(
+    consumer: &BaseConsumer,
+    partitions: &[i32],
+    n: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
     let deadline = Instant::now() + timeout;
     let mut pending: HashSet<i32> = partitions.iter().copied().collect();
     let mut out = Vec::new();
-    while !pending.is_empty() {
+    while !pending.is_empty() || out.len() < n {
         assert!(
             Instant::now() < deadline,
-            "consume_to_end: partitions {pending:?} did not reach end within {timeout:?} ({} messages so far)",
+            "consume: partitions {pending:?} not at end, or fewer than {n} messages, within {timeout:?} ({} so far)",
             out.len()
         );
         match consumer.poll(Duration::from_millis(100)) {
