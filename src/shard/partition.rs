@@ -14,6 +14,9 @@ use crate::segment::{self, Durability, LogConfig, PartitionLog, TimestampType};
 /// Batches per producer remembered for duplicate detection (Kafka keeps 5: the most a
 /// client may have in flight with idempotence on).
 const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+/// How much of a log's tail a restart scans to rebuild producer state.
+const PRODUCER_STATE_SCAN_BYTES: usize = 16 << 20;
+const PRODUCER_STATE_READ_BYTES: usize = 1 << 20;
 
 #[derive(Default)]
 struct ProducerState {
@@ -190,6 +193,55 @@ impl Partition {
             state.recent.pop_front();
         }
         SequenceCheck::Append
+    }
+
+    /// Rebuilds idempotent-producer state from the log's tail after a restart, so a
+    /// producer retrying a batch the broker wrote just before it died gets the original
+    /// offset back instead of a second copy. The scan covers the newest batches (about
+    /// `PRODUCER_STATE_SCAN_BYTES`), which hold every batch a live producer can retry.
+    pub async fn rebuild_producer_state(&self) -> Result<usize, segment::StorageError> {
+        let (start, end) = (self.log.log_start_offset(), self.log.log_end_offset());
+        let mut window: i64 = 256;
+        let headers = loop {
+            let from = start.max(end - window);
+            let mut headers = Vec::new();
+            let mut scanned = 0usize;
+            let mut offset = from;
+            while offset < end {
+                let read = self.log.read(offset, PRODUCER_STATE_READ_BYTES).await?;
+                // Startup only: joining the chunks (one copy) keeps the parsing simple.
+                let joined: Bytes = read.chunks.concat().into();
+                if joined.is_empty() {
+                    break;
+                }
+                scanned += joined.len();
+                for b in segment::batch::split_batches(&joined)? {
+                    let h = segment::BatchHeader::parse(&b)?;
+                    offset = h.last_offset() + 1;
+                    headers.push(h);
+                }
+            }
+            if from == start || scanned >= PRODUCER_STATE_SCAN_BYTES {
+                break headers;
+            }
+            window = window.saturating_mul(4);
+        };
+        let mut producers = self.producers.borrow_mut();
+        for h in headers.iter().filter(|h| h.producer_id >= 0) {
+            let state = producers.entry(h.producer_id).or_default();
+            if h.producer_epoch > state.epoch {
+                state.epoch = h.producer_epoch;
+                state.recent.clear();
+            }
+            let last_seq = h.base_sequence.wrapping_add(h.last_offset_delta);
+            state
+                .recent
+                .push_back((h.base_sequence, last_seq, h.base_offset));
+            if state.recent.len() > PRODUCER_BATCHES_REMEMBERED {
+                state.recent.pop_front();
+            }
+        }
+        Ok(producers.len())
     }
 
     fn wake_waiters(&self) {

@@ -290,13 +290,17 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
                 .join(format!("{}-{}", topic.name, p));
             match PartitionLog::open(dir.clone(), log_config).await {
                 Ok(log) => {
+                    let partition = Rc::new(Partition::new(log));
+                    if let Err(e) = partition.rebuild_producer_state().await {
+                        tracing::warn!(dir = %dir.display(), error = %e, "producer state not rebuilt; idempotent retries may duplicate");
+                    }
                     let name: Arc<str> = Arc::from(topic.name.as_str());
                     shard
                         .partitions
                         .borrow_mut()
                         .entry(name)
                         .or_insert_with(HashMap::new)
-                        .insert(p, Rc::new(Partition::new(log)));
+                        .insert(p, partition);
                 }
                 Err(e) => {
                     tracing::error!(dir = %dir.display(), error = %e, "cannot open partition log; partition offline");
