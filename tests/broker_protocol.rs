@@ -975,3 +975,53 @@ async fn create_partitions_adds_usable_partitions() {
     got.sort();
     assert_eq!(got, vec!["p0", "p1", "p2"]);
 }
+
+/// `runnel serve` with no arguments listens on 127.0.0.1:9092 and keeps its
+/// data in ./data (README's first command). Needs port 9092 free.
+#[test]
+fn serve_without_arguments_uses_the_documented_defaults() {
+    use std::io::BufRead;
+    if let Err(e) = std::net::TcpListener::bind("127.0.0.1:9092") {
+        panic!("port 9092 is busy ({e}); this test checks the default listener, stop whatever holds it");
+    }
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(runnel_bin())
+        .arg("serve")
+        .current_dir(cwd.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Other lines (e.g. the admin endpoint) may come first; the ready line must come.
+    let deadline = Instant::now() + BROKER_READY_TIMEOUT;
+    let mut lines = Vec::new();
+    let ready = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) if l == "runnel: ready on 127.0.0.1:9092" => break true,
+            Ok(l) => lines.push(l),
+            Err(_) => break false,
+        }
+    };
+    let line = lines;
+    let data_exists = cwd.path().join("data").is_dir();
+    let served = ready && {
+        let mut w = Wire::connect("127.0.0.1:9092");
+        w.call(&ApiVersionsRequest::default(), 3).error_code == 0
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "no ready line for 127.0.0.1:9092; stdout: {line:?}");
+    assert!(data_exists, "./data not created in the working directory");
+    assert!(served, "ApiVersions on 127.0.0.1:9092 failed");
+}

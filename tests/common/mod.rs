@@ -177,6 +177,10 @@ impl Broker {
             cmd.arg("--auto-create-topics").arg(on.to_string());
         }
         cmd.args(&self.options.extra_args);
+        // Test brokers run in parallel: keep them off the fixed admin HTTP port
+        // (127.0.0.1:9644). An env var, so an explicit `--admin-listen` in
+        // extra_args wins and a broker without the setting ignores it.
+        cmd.env("RUNNEL_ADMIN_LISTEN", "off");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));
