@@ -44,6 +44,8 @@ class Broker:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
+            # Parallel test brokers stay off the fixed admin HTTP port.
+            env={**os.environ, "RUNNEL_ADMIN_LISTEN": "off"},
         )
         log.close()
         expected = f"runnel: ready on {self.bootstrap}"
