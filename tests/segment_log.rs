@@ -91,6 +91,21 @@ fn appended_batches_read_back_identically_from_cache_and_disk() {
         assert_eq!(read_all(&log, 0).await, expected);
         log.close().await.unwrap();
         let end = log.log_end_offset();
+        // Sealed segments are cut to their block-padded size (preallocation released).
+        let mut logs: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        logs.pop();
+        for p in logs {
+            let len = std::fs::metadata(&p).unwrap().len();
+            assert!(
+                len % 4096 == 0 && len > 0 && len <= (16 << 10) + 4096,
+                "{p:?}: {len}"
+            );
+        }
 
         let log = PartitionLog::open(dir.path().to_path_buf(), small_config())
             .await

@@ -99,7 +99,7 @@ const WRITE_BUFFER_BYTES: usize = 1 << 20;
 const UNWRITTEN_BYTES_MAX: usize = 8 << 20;
 /// Soft bound of the batch cache (never evicts batches not yet written).
 const CACHE_BYTES_MAX: usize = 8 << 20;
-/// Preallocation step for segment files (fallocate, keep size).
+/// Preallocation step for segment files (fallocate; the file size grows with it).
 const PREALLOCATE_BYTES: u64 = 32 << 20;
 /// Bounds of one DMA read on the fetch path.
 const READ_WINDOW_BYTES_MIN: usize = 64 << 10;
@@ -481,8 +481,11 @@ impl PartitionLog {
             if damaged {
                 repair_tail(&file, end, &path).await?;
             }
+            // Preallocated space beyond the end is released here (the truncate in
+            // `repair_tail`) and preallocated again by the first write.
             seg.written.set(end);
             seg.allocated.set(align_up(end));
+            seg.trimmed.set(true);
             seg.index_dirty.set(seg.index_dirty.get() || damaged);
             if i > 0 {
                 segments.back().expect("previous segment").sealed.set(true);
@@ -961,7 +964,11 @@ impl PartitionLog {
                 let target = end.max(
                     (w.seg.allocated.get() + PREALLOCATE_BYTES).min(align_up(config.segment_bytes)),
                 );
-                file.pre_allocate(target, true)
+                // Not keep_size: writes inside the file size into preallocated
+                // (unwritten) extents are not "extending" writes, which ext4 cannot
+                // do without blocking (io_uring would punt each one to a worker).
+                // The logical end is found by scanning on recovery anyway.
+                file.pre_allocate(target, false)
                     .await
                     .map_err(|e| StorageError::io("fallocate", w.seg.path("log"), e))?;
                 w.seg.allocated.set(target);
@@ -969,6 +976,23 @@ impl PartitionLog {
             self.submit(w, file);
         }
         self.wait_submitted().await?;
+        // Sealed segments give back their unused preallocation.
+        let untrimmed: Vec<Rc<Segment>> = self
+            .segments
+            .borrow()
+            .iter()
+            .filter(|s| s.sealed.get() && !s.trimmed.get() && s.is_fully_written())
+            .cloned()
+            .collect();
+        for seg in untrimmed {
+            let file = seg.file.borrow().clone();
+            if let Some(file) = file {
+                file.truncate(align_up(seg.size.get()))
+                    .await
+                    .map_err(|e| StorageError::io("truncate", seg.path("log"), e))?;
+            }
+            seg.trimmed.set(true);
+        }
         // Everything appended before the snapshot is in the writes above or was before.
         self.written_offset
             .set(self.written_offset.get().max(snapshot_end));

@@ -73,6 +73,8 @@ pub(crate) struct Segment {
     pub sealed: Cell<bool>,
     /// Offset-index entries in the index file.
     pub persisted_entries: Cell<usize>,
+    /// The file was cut to its block-padded size (preallocation released).
+    pub trimmed: Cell<bool>,
 }
 
 impl Segment {
@@ -93,6 +95,7 @@ impl Segment {
             index_dirty: Cell::new(true),
             sealed: Cell::new(false),
             persisted_entries: Cell::new(0),
+            trimmed: Cell::new(false),
         }
     }
 
