@@ -64,7 +64,8 @@ async fn read_local(
         };
     };
     let (start, end) = (p.log.log_start_offset(), p.log.log_end_offset());
-    if offset == end {
+    // No allowance left in this response (or nothing new): offsets only.
+    if offset == end || (max_bytes == 0 && (start..end).contains(&offset)) {
         return PartRead {
             log_start_offset: start,
             high_watermark: end,
@@ -99,8 +100,11 @@ async fn read_local(
     }
 }
 
-/// Reads every target, one hop per owning shard (Redpanda's fetch plan).
-async fn read_all(shard: &Rc<Shard>, targets: &[Target]) -> Vec<PartRead> {
+/// Reads every target, one hop per owning shard (Redpanda's fetch plan). Each shard
+/// reads its partitions in request order while `budget` (the response's max_bytes)
+/// lasts, so a fetch never reads (and, from disk, copies) much more than it can send;
+/// partitions past the budget report only their offsets and are served next time.
+async fn read_all(shard: &Rc<Shard>, targets: &[Target], budget: usize) -> Vec<PartRead> {
     let mut reads: Vec<PartRead> = targets
         .iter()
         .map(|t| PartRead {
@@ -122,18 +126,14 @@ async fn read_all(shard: &Rc<Shard>, targets: &[Target]) -> Vec<PartRead> {
         .filter(|(_, items)| !items.is_empty())
         .map(|(owner, items)| {
             shard.invoke_on(owner, move |s| async move {
-                let reads = items
-                    .into_iter()
-                    .map(|(slot, topic, partition, offset, max_bytes)| {
-                        let s = s.clone();
-                        async move {
-                            (
-                                slot,
-                                read_local(&s, &topic, partition, offset, max_bytes).await,
-                            )
-                        }
-                    });
-                futures::future::join_all(reads).await
+                let mut left = budget;
+                let mut out = Vec::with_capacity(items.len());
+                for (slot, topic, partition, offset, max_bytes) in items {
+                    let r = read_local(&s, &topic, partition, offset, max_bytes.min(left)).await;
+                    left = left.saturating_sub(r.bytes());
+                    out.push((slot, r));
+                }
+                out
             })
         });
     for (slot, r) in futures::future::join_all(hops).await.into_iter().flatten() {
@@ -304,11 +304,16 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         })
         .collect();
     let incremental = matches!(mode, Mode::Incremental(..));
+    let response_max = if req.max_bytes > 0 {
+        req.max_bytes as usize
+    } else {
+        usize::MAX
+    };
     let min_bytes = req.min_bytes.max(0) as usize;
     let started = Instant::now();
     let wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
     let reads = loop {
-        let reads = read_all(shard, &targets).await;
+        let reads = read_all(shard, &targets, response_max).await;
         let total: usize = reads.iter().map(|r| r.bytes()).sum();
         let errored = reads.iter().any(|r| r.error_code != ec::NONE);
         let elapsed = started.elapsed();
@@ -318,13 +323,8 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         let ends: Vec<i64> = reads.iter().map(|r| r.high_watermark).collect();
         wait_any(shard, &targets, &ends, (wait - elapsed).as_millis() as u64).await;
         if started.elapsed() >= wait {
-            break read_all(shard, &targets).await;
+            break read_all(shard, &targets, response_max).await;
         }
-    };
-    let response_max = if req.max_bytes > 0 {
-        req.max_bytes as usize
-    } else {
-        usize::MAX
     };
     let mut total = 0usize;
     let mut topics: Vec<TopicOut> = Vec::new();
