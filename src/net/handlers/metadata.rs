@@ -21,6 +21,18 @@ pub const MAX: i16 = 12;
 /// Cluster id reported to clients (a single-node cluster for now).
 pub const CLUSTER_ID: &str = "cnVubmVsLXNpbmdsZS0w";
 
+/// Authorized-operations bit fields (v8+ when the client asks): with no authorizer,
+/// Kafka reports every operation the resource type supports. The -2^31 default means
+/// "not requested" and must not be sent to a client that asked: kafka-python decodes
+/// it as operation 31 and fails ("31 is not a valid ACLOperation").
+/// Topic: READ(3) WRITE(4) CREATE(5) DELETE(6) ALTER(7) DESCRIBE(8) DESCRIBE_CONFIGS(10) ALTER_CONFIGS(11).
+pub const TOPIC_OPERATIONS_ALL: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// Cluster: CREATE(5) ALTER(7) DESCRIBE(8) CLUSTER_ACTION(9) DESCRIBE_CONFIGS(10)
+/// ALTER_CONFIGS(11) IDEMPOTENT_WRITE(12).
+pub const CLUSTER_OPERATIONS_ALL: i32 =
+    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
+
 pub fn topic_response(node_id: i32, t: &TopicMeta) -> MetadataResponseTopic {
     let partitions = (0..t.owners.len() as i32)
         .map(|p| {
@@ -96,7 +108,19 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             }
         }
     }
+    if version >= 8 && req.include_topic_authorized_operations {
+        for t in topics.iter_mut().filter(|t| t.error_code == 0) {
+            t.topic_authorized_operations = TOPIC_OPERATIONS_ALL;
+        }
+    }
+    // The cluster field exists in v8–10 only (v11 moved it to DescribeCluster).
+    let cluster_ops = if (8..=10).contains(&version) && req.include_cluster_authorized_operations {
+        CLUSTER_OPERATIONS_ALL
+    } else {
+        i32::MIN
+    };
     MetadataResponse::default()
+        .with_cluster_authorized_operations(cluster_ops)
         .with_brokers(vec![MetadataResponseBroker::default()
             .with_node_id(BrokerId(node_id))
             .with_host(str_bytes(&shard.config.advertised_host))
