@@ -4,10 +4,12 @@ kafka-python guesses the broker version from the ApiVersions ranges; these tests
 never pass api_version, so that guess is exercised. Every wait is bounded;
 counts are exact. A missing kafka-python fails the import (it is not skipped).
 """
+import signal
 import time
 import uuid
 
 import kafka
+import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.client_async import KafkaClient
@@ -15,6 +17,23 @@ from kafka.client_async import KafkaClient
 TIMEOUT_S = 30
 PARTITIONS = 3
 PER_PARTITION = 60
+TEST_DEADLINE_S = 120
+
+
+@pytest.fixture(autouse=True)
+def bounded_test():
+    """Bounds every test even where a kafka-python call has no timeout of its own."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"test exceeded {TEST_DEADLINE_S}s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TEST_DEADLINE_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def common(bootstrap):
@@ -68,10 +87,11 @@ def read_to_end(bootstrap, topic, partitions):
         end = consumer.end_offsets(tps)
         got = {p: [] for p in partitions}
         deadline = time.monotonic() + TIMEOUT_S
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            assert time.monotonic() < deadline, (
-                f"not at end after {TIMEOUT_S}s: positions {[consumer.position(tp) for tp in tps]}, end {end}"
-            )
+        def positions():
+            return {tp: consumer.position(tp, timeout_ms=10000) for tp in tps}
+
+        while any(pos is None or pos < end[tp] for tp, pos in positions().items()):
+            assert time.monotonic() < deadline, f"not at end after {TIMEOUT_S}s: positions {positions()}, end {end}"
             for tp, msgs in consumer.poll(timeout_ms=200).items():
                 got[tp.partition].extend(msgs)
         return got, end
