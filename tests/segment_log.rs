@@ -533,3 +533,35 @@ fn flush_policy_syncs_written_appends_by_count_and_by_time() {
         assert_eq!(log.durable_offset(), 1);
     });
 }
+
+#[test]
+fn a_dropped_durable_append_neither_wedges_nor_tears_the_log() {
+    run(|| async {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path().to_path_buf(), LogConfig::default())
+            .await
+            .unwrap();
+        let first = encode_batch(0, 0, &[value(1, 3000).as_slice()]);
+        // Polled once (offset assigned, flush round started), then abandoned.
+        assert!(log
+            .append(first.clone(), Durability::Durable)
+            .now_or_never()
+            .is_none());
+        assert_eq!(log.log_end_offset(), 1);
+        let second = encode_batch(0, 0, &[value(2, 3000).as_slice()]);
+        let info = log
+            .append(second.clone(), Durability::Durable)
+            .await
+            .unwrap();
+        assert_eq!(info.base_offset, 1);
+        assert_eq!(log.durable_offset(), 2);
+        drop(log);
+        let log = PartitionLog::open(dir.path().to_path_buf(), LogConfig::default())
+            .await
+            .unwrap();
+        let mut want = stored(&first, 0);
+        want.extend(stored(&second, 1));
+        assert_eq!(read_all(&log, 0).await, want);
+    });
+}

@@ -777,26 +777,30 @@ impl PartitionLog {
             if done >= target {
                 return Ok(());
             }
-            if self.flushing.get() {
-                let (tx, rx) = oneshot::channel();
-                self.flush_waiters.borrow_mut().push(tx);
-                let _ = rx.await;
-                continue;
+            if !self.flushing.get() {
+                // The round runs as its own task: a caller that gives up (drops this
+                // future) must not abort a round halfway, with buffers taken from the
+                // queue but never written. Spawning also lets the other runnable
+                // tasks (appenders just woken by the last round) copy their batches in
+                // first, so the round takes them all.
+                let me = self.me.upgrade().expect("a PartitionLog lives in an Rc");
+                self.flushing.set(true);
+                glommio::spawn_local(async move {
+                    let result = me.run_flush(sync).await;
+                    if let Err(e) = result {
+                        me.failed.borrow_mut().get_or_insert(e);
+                    }
+                    me.flushing.set(false);
+                    let waiters = std::mem::take(&mut *me.flush_waiters.borrow_mut());
+                    for w in waiters {
+                        let _ = w.send(());
+                    }
+                })
+                .detach();
             }
-            self.flushing.set(true);
-            // Let the other runnable tasks (typically appenders just woken by the last
-            // round) copy their batches in first, so this round takes them all instead
-            // of alternating between a round of one and a round of the rest.
-            futures_lite::future::yield_now().await;
-            let result = self.run_flush(sync).await;
-            self.flushing.set(false);
-            for w in self.flush_waiters.borrow_mut().drain(..) {
-                let _ = w.send(());
-            }
-            if let Err(e) = result {
-                *self.failed.borrow_mut() = Some(e.duplicate());
-                return Err(e);
-            }
+            let (tx, rx) = oneshot::channel();
+            self.flush_waiters.borrow_mut().push(tx);
+            let _ = rx.await;
         }
     }
 
