@@ -10,10 +10,30 @@
 //!   started in order get increasing offsets even though both are still in flight.
 //! - The future returned by `append` resolves at the durability point asked for:
 //!   `Durability::Written` = visible to `read` (in the write buffer / batch cache),
-//!   `Durability::Durable` = written and fdatasync'd (or the topic's flush policy).
+//!   `Durability::Durable` = written and fdatasync'd. Durable appends are group
+//!   committed (one write + one fdatasync for all appends waiting at that moment).
+//!   The topic's `flush.messages` / `flush.ms` drive background fdatasyncs of
+//!   `Written` appends; a caller that wants "durable per the topic's flush policy"
+//!   asks for `Written` and reads `durable_offset()`.
+//! - Dropping an `append` future after its first poll does not undo the append (its
+//!   offset is assigned) and cannot abort a flush round (rounds run as their own tasks).
 //! - `read` returns whole batches starting at the batch containing `offset`, at least
 //!   one batch even if it exceeds `max_bytes` (Kafka's fetch semantics), as `Bytes`
-//!   chunks the network writes without another copy.
+//!   chunks the network writes without another copy. Recent batches come from an
+//!   in-memory cache as two chunks (patched 61-byte header, original body); older ones
+//!   are DMA-read, with one copy into `Bytes` (glommio's read buffers are `Rc`-owned).
+//! - A write or fdatasync failure is sticky: every later append returns `Io` until the
+//!   log is reopened (recovery finds what reached the disk).
+//!
+//! Files: `<dir>/<base offset, 20 digits>.log` (batches exactly as on the wire,
+//! preallocated, zero-padded to 4 KiB at the logical end), `.index` (sparse offset ->
+//! position, every `index.interval.bytes`), `.timeindex` (max timestamp so far ->
+//! offset), both ending in a CRC32C; `log-start-offset` (DeleteRecords / retention
+//! checkpoint, written atomically and fsync'd).
+//!
+//! Modules: `batch` (v2 header, CRC32C, offset patching), `log` (appender, group
+//! commit, cache, reads, retention), `segment` (one segment and its indexes),
+//! `recovery` (scan for the logical end), `testing` (a batch encoder for tests).
 
 pub mod batch;
 pub mod error;
