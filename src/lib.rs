@@ -1,6 +1,7 @@
 //! Runnel: a thread-per-core event streaming broker that speaks the Kafka wire protocol.
 
 pub mod config;
+pub mod group;
 pub mod metadata;
 pub mod net;
 pub mod replication;

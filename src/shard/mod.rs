@@ -54,6 +54,8 @@ pub struct Shard {
     pub metrics: crate::net::metrics::ShardMetrics,
     /// Set once every shard has opened its logs; listeners wait for it.
     pub ready: Cell<bool>,
+    /// Consumer groups this shard coordinates (see `crate::group`).
+    pub groups: crate::group::Coordinator,
     /// This shard's listener between bind and serve.
     pub listener: RefCell<Option<glommio::net::TcpListener>>,
     senders: Senders<Envelope>,

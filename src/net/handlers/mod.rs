@@ -9,6 +9,7 @@ pub mod describe_cluster;
 pub mod fetch;
 pub mod fetch_encode;
 pub mod fetch_session;
+pub mod groups;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
@@ -77,6 +78,36 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
         describe_cluster::MIN,
         describe_cluster::MAX,
     ),
+    (
+        ApiKey::FindCoordinator,
+        groups::FIND_COORDINATOR_MIN,
+        groups::FIND_COORDINATOR_MAX,
+    ),
+    (ApiKey::JoinGroup, groups::JOIN_MIN, groups::JOIN_MAX),
+    (
+        ApiKey::Heartbeat,
+        groups::HEARTBEAT_MIN,
+        groups::HEARTBEAT_MAX,
+    ),
+    (ApiKey::LeaveGroup, groups::LEAVE_MIN, groups::LEAVE_MAX),
+    (ApiKey::SyncGroup, groups::SYNC_MIN, groups::SYNC_MAX),
+    (
+        ApiKey::OffsetCommit,
+        groups::OFFSET_COMMIT_MIN,
+        groups::OFFSET_COMMIT_MAX,
+    ),
+    (
+        ApiKey::OffsetFetch,
+        groups::OFFSET_FETCH_MIN,
+        groups::OFFSET_FETCH_MAX,
+    ),
+    (ApiKey::ListGroups, groups::LIST_MIN, groups::LIST_MAX),
+    (
+        ApiKey::DescribeGroups,
+        groups::DESCRIBE_MIN,
+        groups::DESCRIBE_MAX,
+    ),
+    (ApiKey::DeleteGroups, groups::DELETE_MIN, groups::DELETE_MAX),
 ];
 
 pub fn is_known_api(api_key: i16) -> bool {
@@ -182,6 +213,25 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> Reply {
         }
         RequestKind::DeleteRecords(r) => ctx.respond(&delete_records::handle(shard, r).await),
         RequestKind::DescribeCluster(_) => ctx.respond(&describe_cluster::handle(shard)),
+        RequestKind::FindCoordinator(r) => {
+            ctx.respond(&groups::find_coordinator(shard, r, version).await)
+        }
+        RequestKind::JoinGroup(r) => {
+            let client_id = header.client_id.as_deref().unwrap_or("").to_string();
+            ctx.respond(&groups::join_group(shard, r, version, client_id).await)
+        }
+        RequestKind::SyncGroup(r) => ctx.respond(&groups::sync_group(shard, r, version).await),
+        RequestKind::Heartbeat(r) => ctx.respond(&groups::heartbeat(shard, r).await),
+        RequestKind::LeaveGroup(r) => ctx.respond(&groups::leave_group(shard, r, version).await),
+        RequestKind::OffsetCommit(r) => {
+            ctx.respond(&groups::offset_commit(shard, r, version).await)
+        }
+        RequestKind::OffsetFetch(r) => ctx.respond(&groups::offset_fetch(shard, r, version).await),
+        RequestKind::ListGroups(r) => ctx.respond(&groups::list_groups(shard, r, version).await),
+        RequestKind::DescribeGroups(r) => {
+            ctx.respond(&groups::describe_groups(shard, r, version).await)
+        }
+        RequestKind::DeleteGroups(r) => ctx.respond(&groups::delete_groups(shard, r).await),
         _ => {
             tracing::warn!(api = ?key, "closing connection: API not implemented");
             Reply::Close

@@ -1,0 +1,291 @@
+//! Consumer groups with librdkafka (`group.id` + `subscribe()`) against `runnel serve`:
+//! partitions split between members with no overlap and no gap, a member's leave hands
+//! everything to the rest, cooperative-sticky rebalances, and committed offsets that
+//! survive a SIGKILL of the broker. Raw-wire checks cover the KIP-394 member id and the
+//! group error codes.
+//!
+//! Every wait polls a condition with a deadline; nothing sleeps to synchronize.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::{
+    DeleteGroupsRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
+    JoinGroupRequest, OffsetFetchRequest,
+};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Upper bound for a group to settle after a membership change (join phase + sync).
+const REBALANCE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// A subscribing group member with short heartbeats so rebalances are noticed fast.
+fn member(bootstrap: &str, group: &str, topic: &str, extra: &[(&str, &str)]) -> BaseConsumer {
+    let mut c = base_config(bootstrap);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "300")
+        .set("max.poll.interval.ms", "60000")
+        .set("fetch.wait.max.ms", "100");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    let consumer: BaseConsumer = c.create().expect("create group consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Closes a group member (LeaveGroup), failing the test if librdkafka's close does
+/// not finish in time: its drop loops until the group says goodbye.
+fn close(c: BaseConsumer) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(c);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(REBALANCE_TIMEOUT)
+        .expect("consumer close did not finish");
+}
+
+fn assigned(c: &BaseConsumer) -> BTreeSet<i32> {
+    c.assignment()
+        .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default()
+}
+
+/// Polls every consumer (driving its group protocol) until `done` holds for their
+/// assignments. Panics with the last assignments on timeout.
+fn poll_until(consumers: &[&BaseConsumer], what: &str, done: impl Fn(&[BTreeSet<i32>]) -> bool) {
+    let deadline = Instant::now() + REBALANCE_TIMEOUT;
+    loop {
+        for c in consumers {
+            match c.poll(Duration::from_millis(20)) {
+                None | Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => eprintln!("consumer event while waiting for {what}: {e:?}"),
+            }
+        }
+        let now: Vec<BTreeSet<i32>> = consumers.iter().map(|c| assigned(c)).collect();
+        if done(&now) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {REBALANCE_TIMEOUT:?}; assignments {now:?}"
+        );
+    }
+}
+
+/// Two non-empty, disjoint assignments that together cover partitions 0..n.
+fn split_exactly(a: &[BTreeSet<i32>], n: i32) -> bool {
+    let all: BTreeSet<i32> = (0..n).collect();
+    a.iter().all(|s| !s.is_empty())
+        && a[0].is_disjoint(&a[1])
+        && a[0].union(&a[1]).copied().collect::<BTreeSet<i32>>() == all
+}
+
+fn split_then_leave(strategy: &str) {
+    let broker = Broker::start_with(BrokerOptions::default().cores(2));
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("groups-split");
+    let group = topic_name("g-split");
+    create_topic_blocking(&bootstrap, &topic, 8);
+    let extra = [("partition.assignment.strategy", strategy)];
+    let a = member(&bootstrap, &group, &topic, &extra);
+    poll_until(&[&a], "first member owns all 8", |s| s[0].len() == 8);
+    let b = member(&bootstrap, &group, &topic, &extra);
+    poll_until(&[&a, &b], "two members split 8 partitions", |s| {
+        split_exactly(s, 8)
+    });
+    let (sa, sb) = (assigned(&a), assigned(&b));
+    assert_eq!(sa.len() + sb.len(), 8, "{sa:?} {sb:?}");
+    // close() sends LeaveGroup: the group rebalances without waiting for a session timeout.
+    close(b);
+    poll_until(&[&a], "remaining member owns all 8", |s| s[0].len() == 8);
+}
+
+#[test]
+fn two_consumers_split_eight_partitions_and_the_survivor_takes_all_range() {
+    split_then_leave("range");
+}
+
+#[test]
+fn cooperative_sticky_members_split_and_rebalance_incrementally() {
+    split_then_leave("cooperative-sticky");
+}
+
+#[test]
+fn roundrobin_members_split_eight_partitions() {
+    split_then_leave("roundrobin");
+}
+
+fn produce_per_partition(bootstrap: &str, topic: &str, partitions: i32, per_partition: usize) {
+    let mut c = base_config(bootstrap);
+    c.set("message.timeout.ms", "15000").set("acks", "all");
+    let p: BaseProducer = c.create().expect("producer");
+    for part in 0..partitions {
+        for i in 0..per_partition {
+            let payload = format!("p{part}-{i}");
+            p.send(
+                BaseRecord::to(topic)
+                    .partition(part)
+                    .key("k")
+                    .payload(&payload),
+            )
+            .expect("enqueue");
+        }
+    }
+    p.flush(CLIENT_TIMEOUT).expect("flush");
+}
+
+#[test]
+fn committed_offsets_survive_a_broker_sigkill_and_the_group_resumes_exactly() {
+    let mut broker = Broker::start_with(BrokerOptions::default().cores(2));
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("groups-resume");
+    let group = topic_name("g-resume");
+    create_topic_blocking(&bootstrap, &topic, 4);
+    produce_per_partition(&bootstrap, &topic, 4, 10);
+
+    let c1 = member(&bootstrap, &group, &topic, &[]);
+    poll_until(&[&c1], "member owns all 4", |s| s[0].len() == 4);
+    // Commit a different position per partition: 3, 4, 5, 6.
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(&topic, p, Offset::Offset(3 + p as i64))
+            .unwrap();
+    }
+    c1.commit(&tpl, CommitMode::Sync).expect("commit");
+    let committed = c1.committed(CLIENT_TIMEOUT).expect("committed");
+    for e in committed.elements() {
+        assert_eq!(e.offset(), Offset::Offset(3 + e.partition() as i64));
+    }
+    c1.unsubscribe();
+    poll_until(&[&c1], "member gave its partitions up", |s| s[0].is_empty());
+    // FIXME(issue 4): librdkafka's close() of this member does not finish here (it does
+    // in the split tests and in a standalone repro); unsubscribed, it no longer takes
+    // part in the group, so it is leaked instead of closed until that is understood.
+    std::mem::forget(c1);
+    broker.restart();
+
+    let c2 = member(
+        &bootstrap,
+        &group,
+        &topic,
+        &[("enable.partition.eof", "true")],
+    );
+    // 10 per partition minus the committed positions 3+4+5+6.
+    let want = 40 - (3 + 4 + 5 + 6);
+    let msgs = consume_n(&c2, want, CONSUME_TIMEOUT);
+    let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+    for m in &msgs {
+        first.entry(m.partition()).or_insert(m.offset());
+    }
+    let expected: BTreeMap<i32, i64> = (0..4).map(|p| (p, 3 + p as i64)).collect();
+    assert_eq!(first, expected, "resumed exactly at the committed offsets");
+    // And nothing before them was redelivered afterwards.
+    assert!(msgs
+        .iter()
+        .all(|m| m.offset() >= 3 + m.partition() as i64 && m.offset() < 10));
+    let distinct: BTreeSet<(i32, i64)> = msgs.iter().map(|m| (m.partition(), m.offset())).collect();
+    assert_eq!(distinct.len(), want, "no duplicates");
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+#[test]
+fn join_without_member_id_gets_one_and_group_errors_are_kafka_codes() {
+    let broker = Broker::start_with(BrokerOptions::default().cores(2));
+    let mut wire = Wire::connect(&broker.bootstrap());
+
+    let fc = wire.call(
+        &FindCoordinatorRequest::default().with_coordinator_keys(vec![s("g1"), s("g2")]),
+        4,
+    );
+    assert_eq!(fc.coordinators.len(), 2);
+    assert!(fc
+        .coordinators
+        .iter()
+        .all(|c| c.error_code == 0 && c.port == broker.port() as i32));
+
+    let join = |member: &str| {
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(s("g1")))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(s(member))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(s("range"))
+                .with_metadata(bytes::Bytes::from_static(b"\x00\x00"))])
+    };
+    // KIP-394: v4+ first join is refused with an id to use.
+    let r = wire.call(&join(""), 5);
+    assert_eq!(r.error_code, 79, "MEMBER_ID_REQUIRED");
+    let id = r.member_id.to_string();
+    assert!(!id.is_empty());
+    let r = wire.call(&join(&id), 5);
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.generation_id, 1);
+    assert_eq!(r.leader.as_str(), id);
+    assert_eq!(r.protocol_name.as_deref(), Some("range"));
+
+    let r = wire.call(&join("made-up"), 5);
+    assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID");
+    let hb = |gen: i32| {
+        HeartbeatRequest::default()
+            .with_group_id(GroupId(s("g1")))
+            .with_generation_id(gen)
+            .with_member_id(s(&id))
+    };
+    assert_eq!(wire.call(&hb(7), 3).error_code, 22, "ILLEGAL_GENERATION");
+    assert_eq!(wire.call(&hb(1), 3).error_code, 0);
+    let bad = JoinGroupRequest::default()
+        .with_group_id(GroupId(s("")))
+        .with_session_timeout_ms(10_000)
+        .with_protocol_type(s("consumer"));
+    assert_eq!(wire.call(&bad, 5).error_code, 24, "INVALID_GROUP_ID");
+
+    let del = wire.call(
+        &DeleteGroupsRequest::default()
+            .with_groups_names(vec![GroupId(s("g1")), GroupId(s("nope"))]),
+        2,
+    );
+    assert_eq!(del.results[0].error_code, 68, "NON_EMPTY_GROUP");
+    assert_eq!(del.results[1].error_code, 69, "GROUP_ID_NOT_FOUND");
+
+    let d = wire.call(
+        &DescribeGroupsRequest::default().with_groups(vec![GroupId(s("g1")), GroupId(s("nope"))]),
+        5,
+    );
+    assert_eq!(d.groups[0].group_state.as_str(), "CompletingRebalance");
+    assert_eq!(d.groups[0].members.len(), 1);
+    assert_eq!(d.groups[1].group_state.as_str(), "Dead");
+
+    // Nothing committed: -1 for an asked partition (v8 multi-group form).
+    let of = wire.call(
+        &OffsetFetchRequest::default().with_groups(vec![
+            kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(s("g1")))
+                .with_topics(Some(vec![
+                    kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopics::default()
+                        .with_name(kafka_protocol::messages::TopicName(s("t")))
+                        .with_partition_indexes(vec![0]),
+                ])),
+        ]),
+        8,
+    );
+    assert_eq!(of.groups.len(), 1);
+    assert_eq!(of.groups[0].topics[0].partitions[0].committed_offset, -1);
+}
