@@ -68,3 +68,117 @@ impl BrokerConfig {
         Ok(())
     }
 }
+
+/// Settings-file keys (Kafka's names where Kafka has one) and the `serve` flag each sets.
+pub const FILE_KEYS: &[(&str, &str)] = &[
+    ("listeners", "listen"),
+    ("advertised.host.name", "advertised-host"),
+    ("admin.listen", "admin-listen"),
+    ("log.dirs", "data-dir"),
+    ("cores", "cores"),
+    ("node.id", "node-id"),
+    ("io.memory.mib", "io-memory-mib"),
+    ("auto.create.topics.enable", "auto-create-topics"),
+    ("num.partitions", "num-partitions"),
+    ("socket.request.max.bytes", "socket-request-max-bytes"),
+    ("message.max.bytes", "message-max-bytes"),
+    ("max.connections", "max-connections"),
+    ("stall.threshold.ms", "stall-threshold-ms"),
+];
+
+/// Reads a TOML settings file into (flag, value) pairs. Dotted keys may be written
+/// quoted (`"num.partitions" = 4`) or as TOML's nested keys (`num.partitions = 4`);
+/// both flatten to Kafka's name. Unknown keys are refused with the key named.
+pub fn parse_toml(text: &str) -> Result<Vec<(String, String)>, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let mut flat = Vec::new();
+    flatten("", &toml::Value::Table(table), &mut flat);
+    flat.into_iter()
+        .map(|(key, value)| {
+            let flag = FILE_KEYS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, f)| f.to_string())
+                .ok_or_else(|| format!("unknown setting '{key}' (known: {})", known_keys()))?;
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "{key} = {other}: expected a string, integer or boolean"
+                    ))
+                }
+            };
+            Ok((flag, value))
+        })
+        .collect()
+}
+
+fn known_keys() -> String {
+    FILE_KEYS
+        .iter()
+        .map(|(k, _)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        v => out.push((prefix.to_string(), v.clone())),
+    }
+}
+
+/// The effective configuration as a settings file (`runnel serve --print-config`).
+pub fn render_toml(c: &BrokerConfig) -> String {
+    let admin = c
+        .admin_listen
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "off".into());
+    format!(
+        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n",
+        c.listen,
+        c.advertised_host,
+        c.data_dir.display(),
+        c.cores,
+        c.node_id,
+        c.io_memory_bytes >> 20,
+        c.auto_create_topics,
+        c.num_partitions,
+        c.socket_request_max_bytes,
+        c.message_max_bytes,
+        c.connections_max,
+        c.stall_threshold_ms,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_and_nested_dotted_keys_map_to_flags() {
+        let got = parse_toml("\"num.partitions\" = 4\nauto.create.topics.enable = false\nlisteners = \"127.0.0.1:9\"\n").unwrap();
+        assert!(got.contains(&("num-partitions".into(), "4".into())));
+        assert!(got.contains(&("auto-create-topics".into(), "false".into())));
+        assert!(got.contains(&("listen".into(), "127.0.0.1:9".into())));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_refused_by_name() {
+        let e = parse_toml("\"num.partitons\" = 4").unwrap_err();
+        assert!(e.contains("num.partitons"), "{e}");
+        let e = parse_toml("cores = [1, 2]").unwrap_err();
+        assert!(e.contains("cores"), "{e}");
+    }
+}

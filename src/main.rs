@@ -3,7 +3,8 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use runnel::config::{self, BrokerConfig};
 
 #[global_allocator]
@@ -28,6 +29,13 @@ enum Command {
 
 #[derive(Parser)]
 struct ServeArgs {
+    /// Settings file (TOML, Kafka's key names; see runnel.toml.example). Flags and
+    /// RUNNEL_* variables override it. Default: ./runnel.toml when it exists.
+    #[arg(long, env = "RUNNEL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (file + environment + flags) and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Kafka listener address (host:port).
     #[arg(long, env = "RUNNEL_LISTEN", default_value = "127.0.0.1:9092")]
     listen: String,
@@ -76,9 +84,16 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match parse_with_config_file() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("runnel: invalid configuration: {e}");
+            std::process::exit(2);
+        }
+    };
     match cli.command {
         Command::Serve(args) => {
+            let print = args.print_config;
             let config = match build_config(args) {
                 Ok(c) => c,
                 Err(e) => {
@@ -86,6 +101,10 @@ fn main() {
                     std::process::exit(2);
                 }
             };
+            if print {
+                print!("{}", config::render_toml(&config));
+                return;
+            }
             if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
                 eprintln!(
                     "runnel: cannot create data directory {}: {e}",
@@ -103,6 +122,43 @@ fn main() {
             }
         }
     }
+}
+
+/// Parses flags and RUNNEL_* variables, then fills every setting neither of them gave
+/// from the settings file, by re-parsing with the file's values as flags (so the file
+/// is validated exactly like flags are).
+fn parse_with_config_file() -> Result<Cli, String> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(argv.clone());
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let Some(("serve", sub)) = matches.subcommand() else {
+        return Ok(cli);
+    };
+    let Command::Serve(args) = &cli.command;
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from("runnel.toml"), false),
+    };
+    if !explicit && !path.exists() {
+        return Ok(cli);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let settings = config::parse_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    for (flag, value) in settings {
+        let id = flag.replace('-', "_");
+        let given = matches!(
+            sub.value_source(&id),
+            Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
+        );
+        if !given {
+            extra.push(format!("--{flag}").into());
+            extra.push(value.into());
+        }
+    }
+    let mut full = argv;
+    full.extend(extra);
+    Cli::try_parse_from(full).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
