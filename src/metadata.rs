@@ -189,8 +189,12 @@ mod u128_hex {
 
 /// `Ok(None)`: torn or checksum mismatch (a crash mid-append).
 fn decode_line(line: &str) -> Result<Option<MetaEvent>, serde_json::Error> {
-    let Some((crc, json)) = line.split_once(' ') else { return Ok(None) };
-    let Ok(crc) = u32::from_str_radix(crc, 16) else { return Ok(None) };
+    let Some((crc, json)) = line.split_once(' ') else {
+        return Ok(None);
+    };
+    let Ok(crc) = u32::from_str_radix(crc, 16) else {
+        return Ok(None);
+    };
     if crc32c::crc32c(json.as_bytes()) != crc {
         return Ok(None);
     }

@@ -125,6 +125,7 @@ async fn shard_main(
         metrics: Default::default(),
         ready: Cell::new(false),
         listener: RefCell::new(None),
+        groups: crate::group::Coordinator::new(),
         senders,
         pending: RefCell::default(),
         next_call_id: Cell::new(0),
