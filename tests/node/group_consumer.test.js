@@ -144,3 +144,81 @@ test('group consumer reads everything back; committed offsets resume a second me
   const groups = await withTimeout(admin.listGroups(), T, 'admin.listGroups')
   assert.ok(groups.groups.some(g => g.groupId === groupId), `listGroups ${JSON.stringify(groups)} lacks ${groupId}`)
 })
+
+test('two members split the partitions; a leaving member hands its partitions back', { timeout: 180000 }, async () => {
+  const groupId = `js-split-${process.pid}-${Date.now()}`
+  const members = {}
+  const make = name => {
+    const consumer = kafka.consumer({
+      groupId,
+      sessionTimeout: 10000,
+      rebalanceTimeout: 10000,
+      heartbeatInterval: 500,
+      maxWaitTimeInMs: 200,
+      retry: { retries: 2, initialRetryTime: 100, maxRetryTime: 1000 }
+    })
+    const m = { consumer, joins: [], got: [], crashed: null }
+    consumer.on(consumer.events.GROUP_JOIN, e => m.joins.push((e.payload.memberAssignment[topic] || []).slice().sort()))
+    consumer.on(consumer.events.CRASH, e => { m.crashed = e.payload.error })
+    members[name] = m
+    return m
+  }
+  const start = async m => {
+    await withTimeout(m.consumer.connect(), T, 'consumer.connect')
+    // fromBeginning: an owner reads its partitions from 0 (no commits here), so the
+    // markers below are reached however late it resolves its start offsets.
+    await withTimeout(m.consumer.subscribe({ topics: [topic], fromBeginning: true }), T, 'consumer.subscribe')
+    await withTimeout(m.consumer.run({
+      autoCommit: false,
+      eachMessage: async ({ partition, message }) => { m.got.push([partition, message.key && message.key.toString()]) }
+    }), T, 'consumer.run')
+  }
+  const waitFor = async (what, cond, ms = 45000) => {
+    const deadline = Date.now() + ms
+    while (!cond()) {
+      for (const [name, m] of Object.entries(members)) if (m.crashed) throw new Error(`${name} crashed: ${m.crashed.message}`)
+      if (Date.now() > deadline) {
+        throw new Error(`timed out after ${ms}ms waiting for ${what}; joins ${JSON.stringify(Object.fromEntries(Object.entries(members).map(([n, m]) => [n, m.joins])))}`)
+      }
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+  }
+  const last = m => m.joins[m.joins.length - 1] || []
+  const a = make('a')
+  const b = make('b')
+  try {
+    await start(a)
+    await waitFor('a to own every partition', () => last(a).length === PARTITIONS)
+    const aJoinsBefore = a.joins.length
+    await start(b)
+    await waitFor('a to rejoin and the two assignments to split the partitions', () =>
+      b.joins.length > 0 && a.joins.length > aJoinsBefore &&
+      last(a).length > 0 && last(b).length > 0 &&
+      [...last(a), ...last(b)].sort().join() === '0,1,2')
+
+    // Fresh records: each must reach the member that owns its partition, once.
+    const producer = kafka.producer({ allowAutoTopicCreation: false })
+    await withTimeout(producer.connect(), T, 'producer.connect')
+    try {
+      await withTimeout(producer.send({
+        topic, acks: -1, messages: [0, 1, 2].map(p => ({ partition: p, key: `split-${p}`, value: 'x' }))
+      }), T, 'producer.send markers')
+    } finally {
+      await withTimeout(producer.disconnect(), T, 'producer.disconnect')
+    }
+    const markers = m => m.got.filter(([, k]) => k && k.startsWith('split-'))
+    await waitFor('every marker to be consumed', () => markers(a).length + markers(b).length >= PARTITIONS)
+    await new Promise(resolve => setTimeout(resolve, 500))
+    assert.deepEqual(markers(a).map(([p]) => p).sort(), last(a), `a owns ${last(a)} and consumed ${JSON.stringify(markers(a))}`)
+    assert.deepEqual(markers(b).map(([p]) => p).sort(), last(b), `b owns ${last(b)} and consumed ${JSON.stringify(markers(b))}`)
+
+    // b leaves (LeaveGroup): a gets everything back.
+    const aJoinsBeforeLeave = a.joins.length
+    await withTimeout(b.consumer.disconnect(), T, 'b.disconnect')
+    await waitFor('a to own every partition again', () => a.joins.length > aJoinsBeforeLeave && last(a).length === PARTITIONS,
+      20000)
+  } finally {
+    await withTimeout(a.consumer.disconnect(), T, 'a.disconnect').catch(() => {})
+    await withTimeout(b.consumer.disconnect(), T, 'b.disconnect').catch(() => {})
+  }
+})
