@@ -159,3 +159,22 @@ def test_idempotent_producer(broker):
     assert [o for _, o in delivered] == list(range(20))
     got, _ = read_to_end(broker.bootstrap, topic, [0])
     check_records(got, sent)
+
+
+def test_admin_metadata_asks_for_authorized_operations(broker):
+    # kafka-python's admin sends Metadata v8 with include_*_authorized_operations and
+    # decodes the bit fields: the -2^31 "not requested" default broke it
+    # ("31 is not a valid ACLOperation").
+    topic = f"kpy-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, PARTITIONS)
+    admin = KafkaAdminClient(**common(broker.bootstrap))
+    try:
+        (described,) = admin.describe_topics([topic])
+        assert described["error_code"] == 0
+        assert [p["partition"] for p in described["partitions"]] == list(range(PARTITIONS))
+        assert {"READ", "WRITE", "DESCRIBE"} <= set(described["authorized_operations"]), described
+        cluster = admin.describe_cluster()
+        assert [b["node_id"] for b in cluster["brokers"]] == [cluster["controller_id"]]
+        assert "DESCRIBE" in cluster["authorized_operations"], cluster
+    finally:
+        admin.close()
