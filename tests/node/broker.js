@@ -80,6 +80,10 @@ async function startBroker ({ cores = 2, extraArgs = [] } = {}) {
     '--cores', String(cores), '--admin-listen', 'off', ...extraArgs
   ], { stdio: ['ignore', 'pipe', logFd] })
   fs.closeSync(logFd)
+  // Never leave a broker behind, even if the test process dies before after().
+  const killOnExit = () => { try { proc.kill('SIGKILL') } catch (_) {} }
+  process.once('exit', killOnExit)
+  proc.once('exit', () => process.removeListener('exit', killOnExit))
   const broker = new Broker(proc, port, dir, logPath)
   const expected = `runnel: ready on ${bootstrap}`
 
