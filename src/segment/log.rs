@@ -438,8 +438,8 @@ impl PartitionLog {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if let Some(stem) = name.strip_suffix(".log") {
-                if stem.len() == 20 {
-                    if let Ok(base) = stem.parse::<i64>() {
+                if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
+                    if let Some(base) = stem.parse::<i64>().ok().filter(|b| *b < OFFSET_MAX) {
                         bases.push(base);
                     }
                 }
@@ -1393,12 +1393,16 @@ impl PartitionLog {
     }
 }
 
+/// Offsets this large are corruption, not data (Kafka offsets are far below).
+const OFFSET_MAX: i64 = 1 << 62;
+
 fn read_checkpoint(dir: &Path) -> Option<i64> {
-    std::fs::read_to_string(dir.join(LOG_START_CHECKPOINT))
+    let v: i64 = std::fs::read_to_string(dir.join(LOG_START_CHECKPOINT))
         .ok()?
         .trim()
         .parse()
-        .ok()
+        .ok()?;
+    (0..OFFSET_MAX).contains(&v).then_some(v)
 }
 
 /// Whether the bytes after the logical end, to the end of its block, are zero.
