@@ -137,6 +137,54 @@ impl Shard {
         futures::future::join_all(calls).await
     }
 
+    /// Runs `f(partition, input)` on each item's owning shard — one message per shard,
+    /// the shard's partitions concurrently — and returns the results in item order
+    /// (Redpanda's plan-per-shard). An item is `(owner, topic, partition, input)`;
+    /// `None` items, and partitions not open on their owner, give `None`.
+    pub async fn on_partitions<T, R, F, Fut>(
+        self: &Rc<Self>,
+        work: Vec<Option<(usize, String, i32, T)>>,
+        f: F,
+    ) -> Vec<Option<R>>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(Rc<Partition>, T) -> Fut + Send + Clone + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        let mut results: Vec<Option<R>> = (0..work.len()).map(|_| None).collect();
+        let mut plan: Vec<Vec<(usize, String, i32, T)>> =
+            (0..self.nshards).map(|_| Vec::new()).collect();
+        for (slot, w) in work.into_iter().enumerate() {
+            if let Some((owner, topic, partition, input)) = w {
+                plan[owner].push((slot, topic, partition, input));
+            }
+        }
+        let hops = plan
+            .into_iter()
+            .enumerate()
+            .filter(|(_, items)| !items.is_empty())
+            .map(|(owner, items)| {
+                let f = f.clone();
+                self.invoke_on(owner, move |s| async move {
+                    let runs = items.into_iter().map(|(slot, topic, partition, input)| {
+                        let (p, f) = (s.partition(&topic, partition), f.clone());
+                        async move {
+                            match p {
+                                Some(p) => (slot, Some(f(p, input).await)),
+                                None => (slot, None),
+                            }
+                        }
+                    });
+                    futures::future::join_all(runs).await
+                })
+            });
+        for (slot, r) in futures::future::join_all(hops).await.into_iter().flatten() {
+            results[slot] = r;
+        }
+        results
+    }
+
     /// A producer id unique across shards and restarts: the start time in ms leaves room
     /// for 2^20 ids per shard per broker start.
     pub fn allocate_producer_id(&self) -> i64 {

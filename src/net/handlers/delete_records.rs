@@ -15,52 +15,52 @@ pub const MAX: i16 = 2;
 
 pub async fn handle(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
     let image = shard.image();
-    let mut topics = Vec::new();
+    let mut work = Vec::new();
     for t in &req.topics {
-        let meta = image.topic(t.name.0.as_str()).cloned();
-        let calls = t.partitions.iter().map(|p| {
-            let owner = meta
-                .as_ref()
-                .and_then(|m| shard.owner_of(&m.owners, p.partition_index));
-            let (topic, index, offset) = (t.name.0.to_string(), p.partition_index, p.offset);
-            async move {
-                let Some(owner) = owner else {
-                    return (index, ec::UNKNOWN_TOPIC_OR_PARTITION, -1);
-                };
-                shard
-                    .invoke_on(owner, move |s| async move {
-                        let Some(p) = s.partition(&topic, index) else {
-                            return (index, ec::UNKNOWN_TOPIC_OR_PARTITION, -1);
-                        };
-                        // -1 means "up to the high watermark".
-                        let end = p.log.log_end_offset();
-                        let target = if offset == -1 { end } else { offset };
-                        if target < 0 || target > end {
-                            return (index, ec::OFFSET_OUT_OF_RANGE, p.log.log_start_offset());
-                        }
-                        match p.log.delete_records_before(target).await {
-                            Ok(start) => (index, ec::NONE, start),
-                            Err(e) => (index, e.kafka_error_code(), -1),
-                        }
-                    })
-                    .await
+        let meta = image.topic(t.name.0.as_str());
+        for p in &t.partitions {
+            let owner = meta.and_then(|m| shard.owner_of(&m.owners, p.partition_index));
+            work.push(owner.map(|o| (o, t.name.0.to_string(), p.partition_index, p.offset)));
+        }
+    }
+    // (error, new low watermark) per partition.
+    let done = shard
+        .on_partitions(work, |p, offset| async move {
+            // -1 means "up to the high watermark".
+            let end = p.log.log_end_offset();
+            let target = if offset == -1 { end } else { offset };
+            if target < 0 || target > end {
+                return (ec::OFFSET_OUT_OF_RANGE, p.log.log_start_offset());
             }
-        });
-        let partitions = futures::future::join_all(calls)
-            .await
-            .into_iter()
-            .map(|(i, code, low)| {
-                DeleteRecordsPartitionResult::default()
-                    .with_partition_index(i)
-                    .with_error_code(code)
-                    .with_low_watermark(low)
-            })
-            .collect();
-        topics.push(
+            match p.log.delete_records_before(target).await {
+                Ok(start) => (ec::NONE, start),
+                Err(e) => (e.kafka_error_code(), -1),
+            }
+        })
+        .await;
+    let mut done = done.into_iter();
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let (code, low) = done
+                        .next()
+                        .flatten()
+                        .unwrap_or((ec::UNKNOWN_TOPIC_OR_PARTITION, -1));
+                    DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code)
+                        .with_low_watermark(low)
+                })
+                .collect();
             DeleteRecordsTopicResult::default()
                 .with_name(t.name.clone())
-                .with_partitions(partitions),
-        );
-    }
+                .with_partitions(partitions)
+        })
+        .collect();
     DeleteRecordsResponse::default().with_topics(topics)
 }

@@ -23,54 +23,55 @@ pub async fn handle(
     version: i16,
 ) -> ListOffsetsResponse {
     let image = shard.image();
-    let mut topics = Vec::new();
+    let mut work = Vec::new();
     for t in &req.topics {
-        let meta = image.topic(t.name.0.as_str()).cloned();
-        let lookups = t.partitions.iter().map(|p| {
-            let owner = meta
-                .as_ref()
-                .and_then(|m| shard.owner_of(&m.owners, p.partition_index));
-            let (topic, index, ts) = (t.name.0.to_string(), p.partition_index, p.timestamp);
-            async move {
-                let Some(owner) = owner else {
-                    return (index, ec::UNKNOWN_TOPIC_OR_PARTITION, -1, -1);
-                };
-                shard
-                    .invoke_on(owner, move |s| async move {
-                        let Some(p) = s.partition(&topic, index) else {
-                            return (index, ec::UNKNOWN_TOPIC_OR_PARTITION, -1, -1);
-                        };
-                        match ts {
-                            LATEST | MAX_TIMESTAMP => (index, ec::NONE, -1, p.log.log_end_offset()),
-                            EARLIEST => (index, ec::NONE, -1, p.log.log_start_offset()),
-                            ts => match p.log.offset_for_timestamp(ts).await {
-                                Ok(Some((offset, found_ts))) => (index, ec::NONE, found_ts, offset),
-                                Ok(None) => (index, ec::NONE, -1, -1),
-                                Err(e) => (index, e.kafka_error_code(), -1, -1),
-                            },
-                        }
-                    })
-                    .await
+        let meta = image.topic(t.name.0.as_str());
+        for p in &t.partitions {
+            let owner = meta.and_then(|m| shard.owner_of(&m.owners, p.partition_index));
+            work.push(owner.map(|o| (o, t.name.0.to_string(), p.partition_index, p.timestamp)));
+        }
+    }
+    // (error, timestamp, offset) per partition.
+    let found = shard
+        .on_partitions(work, |p, ts| async move {
+            match ts {
+                LATEST | MAX_TIMESTAMP => (ec::NONE, -1, p.log.log_end_offset()),
+                EARLIEST => (ec::NONE, -1, p.log.log_start_offset()),
+                ts => match p.log.offset_for_timestamp(ts).await {
+                    Ok(Some((offset, found_ts))) => (ec::NONE, found_ts, offset),
+                    Ok(None) => (ec::NONE, -1, -1),
+                    Err(e) => (e.kafka_error_code(), -1, -1),
+                },
             }
-        });
-        let partitions = futures::future::join_all(lookups)
-            .await
-            .into_iter()
-            .map(|(index, code, ts, offset)| {
-                ListOffsetsPartitionResponse::default()
-                    .with_partition_index(index)
-                    .with_error_code(code)
-                    .with_timestamp(ts)
-                    .with_offset(offset)
-                    // leader_epoch exists from v4; -1 (its default) encodes everywhere.
-                    .with_leader_epoch(if version >= 4 { 0 } else { -1 })
-            })
-            .collect();
-        topics.push(
+        })
+        .await;
+    let mut found = found.into_iter();
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let (code, ts, offset) =
+                        found
+                            .next()
+                            .flatten()
+                            .unwrap_or((ec::UNKNOWN_TOPIC_OR_PARTITION, -1, -1));
+                    ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code)
+                        .with_timestamp(ts)
+                        .with_offset(offset)
+                        // leader_epoch exists from v4; -1 (its default) encodes everywhere.
+                        .with_leader_epoch(if version >= 4 { 0 } else { -1 })
+                })
+                .collect();
             ListOffsetsTopicResponse::default()
                 .with_name(t.name.clone())
-                .with_partitions(partitions),
-        );
-    }
+                .with_partitions(partitions)
+        })
+        .collect();
     ListOffsetsResponse::default().with_topics(topics)
 }

@@ -20,46 +20,47 @@ pub async fn handle(
     _version: i16,
 ) -> OffsetForLeaderEpochResponse {
     let image = shard.image();
-    let mut topics = Vec::new();
+    let mut work = Vec::new();
     for t in &req.topics {
-        let meta = image.topic(t.topic.0.as_str()).cloned();
-        let lookups = t.partitions.iter().map(|p| {
-            let owner = meta
-                .as_ref()
-                .and_then(|m| shard.owner_of(&m.owners, p.partition));
-            let (topic, index, epoch) = (t.topic.0.to_string(), p.partition, p.leader_epoch);
-            async move {
-                let Some(owner) = owner else {
-                    return (index, ec::UNKNOWN_TOPIC_OR_PARTITION, -1, -1);
-                };
-                shard
-                    .invoke_on(owner, move |s| async move {
-                        match s.partition(&topic, index) {
-                            None => (index, ec::UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
-                            // Epochs above ours are unknown to us: Kafka answers -1/-1.
-                            Some(_) if epoch > 0 => (index, ec::NONE, -1, -1),
-                            Some(p) => (index, ec::NONE, 0, p.log.log_end_offset()),
-                        }
-                    })
-                    .await
+        let meta = image.topic(t.topic.0.as_str());
+        for p in &t.partitions {
+            let owner = meta.and_then(|m| shard.owner_of(&m.owners, p.partition));
+            work.push(owner.map(|o| (o, t.topic.0.to_string(), p.partition, p.leader_epoch)));
+        }
+    }
+    // (epoch, end offset); epochs above ours are unknown to us: Kafka answers -1/-1.
+    let ends = shard
+        .on_partitions(work, |p, epoch| async move {
+            if epoch > 0 {
+                (-1, -1)
+            } else {
+                (0, p.log.log_end_offset())
             }
-        });
-        let partitions = futures::future::join_all(lookups)
-            .await
-            .into_iter()
-            .map(|(index, code, epoch, end)| {
-                EpochEndOffset::default()
-                    .with_partition(index)
-                    .with_error_code(code)
-                    .with_leader_epoch(epoch)
-                    .with_end_offset(end)
-            })
-            .collect();
-        topics.push(
+        })
+        .await;
+    let mut ends = ends.into_iter();
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let base = EpochEndOffset::default().with_partition(p.partition);
+                    match ends.next().flatten() {
+                        Some((epoch, end)) => base.with_leader_epoch(epoch).with_end_offset(end),
+                        None => base
+                            .with_error_code(ec::UNKNOWN_TOPIC_OR_PARTITION)
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1),
+                    }
+                })
+                .collect();
             OffsetForLeaderTopicResult::default()
                 .with_topic(t.topic.clone())
-                .with_partitions(partitions),
-        );
-    }
+                .with_partitions(partitions)
+        })
+        .collect();
     OffsetForLeaderEpochResponse::default().with_topics(topics)
 }

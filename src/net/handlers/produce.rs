@@ -34,10 +34,10 @@ pub async fn handle(
         _ => None,
     };
     let image = shard.image();
-    // Plan per shard: every partition's outcome has a slot; partitions that need an
-    // append are grouped by owning shard so each shard gets one hop, not one per partition.
+    // Every partition gets a slot; early refusals fill theirs now, the rest are appended
+    // on their owning shards (one hop per shard).
     let mut outcomes: Vec<(String, i32, Option<ProduceOutcome>)> = Vec::new();
-    let mut plan: Vec<Vec<(usize, String, i32, bytes::Bytes)>> = vec![Vec::new(); shard.nshards];
+    let mut work = Vec::new();
     for topic in &req.topic_data {
         let name = topic.name.0.to_string();
         let meta = image.topic(&name);
@@ -64,39 +64,27 @@ pub async fn handle(
                         records.len()
                     ),
                 )),
-                (Some(_), Some(owner)) => {
-                    plan[owner].push((outcomes.len(), name.clone(), p.index, records));
-                    None
-                }
+                (Some(_), Some(_)) => None,
             };
+            work.push(match (&early, owner) {
+                (None, Some(owner)) => Some((owner, name.clone(), p.index, records)),
+                _ => None,
+            });
             outcomes.push((name.clone(), p.index, early));
         }
     }
     let d = durability.unwrap_or(Durability::Written);
-    let hops = plan
-        .into_iter()
-        .enumerate()
-        .filter(|(_, items)| !items.is_empty())
-        .map(|(owner, items)| {
-            shard.invoke_on(owner, move |s| async move {
-                let appends = items.into_iter().map(|(slot, topic, index, records)| {
-                    let s = s.clone();
-                    async move {
-                        let outcome = match s.partition(&topic, index) {
-                            Some(p) => p.produce(records, d).await,
-                            None => ProduceOutcome::error(
-                                ec::UNKNOWN_TOPIC_OR_PARTITION,
-                                "partition not open",
-                            ),
-                        };
-                        (slot, outcome)
-                    }
-                });
-                futures::future::join_all(appends).await
-            })
-        });
-    for (slot, outcome) in futures::future::join_all(hops).await.into_iter().flatten() {
-        outcomes[slot].2 = Some(outcome);
+    let appended = shard
+        .on_partitions(work, move |p, records| async move {
+            p.produce(records, d).await
+        })
+        .await;
+    for (slot, outcome) in appended.into_iter().enumerate() {
+        if outcomes[slot].2.is_none() {
+            outcomes[slot].2 = Some(outcome.unwrap_or_else(|| {
+                ProduceOutcome::error(ec::UNKNOWN_TOPIC_OR_PARTITION, "partition not open")
+            }));
+        }
     }
     if acks == 0 {
         return None;
