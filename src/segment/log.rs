@@ -946,9 +946,11 @@ impl PartitionLog {
         let (writes, snapshot_end) = {
             let mut app = self.appender.borrow_mut();
             if app.cur.dirty {
-                // After a flush the buffer keeps only the tail block; the next append
-                // rotates into a full-size buffer. Keeps idle partitions small.
-                app.rotate(BLOCK_BYTES as usize, true);
+                // The next buffer is sized by what this round carried (twice it, up
+                // to WRITE_BUFFER_BYTES): steady small flushes never reallocate
+                // mid-round, and an idle partition does not pin a large buffer.
+                let capacity = (2 * app.cur.len).clamp(BLOCK_BYTES as usize, WRITE_BUFFER_BYTES);
+                app.rotate(capacity, true);
                 // From now until that write completes, no write-behind may start:
                 // the next one would share its last block.
                 self.tracker.borrow_mut().barrier_in_flight = true;
