@@ -63,6 +63,9 @@ struct Outcome {
     /// p50, p99, p99.9 in µs.
     lat_us: [f64; 3],
     sync_us: [f64; 3],
+    /// Flush rounds (group commits) and bytes written per round.
+    rounds: u64,
+    kib_per_round: f64,
 }
 
 fn pcts(h: &Histogram<u64>, scale: f64) -> [f64; 3] {
@@ -132,6 +135,10 @@ fn run_ours(dir: &Path, size: usize, mode: Mode, seconds: u64, appenders: usize)
                 mb_s: bytes as f64 / elapsed / 1e6,
                 lat_us: pcts(&lat, 1e3),
                 sync_us: pcts(&stats.fdatasync_ns, 1e3),
+                rounds: stats.fdatasync_ns.len(),
+                kib_per_round: stats.bytes_written as f64
+                    / 1024.0
+                    / stats.fdatasync_ns.len().max(1) as f64,
             }
         })
         .expect("executor")
@@ -179,6 +186,7 @@ fn run_fio(dir: &Path, size: usize, fdatasync_every: usize, seconds: u64) -> Opt
         mb_s: job["write"]["bw_bytes"].as_f64()? / 1e6,
         lat_us: pct(&job["write"]["clat_ns"]),
         sync_us: pct(&job["sync"]["lat_ns"]),
+        ..Outcome::default()
     })
 }
 
@@ -201,7 +209,7 @@ fn main() {
         args.appenders
     );
     println!(
-        "{:<15} {:>7} | {:>9} {:>9} {:>6} | {:>10} {:>6} | {:>22} | {:>22} | {:>22} | {:>8}",
+        "{:<15} {:>7} | {:>9} {:>9} {:>6} | {:>10} {:>6} | {:>22} | {:>22} | {:>22} | {:>8} | {:>14}",
         "mode",
         "batch",
         "ours MB/s",
@@ -212,10 +220,11 @@ fn main() {
         "ours append->durable",
         "ours fdatasync",
         "fio fdatasync",
-        "sync p99"
+        "sync p99",
+        "ours rounds"
     );
     println!(
-        "{:<15} {:>7} | {:>9} {:>9} {:>6} | {:>10} {:>6} | {:>22} | {:>22} | {:>22} | {:>8}",
+        "{:<15} {:>7} | {:>9} {:>9} {:>6} | {:>10} {:>6} | {:>22} | {:>22} | {:>22} | {:>8} | {:>14}",
         "",
         "",
         "",
@@ -226,7 +235,8 @@ fn main() {
         "µs p50/p99/p99.9",
         "µs p50/p99/p99.9",
         "µs p50/p99/p99.9",
-        "ours/fio"
+        "ours/fio",
+        "n x KiB/round"
     );
     for mode in [Mode::FlushPerBatch, Mode::GroupCommit] {
         for &size in &sizes {
@@ -288,7 +298,7 @@ fn main() {
                 &fio_grouped
             };
             println!(
-                "{:<15} {:>6}K | {:>9.1} {:>9} {:>6} | {:>10} {:>6} | {:>22} | {:>22} | {:>22} | {:>8}",
+                "{:<15} {:>6}K | {:>9.1} {:>9} {:>6} | {:>10} {:>6} | {:>22} | {:>22} | {:>22} | {:>8} | {:>14}",
                 label,
                 size >> 10,
                 ours.mb_s,
@@ -300,6 +310,7 @@ fn main() {
                 tri(ours.sync_us),
                 fio_sync.as_ref().map_or("-".into(), |f| tri(f.sync_us)),
                 ratio(ours.sync_us[1], fio_sync.as_ref().map(|f| f.sync_us[1])),
+                format!("{} x {:.0}", ours.rounds, ours.kib_per_round),
             );
         }
     }
