@@ -100,6 +100,9 @@ const UNWRITTEN_BYTES_MAX: usize = 8 << 20;
 /// Soft bound of the batch cache (never evicts batches not yet written).
 const CACHE_BYTES_MAX: usize = 8 << 20;
 /// Preallocation step for segment files (fallocate; the file size grows with it).
+/// Redpanda's default step. Each step changes file metadata, which the next
+/// fdatasync commits (a slower sync once per step); a whole-segment preallocation
+/// would avoid that but pin `segment.bytes` of disk per idle partition.
 const PREALLOCATE_BYTES: u64 = 32 << 20;
 /// Bounds of one DMA read on the fetch path.
 const READ_WINDOW_BYTES_MIN: usize = 64 << 10;
