@@ -565,3 +565,36 @@ fn a_dropped_durable_append_neither_wedges_nor_tears_the_log() {
         assert_eq!(read_all(&log, 0).await, want);
     });
 }
+
+#[test]
+fn closed_and_deleted_logs_refuse_work() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topic-0");
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        log.append(encode_batch(0, 0, &[b"x".as_slice()]), Durability::Written)
+            .await
+            .unwrap();
+        log.close().await.unwrap();
+        let e = log
+            .append(encode_batch(0, 0, &[b"y".as_slice()]), Durability::Written)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StorageError::Closed));
+        assert_eq!(e.kafka_error_code(), 6);
+        assert!(matches!(log.read(0, 10).await, Err(StorageError::Closed)));
+
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 1, "close flushed the Written append");
+        log.delete().await.unwrap();
+        assert!(!path.exists());
+        assert!(log
+            .append(encode_batch(0, 0, &[b"z".as_slice()]), Durability::Durable)
+            .await
+            .is_err());
+    });
+}
