@@ -21,8 +21,6 @@ use crate::segment::PartitionLog;
 /// Cross-shard messages queued per shard pair before senders wait.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
 const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
-/// Task-queue time slice before glommio checks I/O again (its default is 100 ms).
-const PREEMPT_SLICE: Duration = Duration::from_millis(5);
 
 /// Stall threshold for glommio's detector; its default handler logs the backtrace (through
 /// the `log` bridge into our tracing output).
@@ -71,9 +69,6 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         let builder = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("runnel-shard-{id}"))
             .io_memory(config.io_memory_bytes)
-            // glommio polls the ring between task-queue slices: a short slice bounds how
-            // long completed I/O and new requests wait behind runnable tasks.
-            .preempt_timer(PREEMPT_SLICE)
             .detect_stalls(Some(Box::new(StallLogger {
                 threshold: Duration::from_millis(config.stall_threshold_ms),
             })));
