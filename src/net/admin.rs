@@ -39,7 +39,13 @@ fn snapshot(s: &Shard) -> Snapshot {
         bytes_in: m.bytes_in.get(),
         bytes_out: m.bytes_out.get(),
         fetch_record_bytes: m.fetch_record_bytes.get(),
-        record_bytes_copied: m.record_bytes_copied.get(),
+        record_bytes_copied: m.record_bytes_copied.get()
+            + s.partitions
+                .borrow()
+                .values()
+                .flat_map(|ps| ps.values())
+                .map(|p| p.log.read_copied_bytes())
+                .sum::<u64>(),
         connections: m.connections.get(),
         partitions: s.partitions.borrow().values().map(|p| p.len()).sum(),
     }
@@ -162,7 +168,7 @@ pub async fn render(shard: &Rc<Shard>) -> String {
         ),
         (
             "runnel_record_bytes_copied_total",
-            "Record bytes copied in user space on the fetch path.",
+            "Record bytes copied in user space on the fetch path (cold reads out of DMA buffers).",
             total(|s| s.record_bytes_copied),
         ),
     ];

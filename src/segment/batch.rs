@@ -38,6 +38,29 @@ const OFF_RECORDS_COUNT: usize = 57;
 const _: () = assert!(OFF_RECORDS_COUNT + 4 == BATCH_HEADER_LEN);
 const _: () = assert!(OFF_CRC + 4 == OFF_ATTRIBUTES);
 
+/// A batch that passed `validate_batch` (length, magic, CRC32C): proof carried in the
+/// type, so appending it does not check the CRC a second time.
+#[derive(Clone, Debug)]
+pub struct ValidBatch {
+    bytes: Bytes,
+    header: BatchHeader,
+}
+
+impl ValidBatch {
+    pub fn new(bytes: Bytes) -> Result<ValidBatch, StorageError> {
+        let header = validate_batch(&bytes)?;
+        Ok(ValidBatch { bytes, header })
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+}
+
 /// The decoded fixed header of one v2 batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchHeader {

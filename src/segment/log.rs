@@ -33,7 +33,7 @@ use futures::channel::oneshot;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use super::batch::{
-    claimed_len, patch_batch, validate_batch, BatchHeader, PatchedBatch, BATCH_HEADER_LEN,
+    claimed_len, patch_batch, BatchHeader, PatchedBatch, ValidBatch, BATCH_HEADER_LEN,
 };
 use super::error::StorageError;
 use super::recovery::{recover_segment, BATCH_BYTES_MAX};
@@ -383,6 +383,8 @@ pub struct PartitionLog {
     /// Sticky: after a failed write or fdatasync nothing more is accepted.
     failed: RefCell<Option<StorageError>>,
     closed: Cell<bool>,
+    /// Record bytes copied out of DMA read buffers (cold reads), for the copy metric.
+    read_copied_bytes: Cell<u64>,
 }
 
 fn now_ms() -> i64 {
@@ -562,12 +564,18 @@ impl PartitionLog {
             flush_timer: Cell::new(false),
             failed: RefCell::new(None),
             closed: Cell::new(false),
+            read_copied_bytes: Cell::new(0),
         });
         log.persist_sealed_indexes()?;
         // A crash between the checkpoint and the deletions leaves segments below the
         // log start: finish the job.
         log.delete_segments_below_start().await?;
         Ok(log)
+    }
+
+    /// Record bytes copied so far out of DMA read buffers (cold reads).
+    pub fn read_copied_bytes(&self) -> u64 {
+        self.read_copied_bytes.get()
     }
 
     pub fn dir(&self) -> &Path {
@@ -620,6 +628,17 @@ impl PartitionLog {
         batch: Bytes,
         durability: Durability,
     ) -> Result<AppendInfo, StorageError> {
+        self.append_valid(ValidBatch::new(batch)?, durability).await
+    }
+
+    /// `append` for a batch already checked by `ValidBatch::new` (the produce path
+    /// validates every batch of a request before writing any): the CRC is not
+    /// computed twice. Same ordering and durability contract as `append`.
+    pub async fn append_valid(
+        &self,
+        batch: ValidBatch,
+        durability: Durability,
+    ) -> Result<AppendInfo, StorageError> {
         let info = self.append_now(&batch)?;
         self.submit_ready();
         let target = info.last_offset + 1;
@@ -637,7 +656,8 @@ impl PartitionLog {
     }
 
     /// The synchronous part of append: validate, roll, assign offsets, copy.
-    fn append_now(&self, batch: &Bytes) -> Result<AppendInfo, StorageError> {
+    fn append_now(&self, valid: &ValidBatch) -> Result<AppendInfo, StorageError> {
+        let (batch, header) = (valid.bytes(), *valid.header());
         self.check_usable()?;
         let config = self.config.borrow().clone();
         if batch.len() > config.max_message_bytes as usize {
@@ -646,7 +666,6 @@ impl PartitionLog {
                 max: config.max_message_bytes as usize,
             });
         }
-        let header = validate_batch(batch)?;
         if header.records_count < 1
             || i64::from(header.last_offset_delta) != i64::from(header.records_count) - 1
         {
@@ -1176,6 +1195,8 @@ impl PartitionLog {
                 return Err(corrupt(pos, "short read below the written end"));
             }
             let data = Bytes::copy_from_slice(&rr);
+            self.read_copied_bytes
+                .set(self.read_copied_bytes.get() + data.len() as u64);
             let mut p = 0usize;
             let mut done = false;
             while let Some(len) = claimed_len(&data[p..]) {

@@ -43,7 +43,7 @@ mod segment;
 #[doc(hidden)]
 pub mod testing;
 
-pub use batch::{BatchHeader, BATCH_HEADER_LEN};
+pub use batch::{BatchHeader, ValidBatch, BATCH_HEADER_LEN};
 pub use error::StorageError;
 pub use log::{
     AppendInfo, Durability, FlushStats, LogConfig, PartitionLog, ReadResult, TimestampType,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 
 use crate::net::error_code as ec;
-use crate::segment::{self, Durability, LogConfig, PartitionLog, TimestampType};
+use crate::segment::{self, Durability, LogConfig, PartitionLog, TimestampType, ValidBatch};
 
 /// Batches per producer remembered for duplicate detection (Kafka keeps 5: the most a
 /// client may have in flight with idempotence on).
@@ -76,17 +76,18 @@ impl Partition {
             Ok(_) => return ProduceOutcome::error(ec::CORRUPT_MESSAGE, "empty records"),
             Err(e) => return ProduceOutcome::error(e.kafka_error_code(), e.to_string()),
         };
-        let mut headers = Vec::with_capacity(batches.len());
-        for b in &batches {
-            match segment::batch::validate_batch(b) {
-                Ok(h) => headers.push(h),
+        let mut valid = Vec::with_capacity(batches.len());
+        for b in batches {
+            match ValidBatch::new(b) {
+                Ok(v) => valid.push(v),
                 Err(e) => return ProduceOutcome::error(e.kafka_error_code(), e.to_string()),
             }
         }
         let mut first: Option<ProduceOutcome> = None;
         let mut appended = false;
-        let count = batches.len();
-        for (i, (batch, h)) in batches.into_iter().zip(headers).enumerate() {
+        let count = valid.len();
+        for (i, batch) in valid.into_iter().enumerate() {
+            let h = *batch.header();
             // Copies of many batches must not hold the core; yield before, never inside,
             // the read-log-end .. append window below.
             glommio::yield_if_needed().await;
@@ -119,7 +120,7 @@ impl Partition {
             } else {
                 Durability::Written
             };
-            match self.log.append(batch, d).await {
+            match self.log.append_valid(batch, d).await {
                 Ok(info) => {
                     appended = true;
                     first.get_or_insert(ProduceOutcome {
