@@ -98,7 +98,11 @@ async fn shard_main(
         .map_err(|_| anyhow::anyhow!("shard {id}: mesh join failed"))?;
     // The mesh orders peers by executor id; executors are created in shard order, so a
     // shard's mesh index is its id. Everything addressing shards relies on this.
-    assert_eq!(senders.peer_id(), id, "mesh peer index must equal the shard id");
+    assert_eq!(
+        senders.peer_id(),
+        id,
+        "mesh peer index must equal the shard id"
+    );
     let nshards = config.cores;
     let (meta_log, image) = if id == 0 {
         let (log, image) = MetaLog::open(&config.data_dir.join("meta")).map_err(|e| {
