@@ -1,7 +1,7 @@
 """confluent-kafka (librdkafka via Python) round trip against `runnel serve`.
 
-Consumers use assign() (no group subscribe, no commits): consumer groups are
-not served yet. Every wait is bounded; counts are exact.
+Consumers use assign() (no group subscribe, no commits; groups are in
+test_groups.py). Every wait is bounded; counts are exact.
 """
 import time
 import uuid
