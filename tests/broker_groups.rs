@@ -289,3 +289,58 @@ fn join_without_member_id_gets_one_and_group_errors_are_kafka_codes() {
     assert_eq!(of.groups.len(), 1);
     assert_eq!(of.groups[0].topics[0].partitions[0].committed_offset, -1);
 }
+
+/// A member that dies without LeaveGroup (kcat, SIGKILLed) stops heartbeating; the
+/// coordinator expires it after session.timeout.ms and the survivor gets everything.
+#[test]
+fn a_member_that_stops_heartbeating_is_removed_after_its_session_timeout() {
+    const SESSION_TIMEOUT_MS: u64 = 6000;
+    let broker = Broker::start_with(BrokerOptions::default().cores(2));
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("groups-expiry");
+    let group = topic_name("g-expiry");
+    create_topic_blocking(&bootstrap, &topic, 8);
+
+    let mut doomed = std::process::Command::new("kcat")
+        .args([
+            "-b",
+            &bootstrap,
+            "-X",
+            "broker.address.family=v4",
+            "-G",
+            &group,
+            &topic,
+            "-q",
+        ])
+        .args([
+            "-X",
+            &format!("session.timeout.ms={SESSION_TIMEOUT_MS}"),
+            "-X",
+            "heartbeat.interval.ms=300",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kcat must be installed (it is a test dependency)");
+    let survivor = member(&bootstrap, &group, &topic, &[]);
+    poll_until(&[&survivor], "survivor shares the topic with kcat", |s| {
+        s[0].len() == 4
+    });
+
+    doomed.kill().expect("SIGKILL kcat");
+    let _ = doomed.wait();
+    let killed = Instant::now();
+    poll_until(
+        &[&survivor],
+        "survivor owns all 8 after the dead member expires",
+        |s| s[0].len() == 8,
+    );
+    let waited = killed.elapsed();
+    // Nothing told the broker the member was gone but its silence: the hand-over is
+    // bounded by the session timeout plus one rebalance.
+    assert!(
+        waited < Duration::from_millis(SESSION_TIMEOUT_MS) + Duration::from_secs(15),
+        "dead member expired after {waited:?}"
+    );
+    close(survivor);
+}
