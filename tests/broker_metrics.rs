@@ -93,6 +93,8 @@ async fn metrics_expose_latency_summaries_and_counters_after_traffic() {
         body.contains("runnel_partitions{shard=\"1\"}"),
         "both shards report"
     );
+    assert!(sample(&body, "runnel_cpu_seconds_total") > 0.0);
+    assert!(sample(&body, "runnel_cpu_seconds_per_gib{direction=\"in\"}") > 0.0);
     let missing = http_get(&admin, "/nope");
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 }

@@ -188,6 +188,19 @@ pub async fn render(shard: &Rc<Shard>) -> String {
         out,
         "# HELP runnel_fetch_copy_ratio Record bytes copied per record byte fetched.\n# TYPE runnel_fetch_copy_ratio gauge\nrunnel_fetch_copy_ratio {ratio}"
     );
+    if let Some(cpu) = process_cpu_seconds() {
+        let gib_in = total(|s| s.bytes_in) as f64 / f64::from(1u32 << 30);
+        let gib_out = total(|s| s.bytes_out) as f64 / f64::from(1u32 << 30);
+        let per = |gib: f64| if gib > 0.0 { cpu / gib } else { 0.0 };
+        let _ = writeln!(
+            out,
+            "# HELP runnel_cpu_seconds_total Broker process CPU time (user + system).\n# TYPE runnel_cpu_seconds_total counter\nrunnel_cpu_seconds_total {cpu}\n\
+             # HELP runnel_cpu_seconds_per_gib CPU seconds per GiB received (in) and sent (out) since start.\n# TYPE runnel_cpu_seconds_per_gib gauge\n\
+             runnel_cpu_seconds_per_gib{{direction=\"in\"}} {}\nrunnel_cpu_seconds_per_gib{{direction=\"out\"}} {}",
+            per(gib_in),
+            per(gib_out)
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP runnel_connections Open client connections.\n# TYPE runnel_connections gauge"
@@ -203,4 +216,16 @@ pub async fn render(shard: &Rc<Shard>) -> String {
         let _ = writeln!(out, "runnel_partitions{{shard=\"{i}\"}} {}", s.partitions);
     }
     out
+}
+
+/// utime + stime of this process from /proc/self/stat, in seconds.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
 }
