@@ -14,15 +14,14 @@ pub const MIN: i16 = 0;
 pub const MAX: i16 = 2;
 
 pub async fn handle(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
-    let image = shard.image();
-    let mut work = Vec::new();
-    for t in &req.topics {
-        let meta = image.topic(t.name.0.as_str());
-        for p in &t.partitions {
-            let owner = meta.and_then(|m| shard.owner_of(&m.owners, p.partition_index));
-            work.push(owner.map(|o| (o, t.name.0.to_string(), p.partition_index, p.offset)));
-        }
-    }
+    let work = super::partition_work(
+        shard,
+        req.topics.iter().flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.0.as_str(), p.partition_index, p.offset))
+        }),
+    );
     // (error, new low watermark) per partition.
     let done = shard
         .on_partitions(work, |p, offset| async move {

@@ -22,15 +22,14 @@ pub async fn handle(
     req: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
-    let image = shard.image();
-    let mut work = Vec::new();
-    for t in &req.topics {
-        let meta = image.topic(t.name.0.as_str());
-        for p in &t.partitions {
-            let owner = meta.and_then(|m| shard.owner_of(&m.owners, p.partition_index));
-            work.push(owner.map(|o| (o, t.name.0.to_string(), p.partition_index, p.timestamp)));
-        }
-    }
+    let work = super::partition_work(
+        shard,
+        req.topics.iter().flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.0.as_str(), p.partition_index, p.timestamp))
+        }),
+    );
     // (error, timestamp, offset) per partition.
     let found = shard
         .on_partitions(work, |p, ts| async move {

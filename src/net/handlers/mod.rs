@@ -266,6 +266,25 @@ impl Ctx {
     }
 }
 
+/// Work for `Shard::on_partitions` from `(topic, partition, input)` in request order:
+/// each item is routed to its partition's owning shard, `None` when the topic or
+/// partition is unknown.
+pub fn partition_work<'a, T>(
+    shard: &Shard,
+    items: impl IntoIterator<Item = (&'a str, i32, T)>,
+) -> Vec<Option<(usize, String, i32, T)>> {
+    let image = shard.image();
+    items
+        .into_iter()
+        .map(|(topic, partition, input)| {
+            let owner = image
+                .topic(topic)
+                .and_then(|m| shard.owner_of(&m.owners, partition))?;
+            Some((owner, topic.to_string(), partition, input))
+        })
+        .collect()
+}
+
 pub fn str_bytes(s: &str) -> kafka_protocol::protocol::StrBytes {
     kafka_protocol::protocol::StrBytes::from_string(s.to_string())
 }

@@ -19,15 +19,14 @@ pub async fn handle(
     req: OffsetForLeaderEpochRequest,
     _version: i16,
 ) -> OffsetForLeaderEpochResponse {
-    let image = shard.image();
-    let mut work = Vec::new();
-    for t in &req.topics {
-        let meta = image.topic(t.topic.0.as_str());
-        for p in &t.partitions {
-            let owner = meta.and_then(|m| shard.owner_of(&m.owners, p.partition));
-            work.push(owner.map(|o| (o, t.topic.0.to_string(), p.partition, p.leader_epoch)));
-        }
-    }
+    let work = super::partition_work(
+        shard,
+        req.topics.iter().flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.topic.0.as_str(), p.partition, p.leader_epoch))
+        }),
+    );
     // (epoch, end offset); epochs above ours are unknown to us: Kafka answers -1/-1.
     let ends = shard
         .on_partitions(work, |p, epoch| async move {
