@@ -144,7 +144,8 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
     }
     drop(tx);
     writer_task.await;
-    ShardMetrics::add(&shard.metrics.connections, u64::MAX); // -1, wrapping
+    let open = &shard.metrics.connections;
+    open.set(open.get().saturating_sub(1));
 }
 
 /// Most buffers handed to one sendmsg (Linux's UIO_MAXIOV).
