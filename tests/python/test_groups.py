@@ -8,6 +8,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 TIMEOUT_S = 30
 PARTITIONS = 6
+RECORDS_PER_PARTITION = 10
+
+
+def committed_for(partition):
+    """The offset committed for a partition: inside the log, different per partition."""
+    return 1 + partition
 
 
 def common(bootstrap):
@@ -48,7 +54,7 @@ def test_members_split_partitions_and_resume_at_committed_offsets(broker):
     admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS)])[topic].result(timeout=TIMEOUT_S)
     p = Producer({**common(broker.bootstrap), "acks": "all"})
     for part in range(PARTITIONS):
-        for i in range(5):
+        for i in range(RECORDS_PER_PARTITION):
             p.produce(topic, value=f"{part}-{i}".encode(), partition=part)
     assert p.flush(TIMEOUT_S) == 0
 
@@ -59,9 +65,9 @@ def test_members_split_partitions_and_resume_at_committed_offsets(broker):
     sets = poll_until([a, b], "two members own disjoint halves", lambda s: s[0] and s[1] and not (s[0] & s[1]) and (s[0] | s[1]) == everything)
     assert len(sets[0]) + len(sets[1]) == PARTITIONS
 
-    # Commit 2 + partition for each partition a owns, then a leaves.
+    # Commit a different offset for each partition a owns, then a leaves.
     owned_by_a = sets[0]
-    a.commit(offsets=[TopicPartition(topic, q, 2 + q) for q in owned_by_a], asynchronous=False)
+    a.commit(offsets=[TopicPartition(topic, q, committed_for(q)) for q in owned_by_a], asynchronous=False)
     a.close()
     poll_until([b], "survivor owns every partition", lambda s: s[0] == everything)
     b.close()
@@ -80,7 +86,7 @@ def test_members_split_partitions_and_resume_at_committed_offsets(broker):
     for q, off, _ in got:
         first.setdefault(q, off)
     for q in owned_by_a:
-        assert first.get(q) == 2 + q, f"partition {q} resumed at {first.get(q)}, committed {2 + q}"
+        assert first.get(q) == committed_for(q), f"partition {q} resumed at {first.get(q)}, committed {committed_for(q)}"
     committed = c.committed([TopicPartition(topic, q) for q in owned_by_a], timeout=TIMEOUT_S)
-    assert {tp.partition: tp.offset for tp in committed} == {q: 2 + q for q in owned_by_a}
+    assert {tp.partition: tp.offset for tp in committed} == {q: committed_for(q) for q in owned_by_a}
     c.close()
