@@ -55,6 +55,12 @@ impl StorageError {
         }
     }
 
+    /// The disk (or the quota) is full: retryable once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StorageError::Io { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+    }
+
     /// A copy for every waiter of a failed group commit (io::Error is not Clone).
     pub(crate) fn duplicate(&self) -> Self {
         match self {

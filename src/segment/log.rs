@@ -389,11 +389,17 @@ pub struct PartitionLog {
     unsynced: RefCell<Vec<Rc<Segment>>>,
     unsynced_messages: Cell<i64>,
     flushing: Cell<bool>,
-    flush_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Woken when a flush round ends; a round that ran out of space sends its error.
+    flush_waiters: RefCell<Vec<oneshot::Sender<Option<StorageError>>>>,
     background_write: Cell<bool>,
     flush_timer: Cell<bool>,
     /// Sticky: after a failed write or fdatasync nothing more is accepted.
     failed: RefCell<Option<StorageError>>,
+    /// Not sticky: the last flush round could not get disk space (ENOSPC / EDQUOT from
+    /// creating or preallocating a file) and put its writes back in the queue. New
+    /// appends are refused until a retry round gets the space.
+    no_space: RefCell<Option<StorageError>>,
+    no_space_retrying: Cell<bool>,
     closed: Cell<bool>,
     /// Record bytes copied out of DMA read buffers (cold reads), for the copy metric.
     read_copied_bytes: Cell<u64>,
@@ -575,10 +581,12 @@ impl PartitionLog {
             background_write: Cell::new(false),
             flush_timer: Cell::new(false),
             failed: RefCell::new(None),
+            no_space: RefCell::new(None),
+            no_space_retrying: Cell::new(false),
             closed: Cell::new(false),
             read_copied_bytes: Cell::new(0),
         });
-        log.persist_sealed_indexes()?;
+        log.persist_sealed_indexes();
         // A crash between the checkpoint and the deletions leaves segments below the
         // log start: finish the job.
         log.delete_segments_below_start().await?;
@@ -628,7 +636,45 @@ impl PartitionLog {
         if let Some(e) = self.failed.borrow().as_ref() {
             return Err(e.duplicate());
         }
+        let no_space = self.no_space.borrow().as_ref().map(StorageError::duplicate);
+        if let Some(e) = no_space {
+            self.retry_no_space();
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// Whether appends are refused because the disk was full at the last flush round.
+    pub fn is_out_of_space(&self) -> bool {
+        self.no_space.borrow().is_some()
+    }
+
+    /// While out of space, each refused append starts (at most one at a time) a flush
+    /// round that retries the queued writes; once it gets the space, appends resume.
+    /// Synchronous, so the caller's "nothing runs before the offset is assigned"
+    /// window holds.
+    fn retry_no_space(&self) {
+        if self.no_space_retrying.get() {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        self.no_space_retrying.set(true);
+        glommio::spawn_local(async move {
+            let target = me.log_end.get();
+            if me.flush_to(target, false).await.is_ok() {
+                me.no_space.borrow_mut().take();
+            }
+            me.no_space_retrying.set(false);
+        })
+        .detach();
+    }
+
+    /// Waits until every offset below `target` is written and fdatasync'd (for a
+    /// producer retrying a batch that is already in the log: its ack must mean the
+    /// same as the first one's).
+    pub async fn sync_to(&self, target: i64) -> Result<(), StorageError> {
+        self.check_usable()?;
+        self.flush_to(target.min(self.log_end.get()), true).await
     }
 
     /// `batch` is exactly one v2 record batch as received (`records` field may hold
@@ -821,20 +867,35 @@ impl PartitionLog {
                 self.flushing.set(true);
                 glommio::spawn_local(async move {
                     let result = me.run_flush(sync).await;
-                    if let Err(e) = result {
-                        me.failed.borrow_mut().get_or_insert(e);
-                    }
+                    let no_space = match result {
+                        Ok(()) => {
+                            me.no_space.borrow_mut().take();
+                            None
+                        }
+                        Err(e) if e.is_no_space() => {
+                            tracing::warn!(error = %e, "out of disk space: appends refused until a write succeeds");
+                            *me.no_space.borrow_mut() = Some(e.duplicate());
+                            Some(e)
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "log write failed: appends refused until reopened");
+                            me.failed.borrow_mut().get_or_insert(e);
+                            None
+                        }
+                    };
                     me.flushing.set(false);
                     let waiters = std::mem::take(&mut *me.flush_waiters.borrow_mut());
                     for w in waiters {
-                        let _ = w.send(());
+                        let _ = w.send(no_space.as_ref().map(StorageError::duplicate));
                     }
                 })
                 .detach();
             }
             let (tx, rx) = oneshot::channel();
             self.flush_waiters.borrow_mut().push(tx);
-            let _ = rx.await;
+            if let Ok(Some(e)) = rx.await {
+                return Err(e);
+            }
         }
     }
 
@@ -998,23 +1059,34 @@ impl PartitionLog {
         // No barrier can be in flight here: only rounds submit barriers and every
         // round waits for its writes. The queued writes are disjoint from each other
         // and from the write-behind ones (see `Appender::rotate`).
-        for w in writes {
-            let file = self.ensure_file(&w.seg).await?;
-            let end = w.file_pos + w.buf.len() as u64;
-            if end > w.seg.allocated.get() {
-                let allocated = w.seg.allocated.get();
-                let step = allocated.clamp(PREALLOCATE_BYTES_MIN, PREALLOCATE_BYTES);
-                let target = end.max((allocated + step).min(align_up(config.segment_bytes)));
-                // Not keep_size: writes inside the file size into preallocated
-                // (unwritten) extents are not "extending" writes, which ext4 cannot
-                // do without blocking (io_uring would punt each one to a worker).
-                // The logical end is found by scanning on recovery anyway.
-                file.pre_allocate(target, false)
-                    .await
-                    .map_err(|e| StorageError::io("fallocate", w.seg.path("log"), e))?;
-                w.seg.allocated.set(target);
-            }
+        let count = writes.len();
+        let mut writes = writes.into_iter();
+        let mut i = 0;
+        while let Some(w) = writes.next() {
+            i += 1;
+            // Space comes first: a write that cannot get it goes back to the queue
+            // with everything after it, nothing is lost and nothing poisoned.
+            let file = match self.reserve(&w, &config).await {
+                Ok(file) => file,
+                Err(e) if e.is_no_space() => {
+                    self.wait_submitted().await?;
+                    let mut app = self.appender.borrow_mut();
+                    for back in std::iter::once(w).chain(writes).rev() {
+                        app.queue.push_front(back);
+                    }
+                    // The round's barrier write (its last) was not submitted.
+                    self.tracker.borrow_mut().barrier_in_flight = false;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            let barrier = w.barrier;
             self.submit(w, file);
+            if barrier && i < count {
+                // A barrier write put back by an out-of-space round shares its last
+                // block with the next write of this round: it must land first.
+                self.wait_submitted().await?;
+            }
         }
         self.wait_submitted().await?;
         // Sealed segments give back their unused preallocation.
@@ -1073,7 +1145,11 @@ impl PartitionLog {
             let persisted = active.persisted_entries.get();
             let grown = active.index.borrow().len().saturating_sub(persisted);
             if !active.sealed.get() && grown >= ACTIVE_INDEX_PERSIST_ENTRIES.max(persisted / 4) {
-                active.persist_index_upto(active_durable_pos)?;
+                // Only recovery time depends on it: a failure (a full disk) is retried
+                // at the next growth step and never fails the appends of this round.
+                if let Err(e) = active.persist_index_upto(active_durable_pos) {
+                    tracing::warn!(error = %e, "could not persist the active segment's index");
+                }
             }
         }
         {
@@ -1086,8 +1162,38 @@ impl PartitionLog {
             }
         }
         self.cache.borrow_mut().evict(CACHE_BYTES_MAX);
-        self.persist_sealed_indexes()?;
+        self.persist_sealed_indexes();
         Ok(())
+    }
+
+    /// The file `w` goes to, created and preallocated far enough for it. Preallocation
+    /// takes a step ahead; when the disk cannot give the step, just what `w` needs.
+    async fn reserve(
+        &self,
+        w: &PendingWrite,
+        config: &LogConfig,
+    ) -> Result<Rc<DmaFile>, StorageError> {
+        let file = self.ensure_file(&w.seg).await?;
+        let end = w.file_pos + w.buf.len() as u64;
+        let allocated = w.seg.allocated.get();
+        if end <= allocated {
+            return Ok(file);
+        }
+        let step = allocated.clamp(PREALLOCATE_BYTES_MIN, PREALLOCATE_BYTES);
+        let target = end.max((allocated + step).min(align_up(config.segment_bytes)));
+        // Not keep_size: writes inside the file size into preallocated (unwritten)
+        // extents are not "extending" writes, which ext4 cannot do without blocking
+        // (io_uring would punt each one to a worker). The logical end is found by
+        // scanning on recovery anyway.
+        let mut result = file.pre_allocate(target, false).await;
+        let mut got = target;
+        if result.is_err() && target > end {
+            result = file.pre_allocate(end, false).await;
+            got = end;
+        }
+        result.map_err(|e| StorageError::io("fallocate", w.seg.path("log"), e))?;
+        w.seg.allocated.set(got);
+        Ok(file)
     }
 
     /// The segment's file, created (and the directory synced) on first use.
@@ -1111,14 +1217,18 @@ impl PartitionLog {
         Ok(file)
     }
 
-    fn persist_sealed_indexes(&self) -> Result<(), StorageError> {
+    /// Indexes are an optimisation (recovery rebuilds a missing one): a failure to
+    /// write one (a full disk) is logged and retried after the next round.
+    fn persist_sealed_indexes(&self) {
         let segs: Vec<_> = self.segments.borrow().iter().cloned().collect();
         for s in segs {
             if s.sealed.get() && s.index_dirty.get() && s.is_fully_written() {
-                s.persist_index()?;
+                if let Err(e) = s.persist_index() {
+                    tracing::warn!(error = %e, "could not persist a sealed segment's index");
+                    return;
+                }
             }
         }
-        Ok(())
     }
 
     /// Returns whole batches starting at the batch containing `offset`, at least one

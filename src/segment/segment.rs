@@ -330,7 +330,11 @@ fn check_crc(raw: &[u8]) -> Option<&[u8]> {
 /// Atomically replaces `path` with `data` (write tmp, rename).
 pub(crate) fn write_replace(path: &Path, data: &[u8]) -> Result<(), StorageError> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(|e| StorageError::io("write", &tmp, e))?;
+    if let Err(e) = std::fs::write(&tmp, data) {
+        // A partial tmp file on a full disk would hold on to the space.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StorageError::io("write", &tmp, e));
+    }
     std::fs::rename(&tmp, path).map_err(|e| StorageError::io("rename", path, e))
 }
 

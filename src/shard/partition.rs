@@ -85,6 +85,8 @@ impl Partition {
         }
         let mut first: Option<ProduceOutcome> = None;
         let mut appended = false;
+        // End of the last batch answered as a duplicate of one already in the log.
+        let mut duplicate_end: Option<i64> = None;
         let count = valid.len();
         for (i, batch) in valid.into_iter().enumerate() {
             let h = *batch.header();
@@ -97,6 +99,7 @@ impl Partition {
             match self.check_sequence(&h, base_if_appended) {
                 SequenceCheck::Append => {}
                 SequenceCheck::Duplicate(offset) => {
+                    duplicate_end = Some(offset + i64::from(h.last_offset_delta) + 1);
                     first.get_or_insert(ProduceOutcome {
                         error_code: ec::NONE,
                         base_offset: offset,
@@ -133,6 +136,12 @@ impl Partition {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "append failed");
+                    if self.log.log_end_offset() == base_if_appended {
+                        // Refused before an offset was assigned: forget the sequence,
+                        // or the producer's retry would be answered as a duplicate of
+                        // a batch that is not in the log.
+                        self.forget_sequence(&h, base_if_appended);
+                    }
                     if appended {
                         self.wake_waiters();
                     }
@@ -142,6 +151,14 @@ impl Partition {
         }
         if appended {
             self.wake_waiters();
+        }
+        if let (Some(end), Durability::Durable) = (duplicate_end, durability) {
+            // A retried batch is acknowledged with the same promise as the first try:
+            // the first may still be waiting for its flush, or its flush may have
+            // failed (a full disk) while the batch stayed queued in memory.
+            if let Err(e) = self.log.sync_to(end).await {
+                return ProduceOutcome::error(e.kafka_error_code(), e.to_string());
+            }
         }
         first.unwrap_or_else(|| ProduceOutcome::error(ec::UNKNOWN_SERVER_ERROR, "no batch"))
     }
@@ -194,6 +211,19 @@ impl Partition {
             state.recent.pop_front();
         }
         SequenceCheck::Append
+    }
+
+    /// Undoes `check_sequence`'s record of a batch that was then not appended.
+    fn forget_sequence(&self, h: &segment::BatchHeader, base_offset: i64) {
+        if h.producer_id < 0 {
+            return;
+        }
+        let last_seq = h.base_sequence.wrapping_add(h.last_offset_delta);
+        if let Some(state) = self.producers.borrow_mut().get_mut(&h.producer_id) {
+            if state.recent.back() == Some(&(h.base_sequence, last_seq, base_offset)) {
+                state.recent.pop_back();
+            }
+        }
     }
 
     /// Rebuilds idempotent-producer state from the log's tail after a restart, so a

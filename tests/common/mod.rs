@@ -51,6 +51,9 @@ pub struct BrokerOptions {
     pub num_partitions: Option<u32>,
     pub auto_create_topics: Option<bool>,
     pub extra_args: Vec<String>,
+    /// Where the data directory is created (a temp dir inside it); default: the
+    /// system temp dir. For tests that give the broker a filesystem of their own.
+    pub data_parent: Option<PathBuf>,
 }
 
 impl Default for BrokerOptions {
@@ -60,6 +63,7 @@ impl Default for BrokerOptions {
             num_partitions: None,
             auto_create_topics: None,
             extra_args: Vec::new(),
+            data_parent: None,
         }
     }
 }
@@ -108,10 +112,13 @@ impl Broker {
     }
 
     pub fn start_with(options: BrokerOptions) -> Broker {
-        let data_dir = tempfile::Builder::new()
-            .prefix("runnel-data-")
-            .tempdir()
-            .expect("tempdir");
+        let mut data_dir = tempfile::Builder::new();
+        data_dir.prefix("runnel-data-");
+        let data_dir = match &options.data_parent {
+            Some(parent) => data_dir.tempdir_in(parent),
+            None => data_dir.tempdir(),
+        }
+        .expect("tempdir");
         let log_dir = tempfile::Builder::new()
             .prefix("runnel-log-")
             .tempdir()
