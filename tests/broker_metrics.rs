@@ -1,5 +1,6 @@
-//! The admin HTTP endpoint: `/metrics` exposes per-API latency summaries merged across
-//! shards and the byte counters, `/health` answers; scraped after real rdkafka traffic.
+//! The admin HTTP endpoint: `/metrics` exposes per-API latency summaries and per-stage
+//! produce/fetch summaries merged across shards, and the byte counters; `/health`
+//! answers; scraped after real rdkafka traffic.
 
 mod common;
 
@@ -95,6 +96,38 @@ async fn metrics_expose_latency_summaries_and_counters_after_traffic() {
     );
     assert!(sample(&body, "runnel_cpu_seconds_total") > 0.0);
     assert!(sample(&body, "runnel_cpu_seconds_per_gib{direction=\"in\"}") > 0.0);
+    // Per-stage histograms, merged across both shards. Four partitions over two shards
+    // with one client connection: some produce and fetch work crosses the mesh.
+    let count = |api: &str, stage: &str| {
+        sample(
+            &body,
+            &format!("runnel_stage_latency_seconds_count{{api=\"{api}\",stage=\"{stage}\"}}"),
+        )
+    };
+    assert!(body.contains("# TYPE runnel_stage_latency_seconds summary"));
+    for stage in [
+        "queue_wait",
+        "cross_shard_hop",
+        "append",
+        "flush",
+        "response_write",
+    ] {
+        assert!(count("Produce", stage) >= 1.0, "Produce {stage}:\n{body}");
+    }
+    // acks=all: every one of the 40 batches waited for its fdatasync.
+    assert!(count("Produce", "flush") >= 40.0, "{body}");
+    for stage in ["queue_wait", "cross_shard_hop", "read", "response_write"] {
+        assert!(count("Fetch", stage) >= 1.0, "Fetch {stage}:\n{body}");
+    }
+    assert!(body.contains("runnel_stage_latency_seconds_count{api=\"Fetch\",stage=\"long_poll\"}"));
+    let append_p99 = sample(
+        &body,
+        "runnel_stage_latency_seconds{api=\"Produce\",stage=\"append\",quantile=\"0.99\"}",
+    );
+    assert!(
+        append_p99 > 0.0 && append_p99 < 60.0,
+        "append p99 {append_p99}"
+    );
     let missing = http_get(&admin, "/nope");
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 }

@@ -11,6 +11,7 @@ use glommio::net::TcpListener;
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::ApiKey;
 
+use crate::net::metrics::{self, Stage, StagedApi};
 use crate::shard::Shard;
 
 /// Largest HTTP request head read; admin requests are tiny.
@@ -19,6 +20,8 @@ const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// One shard's numbers, copied out for a scrape.
 struct Snapshot {
     latency_us: Vec<(i16, Histogram<u64>)>,
+    /// Per-stage produce/fetch histograms (µs) from this shard's thread.
+    stages_us: Vec<(StagedApi, Stage, Histogram<u64>)>,
     bytes_in: u64,
     bytes_out: u64,
     fetch_record_bytes: u64,
@@ -36,6 +39,7 @@ fn snapshot(s: &Shard) -> Snapshot {
             .iter()
             .map(|(k, h)| (*k, h.clone()))
             .collect(),
+        stages_us: metrics::stage_snapshot(),
         bytes_in: m.bytes_in.get(),
         bytes_out: m.bytes_out.get(),
         fetch_record_bytes: m.fetch_record_bytes.get(),
@@ -149,6 +153,7 @@ pub async fn render(shard: &Rc<Shard>) -> String {
             h.len()
         );
     }
+    render_stages(&mut out, &snaps);
     let total = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
     let counters: [(&str, &str, u64); 4] = [
         (
@@ -216,6 +221,39 @@ pub async fn render(shard: &Rc<Shard>) -> String {
         let _ = writeln!(out, "runnel_partitions{{shard=\"{i}\"}} {}", s.partitions);
     }
     out
+}
+
+/// Produce and fetch stage latencies, merged across shards. Stages with no samples are
+/// still listed (count 0), so dashboards see every series from the start.
+fn render_stages(out: &mut String, snaps: &[Snapshot]) {
+    out.push_str("# HELP runnel_stage_latency_seconds Time produce and fetch requests spend in each stage (queue_wait, cross_shard_hop, append, flush, read, long_poll, response_write), merged across shards.\n");
+    out.push_str("# TYPE runnel_stage_latency_seconds summary\n");
+    let Some(first) = snaps.first() else {
+        return;
+    };
+    for (i, (api, stage, h0)) in first.stages_us.iter().enumerate() {
+        let mut h = h0.clone();
+        for s in &snaps[1..] {
+            if let Some((_, _, other)) = s.stages_us.get(i) {
+                let _ = h.add(other);
+            }
+        }
+        let labels = format!("api=\"{}\",stage=\"{}\"", api.name(), stage.name());
+        for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+            let v = h.value_at_quantile(q) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "runnel_stage_latency_seconds{{{labels},quantile=\"{q}\"}} {v}"
+            );
+        }
+        let sum = h.mean() * h.len() as f64 / 1e6;
+        let _ = writeln!(out, "runnel_stage_latency_seconds_sum{{{labels}}} {sum}");
+        let _ = writeln!(
+            out,
+            "runnel_stage_latency_seconds_count{{{labels}}} {}",
+            h.len()
+        );
+    }
 }
 
 /// utime + stime of this process from /proc/self/stat, in seconds.

@@ -18,7 +18,7 @@ use glommio::task::JoinHandle;
 
 use crate::config::CONNECTION_INFLIGHT_MAX;
 use crate::net::handlers::{self, Reply};
-use crate::net::metrics::ShardMetrics;
+use crate::net::metrics::{self, ShardMetrics, Stage, StagedApi};
 use crate::shard::Shard;
 
 /// Smallest read issued to the socket; several small requests arrive in one read.
@@ -45,13 +45,15 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
     ShardMetrics::add(&shard.metrics.connections, 1);
     let fd = stream.as_raw_fd();
     let (mut reader, mut writer) = stream.split();
-    let (tx, rx) = local_channel::new_bounded::<JoinHandle<Reply>>(CONNECTION_INFLIGHT_MAX);
+    let (tx, rx) = local_channel::new_bounded::<(i16, JoinHandle<Reply>)>(CONNECTION_INFLIGHT_MAX);
     let writer_shard = shard.clone();
     let writer_task = glommio::spawn_local(async move {
-        while let Some(handle) = rx.recv().await {
+        while let Some((api_key, handle)) = rx.recv().await {
             // A handler task that panicked leaves no response: the client would wait
             // forever, so the connection is closed instead.
-            let written = match handle.await {
+            let reply = handle.await;
+            let write_started = Instant::now();
+            let written = match reply {
                 Some(Reply::Frame(f)) => writer.write_all(&f).await.map(|_| f.len()),
                 Some(Reply::Chunks(chunks)) => write_chunks(fd, &mut writer, &chunks).await,
                 Some(Reply::Nothing) => continue,
@@ -60,6 +62,9 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
             match written {
                 Ok(n) => ShardMetrics::add(&writer_shard.metrics.bytes_out, n as u64),
                 Err(_) => break,
+            }
+            if let Some(api) = StagedApi::from_api_key(api_key) {
+                metrics::record_stage(api, Stage::ResponseWrite, write_started.elapsed());
             }
         }
         let _ = writer.close().await;
@@ -123,8 +128,11 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
         }
         let started = Instant::now();
         let shard2 = shard.clone();
+        let api_key = request.api_key;
         let task = glommio::spawn_local(async move {
-            let api_key = request.api_key;
+            if let Some(api) = StagedApi::from_api_key(api_key) {
+                metrics::record_stage(api, Stage::QueueWait, started.elapsed());
+            }
             let response = handlers::dispatch(&shard2, request).await;
             shard2
                 .metrics
@@ -132,7 +140,7 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
             response
         })
         .detach();
-        if tx.send(task).await.is_err() {
+        if tx.send((api_key, task)).await.is_err() {
             break;
         }
         // A client pipelining many small requests must not hold the core.

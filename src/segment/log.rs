@@ -127,6 +127,9 @@ pub struct AppendInfo {
     /// -1 unless LogAppendTime.
     pub log_append_time_ms: i64,
     pub log_start_offset: i64,
+    /// How long `append_valid` waited for a flush (the durability asked for, or
+    /// backpressure); `None` when it did not wait. The rest of its time was the append.
+    pub flush_wait: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -697,15 +700,20 @@ impl PartitionLog {
         batch: ValidBatch,
         durability: Durability,
     ) -> Result<AppendInfo, StorageError> {
-        let info = self.append_now(&batch)?;
+        let mut info = self.append_now(&batch)?;
         self.submit_ready();
         let target = info.last_offset + 1;
+        let flush_started = std::time::Instant::now();
         match durability {
-            Durability::Durable => self.flush_to(target, true).await?,
+            Durability::Durable => {
+                self.flush_to(target, true).await?;
+                info.flush_wait = Some(flush_started.elapsed());
+            }
             Durability::Written => {
                 if self.unwritten_bytes() > UNWRITTEN_BYTES_MAX {
                     // Backpressure: the disk is behind; wait for a write round.
                     self.flush_to(target, false).await?;
+                    info.flush_wait = Some(flush_started.elapsed());
                 }
                 self.schedule_background();
             }
@@ -779,6 +787,7 @@ impl PartitionLog {
             last_offset,
             log_append_time_ms: append_time.unwrap_or(-1),
             log_start_offset: self.log_start.get(),
+            flush_wait: None,
         })
     }
 

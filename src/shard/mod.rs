@@ -15,12 +15,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 
 use crate::config::BrokerConfig;
 use crate::metadata::{Image, MetaLog};
+use crate::net::metrics::{self, Stage, StagedApi};
 pub use partition::Partition;
 
 type AnyBox = Box<dyn Any + Send>;
@@ -126,6 +128,32 @@ impl Shard {
         }
     }
 
+    /// `invoke_on`, timing the trip to a remote owner as `api`'s cross-shard hop
+    /// (recorded on the owner when the call starts running there).
+    pub async fn invoke_on_staged<T, F, Fut>(
+        self: &Rc<Self>,
+        target: usize,
+        api: Option<StagedApi>,
+        f: F,
+    ) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        match api {
+            Some(api) if target != self.id => {
+                let sent = Instant::now();
+                self.invoke_on(target, move |s| {
+                    metrics::record_stage(api, Stage::Hop, sent.elapsed());
+                    f(s)
+                })
+                .await
+            }
+            _ => self.invoke_on(target, f).await,
+        }
+    }
+
     /// Runs `f` on every shard (this one included) and collects the results in shard order.
     pub async fn invoke_on_all<T, F, Fut>(self: &Rc<Self>, f: F) -> Vec<T>
     where
@@ -152,6 +180,22 @@ impl Shard {
         F: Fn(Rc<Partition>, T) -> Fut + Send + Clone + 'static,
         Fut: Future<Output = R> + 'static,
     {
+        self.on_partitions_staged(None, work, f).await
+    }
+
+    /// `on_partitions`, timing each hop to a remote owner as `api`'s cross-shard hop.
+    pub async fn on_partitions_staged<T, R, F, Fut>(
+        self: &Rc<Self>,
+        api: Option<StagedApi>,
+        work: Vec<Option<(usize, String, i32, T)>>,
+        f: F,
+    ) -> Vec<Option<R>>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(Rc<Partition>, T) -> Fut + Send + Clone + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
         let mut results: Vec<Option<R>> = (0..work.len()).map(|_| None).collect();
         let mut plan: Vec<Vec<(usize, String, i32, T)>> =
             (0..self.nshards).map(|_| Vec::new()).collect();
@@ -166,7 +210,7 @@ impl Shard {
             .filter(|(_, items)| !items.is_empty())
             .map(|(owner, items)| {
                 let f = f.clone();
-                self.invoke_on(owner, move |s| async move {
+                self.invoke_on_staged(owner, api, move |s| async move {
                     let runs = items.into_iter().map(|(slot, topic, partition, input)| {
                         let (p, f) = (s.partition(&topic, partition), f.clone());
                         async move {

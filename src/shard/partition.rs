@@ -4,11 +4,13 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 
 use crate::net::error_code as ec;
+use crate::net::metrics::{self, Stage, StagedApi};
 use crate::segment::{self, Durability, LogConfig, PartitionLog, TimestampType, ValidBatch};
 
 /// Batches per producer remembered for duplicate detection (Kafka keeps 5: the most a
@@ -123,8 +125,19 @@ impl Partition {
             } else {
                 Durability::Written
             };
+            let append_started = Instant::now();
             match self.log.append_valid(batch, d).await {
                 Ok(info) => {
+                    let took = append_started.elapsed();
+                    let flush = info.flush_wait.unwrap_or_default();
+                    metrics::record_stage(
+                        StagedApi::Produce,
+                        Stage::Append,
+                        took.saturating_sub(flush),
+                    );
+                    if let Some(flush) = info.flush_wait {
+                        metrics::record_stage(StagedApi::Produce, Stage::Flush, flush);
+                    }
                     appended = true;
                     first.get_or_insert(ProduceOutcome {
                         error_code: ec::NONE,

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::fetch_encode::{PartOut, TopicOut};
 use super::fetch_session::{self, SessionPartition};
 use crate::net::error_code as ec;
-use crate::net::metrics::ShardMetrics;
+use crate::net::metrics::{self, ShardMetrics, Stage, StagedApi};
 use crate::segment::StorageError;
 use crate::shard::Shard;
 
@@ -72,7 +72,10 @@ async fn read_local(
             ..Default::default()
         };
     }
-    match p.log.read(offset, max_bytes).await {
+    let read_started = Instant::now();
+    let read = p.log.read(offset, max_bytes).await;
+    metrics::record_stage(StagedApi::Fetch, Stage::Read, read_started.elapsed());
+    match read {
         Ok(r) => PartRead {
             error_code: ec::NONE,
             chunks: r.chunks,
@@ -125,7 +128,7 @@ async fn read_all(shard: &Rc<Shard>, targets: &[Target], budget: usize) -> Vec<P
         .enumerate()
         .filter(|(_, items)| !items.is_empty())
         .map(|(owner, items)| {
-            shard.invoke_on(owner, move |s| async move {
+            shard.invoke_on_staged(owner, Some(StagedApi::Fetch), move |s| async move {
                 let mut left = budget;
                 let mut out = Vec::with_capacity(items.len());
                 for (slot, topic, partition, offset, max_bytes) in items {
@@ -321,7 +324,9 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
             break reads;
         }
         let ends: Vec<i64> = reads.iter().map(|r| r.high_watermark).collect();
+        let parked = Instant::now();
         wait_any(shard, &targets, &ends, (wait - elapsed).as_millis() as u64).await;
+        metrics::record_stage(StagedApi::Fetch, Stage::LongPoll, parked.elapsed());
         if started.elapsed() >= wait {
             break read_all(shard, &targets, response_max).await;
         }

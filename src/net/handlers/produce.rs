@@ -13,6 +13,7 @@ use kafka_protocol::protocol::Decodable;
 use super::{str_bytes, Reply};
 use crate::net::connection::Request;
 use crate::net::error_code as ec;
+use crate::net::metrics::StagedApi;
 use crate::segment::Durability;
 use crate::shard::partition::ProduceOutcome;
 use crate::shard::Shard;
@@ -75,9 +76,11 @@ pub async fn handle(
     }
     let d = durability.unwrap_or(Durability::Written);
     let appended = shard
-        .on_partitions(work, move |p, records| async move {
-            p.produce(records, d).await
-        })
+        .on_partitions_staged(
+            Some(StagedApi::Produce),
+            work,
+            move |p, records| async move { p.produce(records, d).await },
+        )
         .await;
     for (slot, outcome) in appended.into_iter().enumerate() {
         if outcomes[slot].2.is_none() {
