@@ -143,3 +143,25 @@ fn spec_with_an_unknown_target_is_rejected_before_any_load() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("p99ms: unknown target"), "{}", show(&out));
 }
+
+#[test]
+fn every_perf_spec_is_accepted_by_the_bench() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("perf");
+    let mut specs: Vec<_> = std::fs::read_dir(root.join("workloads"))
+        .expect("perf/workloads")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    specs.push(root.join("sla-example.toml"));
+    assert!(specs.len() >= 7, "{specs:?}");
+    for spec in specs {
+        // --check parses the spec and flags and exits without connecting.
+        let out = run_bench(&["--spec", spec.to_str().unwrap(), "--check"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            spec.display(),
+            show(&out)
+        );
+    }
+}

@@ -398,7 +398,12 @@ fn create_topic(args: &Args, topic: &str) -> Result<(), String> {
     let mut cfg = client_config(args);
     apply_overrides(&mut cfg, args);
     let admin: AdminClient<DefaultClientContext> = cfg.create().map_err(|e| e.to_string())?;
-    let new = NewTopic::new(topic, args.partitions, TopicReplication::Fixed(1));
+    let mut new = NewTopic::new(topic, args.partitions, TopicReplication::Fixed(1));
+    for kv in &args.topic_config {
+        if let Some((k, v)) = kv.split_once('=') {
+            new = new.set(k, v);
+        }
+    }
     let opts = AdminOptions::new()
         .operation_timeout(Some(args.timeout()))
         .request_timeout(Some(args.timeout()));

@@ -94,6 +94,10 @@ pub struct Args {
     /// none, gzip, snappy, lz4 or zstd
     #[arg(long, default_value = "none")]
     pub compression: String,
+    /// Config of the topic when the bench creates it, KEY=VALUE (repeatable), e.g.
+    /// max.message.bytes=2097152 for 1 MiB messages.
+    #[arg(long)]
+    pub topic_config: Vec<String>,
     /// Extra librdkafka property for producers and consumers, KEY=VALUE (repeatable).
     #[arg(short = 'X', long = "client-config")]
     pub client_config: Vec<String>,
@@ -123,6 +127,10 @@ pub struct Args {
     /// Give up after this many seconds in any phase.
     #[arg(long, default_value_t = 300)]
     pub timeout_s: u64,
+    /// Check the arguments (and spec), print the effective configuration and exit
+    /// without connecting.
+    #[arg(long)]
+    pub check: bool,
     /// No per-second progress lines.
     #[arg(long, short)]
     pub quiet: bool,
@@ -230,6 +238,16 @@ fn main() {
         eprintln!("runnel-bench: {e}");
         std::process::exit(2);
     }
+    if args.check {
+        match serde_json::to_string_pretty(&args) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("runnel-bench: {e}"),
+        }
+        if let Some(sla) = &sla {
+            println!("sla targets: {}", sla.describe());
+        }
+        return;
+    }
     let outcome = match load::run(&args) {
         Ok(o) => o,
         Err(e) => {
@@ -299,6 +317,11 @@ fn validate(args: &Args) -> Result<(), String> {
     for kv in &args.client_config {
         if !kv.contains('=') {
             return Err(format!("-X {kv}: expected KEY=VALUE"));
+        }
+    }
+    for kv in &args.topic_config {
+        if !kv.contains('=') {
+            return Err(format!("--topic-config {kv}: expected KEY=VALUE"));
         }
     }
     Ok(())

@@ -2,8 +2,9 @@
 //!
 //! A spec is TOML whose top-level keys are `runnel-bench` flags by their long names
 //! (`rate = 5000`, `message_bytes = 1024`, `partitions = 16`, `duration_s = 30`, ...);
-//! an optional `[sla]` table holds targets. The spec's keys become flags placed before
-//! the command line's, so anything on the command line overrides the file.
+//! an optional `[sla]` table holds targets, and `[runner]` settings for
+//! perf/run-standard (ignored here). The spec's keys become flags placed before the
+//! command line's, so anything on the command line overrides the file.
 //!
 //! ```toml
 //! name = "16p-1KiB-5k"
@@ -83,6 +84,15 @@ impl Sla {
         Ok(Sla { targets })
     }
 
+    pub fn describe(&self) -> String {
+        let t: Vec<String> = self
+            .targets
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        t.join(" ")
+    }
+
     pub fn evaluate(&self, o: &Outcome) -> Vec<Check> {
         let mut checks = Vec::new();
         for (k, target) in &self.targets {
@@ -158,7 +168,8 @@ pub fn parse_with_spec() -> Result<(Args, Option<Sla>), String> {
             ("sla", v) => {
                 sla = Some(Sla::from_toml(v).map_err(|e| format!("{}: {e}", path.display()))?)
             }
-            ("description", _) => {}
+            // `description` is for people; `[runner]` is for perf/run-standard.
+            ("description", _) | ("runner", _) => {}
             ("spec", _) => {
                 return Err(format!(
                     "{}: a spec cannot name another spec",
