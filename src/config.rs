@@ -34,6 +34,37 @@ pub struct BrokerConfig {
     pub connections_max: usize,
     /// Per-task stall bound for glommio's stall detector.
     pub stall_threshold_ms: u64,
+    /// Log levels in `RUST_LOG` syntax (tracing-subscriber's EnvFilter).
+    pub log_filter: String,
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("log.format={s}: must be text or json")),
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
 }
 
 impl BrokerConfig {
@@ -57,6 +88,12 @@ impl BrokerConfig {
             return Err(format!(
                 "message.max.bytes={} exceeds socket.request.max.bytes={}",
                 self.message_max_bytes, self.socket_request_max_bytes
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_filter) {
+            return Err(format!(
+                "log.level={}: {e} (expected RUST_LOG syntax, e.g. info,runnel::group=debug)",
+                self.log_filter
             ));
         }
         if self.io_memory_bytes < 64 * 1024 {
@@ -84,6 +121,8 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     ("message.max.bytes", "message-max-bytes"),
     ("max.connections", "max-connections"),
     ("stall.threshold.ms", "stall-threshold-ms"),
+    ("log.level", "log"),
+    ("log.format", "log-format"),
 ];
 
 /// Reads a TOML settings file into (flag, value) pairs. Dotted keys may be written
@@ -146,7 +185,7 @@ pub fn render_toml(c: &BrokerConfig) -> String {
         .map(|a| a.to_string())
         .unwrap_or_else(|| "off".into());
     format!(
-        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n",
+        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n\"log.level\" = \"{}\"\n\"log.format\" = \"{}\"\n",
         c.listen,
         c.advertised_host,
         c.data_dir.display(),
@@ -159,6 +198,8 @@ pub fn render_toml(c: &BrokerConfig) -> String {
         c.message_max_bytes,
         c.connections_max,
         c.stall_threshold_ms,
+        c.log_filter,
+        c.log_format,
     )
 }
 

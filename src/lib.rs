@@ -1,7 +1,9 @@
 //! Runnel: a thread-per-core event streaming broker that speaks the Kafka wire protocol.
 
+pub mod cli;
 pub mod config;
 pub mod group;
+pub mod logging;
 pub mod metadata;
 pub mod net;
 pub mod replication;

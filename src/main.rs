@@ -1,10 +1,12 @@
-//! `runnel`: the broker binary.
+//! `runnel`: the broker (`serve`) and a Kafka client CLI (`topic`, `produce`, `consume`,
+//! `group`, `cluster`; see `src/cli/`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use runnel::cli::{self, exit, CliError};
 use runnel::config::{self, BrokerConfig};
 
 #[global_allocator]
@@ -25,6 +27,19 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Create, list, describe, delete topics and change their configs.
+    #[command(subcommand)]
+    Topic(cli::topic::TopicCommand),
+    /// Send lines from stdin as records.
+    Produce(cli::produce::ProduceArgs),
+    /// Print records of a topic (from beginning, end, an offset or a time; or in a group).
+    Consume(cli::consume::ConsumeArgs),
+    /// List consumer groups; show members, assignments and lag.
+    #[command(subcommand)]
+    Group(cli::group::GroupCommand),
+    /// Cluster id, controller and brokers.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCommand),
 }
 
 #[derive(Parser)]
@@ -74,54 +89,67 @@ struct ServeArgs {
     /// Log a task that holds a shard longer than this (ms) with its backtrace.
     #[arg(long, env = "RUNNEL_STALL_THRESHOLD_MS", default_value_t = 20)]
     stall_threshold_ms: u64,
+    /// Log levels, RUST_LOG syntax: a default and per-module levels,
+    /// e.g. "info,runnel::group=debug".
+    #[arg(long = "log", env = "RUNNEL_LOG", default_value = "info")]
+    log_filter: String,
+    /// Log line format: text or json (one JSON object per line).
+    #[arg(long, env = "RUNNEL_LOG_FORMAT", default_value = "text")]
+    log_format: String,
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = match parse_with_config_file() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("runnel: invalid configuration: {e}");
-            std::process::exit(2);
+            std::process::exit(exit::USAGE);
         }
     };
-    match cli.command {
-        Command::Serve(args) => {
-            let print = args.print_config;
-            let config = match build_config(args) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("runnel: invalid configuration: {e}");
-                    std::process::exit(2);
-                }
-            };
-            if print {
-                print!("{}", config::render_toml(&config));
-                return;
-            }
-            if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
-                eprintln!(
-                    "runnel: cannot create data directory {}: {e}",
-                    config.data_dir.display()
-                );
-                std::process::exit(1);
-            }
-            check_memlock(&config);
-            if let Err(e) = runnel::shard::runtime::run(config.clone()) {
-                eprintln!("runnel: {e:#}");
-                if format!("{e:#}").contains("memory") || format!("{e:#}").contains("ENOMEM") {
-                    print_memlock_hint(&config);
-                }
-                std::process::exit(1);
-            }
-        }
+    if !matches!(cli.command, Command::Serve(_) | Command::Consume(_)) {
+        // `runnel topic list | head` ends quietly like other Unix tools, instead of a
+        // panic from println!. `consume` handles EPIPE itself so it can commit first.
+        // SAFETY: restoring the default disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Topic(c) => cli::topic::run(c),
+        Command::Produce(a) => cli::produce::run(a),
+        Command::Consume(a) => cli::consume::run(a),
+        Command::Group(c) => cli::group::run(c),
+        Command::Cluster(c) => cli::cluster::run(c),
+    };
+    if let Err(e) = result {
+        eprintln!("runnel: {}", e.message);
+        std::process::exit(e.code);
+    }
+}
+
+fn serve(args: ServeArgs) -> cli::CliResult {
+    let print = args.print_config;
+    let config =
+        build_config(args).map_err(|e| CliError::usage(format!("invalid configuration: {e}")))?;
+    if print {
+        print!("{}", config::render_toml(&config));
+        return Ok(());
+    }
+    runnel::logging::init(&config.log_filter, config.log_format);
+    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+        return Err(CliError::error(format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        )));
+    }
+    check_memlock(&config);
+    if let Err(e) = runnel::shard::runtime::run(config.clone()) {
+        eprintln!("runnel: {e:#}");
+        if format!("{e:#}").contains("memory") || format!("{e:#}").contains("ENOMEM") {
+            print_memlock_hint(&config);
+        }
+        std::process::exit(exit::ERROR);
+    }
+    Ok(())
 }
 
 /// Parses flags and RUNNEL_* variables, then fills every setting neither of them gave
@@ -134,7 +162,9 @@ fn parse_with_config_file() -> Result<Cli, String> {
     let Some(("serve", sub)) = matches.subcommand() else {
         return Ok(cli);
     };
-    let Command::Serve(args) = &cli.command;
+    let Command::Serve(args) = &cli.command else {
+        return Ok(cli);
+    };
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from("runnel.toml"), false),
@@ -202,6 +232,8 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         message_max_bytes: a.message_max_bytes,
         connections_max: a.max_connections,
         stall_threshold_ms: a.stall_threshold_ms,
+        log_filter: a.log_filter,
+        log_format: a.log_format.parse()?,
     };
     config.validate()?;
     Ok(config)
