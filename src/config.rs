@@ -70,7 +70,7 @@ impl std::fmt::Display for LogFormat {
 impl BrokerConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.cores == 0 {
-            return Err("cores: must be at least 1".into());
+            return Err(format!("cores={}: must be at least 1", self.cores));
         }
         if self.num_partitions == 0 || self.num_partitions > 100_000 {
             return Err(format!(
@@ -98,8 +98,8 @@ impl BrokerConfig {
         }
         if self.io_memory_bytes < 64 * 1024 {
             return Err(format!(
-                "io-memory={} bytes: must be at least 64 KiB",
-                self.io_memory_bytes
+                "io.memory.mib={}: must be at least 1",
+                self.io_memory_bytes >> 20
             ));
         }
         Ok(())

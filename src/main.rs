@@ -91,8 +91,8 @@ struct ServeArgs {
     stall_threshold_ms: u64,
     /// Log levels, RUST_LOG syntax: a default and per-module levels,
     /// e.g. "info,runnel::group=debug".
-    #[arg(long = "log", env = "RUNNEL_LOG", default_value = "info")]
-    log_filter: String,
+    #[arg(long, env = "RUNNEL_LOG", default_value = "info")]
+    log: String,
     /// Log line format: text or json (one JSON object per line).
     #[arg(long, env = "RUNNEL_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -174,7 +174,7 @@ fn parse_with_config_file() -> Result<Cli, String> {
     }
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let settings = config::parse_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    let mut extra: Vec<(String, String)> = Vec::new();
     for (flag, value) in settings {
         let id = flag.replace('-', "_");
         let given = matches!(
@@ -182,13 +182,44 @@ fn parse_with_config_file() -> Result<Cli, String> {
             Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
         );
         if !given {
-            extra.push(format!("--{flag}").into());
-            extra.push(value.into());
+            extra.push((flag, value));
         }
     }
-    let mut full = argv;
-    full.extend(extra);
-    Cli::try_parse_from(full).map_err(|e| format!("{}: {e}", path.display()))
+    let with = |pairs: &[(String, String)]| {
+        let mut full = argv.clone();
+        for (flag, value) in pairs {
+            full.push(format!("--{flag}").into());
+            full.push(value.into());
+        }
+        Cli::try_parse_from(full)
+    };
+    with(&extra).map_err(|e| {
+        // Name the file's key and value, not the flag it became.
+        for pair in &extra {
+            if let Err(one) = with(std::slice::from_ref(pair)) {
+                let key = config::FILE_KEYS
+                    .iter()
+                    .find(|(_, f)| *f == pair.0)
+                    .map_or(pair.0.as_str(), |(k, _)| *k);
+                let why = one.kind().as_str().unwrap_or("invalid value");
+                let detail: Vec<String> = one
+                    .to_string()
+                    .lines()
+                    .map(|l| l.trim().trim_start_matches("error: ").to_string())
+                    .filter(|l| {
+                        !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more")
+                    })
+                    .collect();
+                return format!(
+                    "{}: {key} = {:?}: {why} ({})",
+                    path.display(),
+                    pair.1,
+                    detail.join("; ")
+                );
+            }
+        }
+        format!("{}: {e}", path.display())
+    })
 }
 
 fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
@@ -232,7 +263,7 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         message_max_bytes: a.message_max_bytes,
         connections_max: a.max_connections,
         stall_threshold_ms: a.stall_threshold_ms,
-        log_filter: a.log_filter,
+        log_filter: a.log,
         log_format: a.log_format.parse()?,
     };
     config.validate()?;

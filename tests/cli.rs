@@ -459,7 +459,12 @@ fn group_consume_commits_and_group_describe_shows_members_and_lag() {
     );
 
     // The rest, exactly once, then no lag.
-    let rest = cli(b, &["consume", t, "-g", g, "--from", "beginning", "-e", "-q"], b"").ok();
+    let rest = cli(
+        b,
+        &["consume", t, "-g", g, "--from", "beginning", "-e", "-q"],
+        b"",
+    )
+    .ok();
     let mut seen: Vec<&str> = first.stdout.lines().chain(rest.stdout.lines()).collect();
     seen.sort();
     let mut want: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
@@ -582,4 +587,132 @@ fn unknown_topics_exit_3_and_are_not_created() {
     assert_eq!(list, serde_json::json!([]));
     // Usage errors are 2 (clap's code).
     assert_eq!(cli(b, &["topic", "frobnicate"], b"").code, 2);
+}
+
+/// `runnel serve --config FILE --print-config` with `toml`: (exit code, stdout, stderr).
+fn serve_with_settings(toml: &str, extra: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runnel.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut args = vec![
+        "serve",
+        "--config",
+        path.to_str().unwrap(),
+        "--print-config",
+    ];
+    args.extend_from_slice(extra);
+    run_program(runnel_bin().to_str().unwrap(), &args, b"")
+}
+
+#[test]
+fn invalid_settings_are_refused_with_the_key_the_value_and_why() {
+    for (toml, key, value, why) in [
+        (
+            "\"num.partitions\" = \"many\"",
+            "num.partitions",
+            "many",
+            "invalid digit",
+        ),
+        (
+            "\"num.partitions\" = 0",
+            "num.partitions",
+            "0",
+            "between 1 and",
+        ),
+        ("cores = 0", "cores", "0", "at least 1"),
+        (
+            "\"auto.create.topics.enable\" = \"yes\"",
+            "auto.create.topics.enable",
+            "yes",
+            "true",
+        ),
+        (
+            "\"log.level\" = \"info,runnel=loud\"",
+            "log.level",
+            "loud",
+            "expected",
+        ),
+        (
+            "\"log.format\" = \"xml\"",
+            "log.format",
+            "xml",
+            "text or json",
+        ),
+        ("\"io.memory.mib\" = 0", "io.memory.mib", "0", "at least 1"),
+        (
+            "\"message.max.bytes\" = 2000\n\"socket.request.max.bytes\" = 1024",
+            "message.max.bytes",
+            "2000",
+            "exceeds",
+        ),
+        (
+            "\"num.partitons\" = 4",
+            "num.partitons",
+            "",
+            "unknown setting",
+        ),
+    ] {
+        let r = serve_with_settings(toml, &[]);
+        assert_eq!(r.code, 2, "{toml}: {}", r.stderr);
+        for part in [key, value, why] {
+            assert!(
+                r.stderr.contains(part),
+                "{toml}: {part:?} missing in: {}",
+                r.stderr
+            );
+        }
+    }
+    // Valid: the file is applied, and flags and RUNNEL_* variables override it.
+    let ok = serve_with_settings("\"num.partitions\" = 4\n\"log.level\" = \"info,runnel::group=debug\"\n\"log.format\" = \"json\"", &["--num-partitions", "6"]).ok();
+    assert!(
+        ok.stdout.contains("\"num.partitions\" = 6"),
+        "{}",
+        ok.stdout
+    );
+    assert!(
+        ok.stdout
+            .contains("\"log.level\" = \"info,runnel::group=debug\""),
+        "{}",
+        ok.stdout
+    );
+    assert!(
+        ok.stdout.contains("\"log.format\" = \"json\""),
+        "{}",
+        ok.stdout
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_per_module_levels() {
+    let broker = Broker::start_with(BrokerOptions {
+        extra_args: vec![
+            "--log-format".into(),
+            "json".into(),
+            "--log".into(),
+            "warn,runnel::shard=info".into(),
+        ],
+        ..BrokerOptions::default()
+    });
+    assert_broker_serves(&broker.bootstrap());
+    let log = broker.log_tail(64 * 1024);
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    // "broker ready" is logged at info by runnel::shard::runtime.
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("runnel::shard"))),
+        "{log}"
+    );
+    assert!(
+        lines.iter().all(|l| l["level"] != "INFO"
+            || l["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("runnel::shard"))),
+        "info lines outside runnel::shard: {log}"
+    );
 }
