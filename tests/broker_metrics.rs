@@ -128,6 +128,20 @@ async fn metrics_expose_latency_summaries_and_counters_after_traffic() {
         append_p99 > 0.0 && append_p99 < 60.0,
         "append p99 {append_p99}"
     );
+    assert!(sample(&body, "runnel_records_in_total") >= 40.0, "{body}");
+    assert!(sample(&body, "runnel_records_out_total") >= 40.0, "{body}");
+
+    // A fetch past the end is answered OFFSET_OUT_OF_RANGE (1) and counted by code.
+    let oor = consumer(&bootstrap, &[("auto.offset.reset", "error")]);
+    assign(&oor, &topic, &[0], rdkafka::Offset::Offset(10_000));
+    let key = "runnel_partition_errors_total{api=\"Fetch\",code=\"1\"}";
+    let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
+    let mut body = String::new();
+    while std::time::Instant::now() < deadline && !body.contains(key) {
+        let _ = oor.poll(Duration::from_millis(100));
+        body = http_get(&admin, "/metrics");
+    }
+    assert!(sample(&body, key) >= 1.0, "{body}");
     let missing = http_get(&admin, "/nope");
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 }

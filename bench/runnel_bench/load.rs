@@ -148,7 +148,9 @@ pub struct Consumed {
 }
 
 pub struct Outcome {
-    pub topic: String,
+    pub topics: Vec<String>,
+    /// Seconds CreateTopics took (existing topics count as created).
+    pub create_s: f64,
     pub open_loop: bool,
     pub produced: Produced,
     pub consumed: Consumed,
@@ -165,7 +167,7 @@ impl Outcome {
 }
 
 pub fn run(args: &Args) -> Result<Outcome, String> {
-    let (topic, fresh) = match &args.topic {
+    let (base, fresh) = match &args.topic {
         Some(t) => (t.clone(), false),
         None => (
             format!(
@@ -176,8 +178,20 @@ pub fn run(args: &Args) -> Result<Outcome, String> {
             true,
         ),
     };
-    create_topic(args, &topic)
-        .map_err(|e| format!("cannot create topic {topic} on {}: {e}", args.bootstrap))?;
+    let topics: Vec<String> = if args.topics == 1 {
+        vec![base]
+    } else {
+        (0..args.topics).map(|i| format!("{base}-{i}")).collect()
+    };
+    let create_started = Instant::now();
+    create_topics(args, &topics).map_err(|e| {
+        format!(
+            "cannot create topic {}.. on {}: {e}",
+            topics[0], args.bootstrap
+        )
+    })?;
+    let create_s = create_started.elapsed().as_secs_f64();
+    let topics = Arc::new(topics);
     let cpu_before = broker_cpu(args);
 
     let clock = Clock::now();
@@ -187,15 +201,21 @@ pub fn run(args: &Args) -> Result<Outcome, String> {
     let acked_total = Arc::new(AtomicU64::new(u64::MAX));
     let consumed_total = Arc::new(AtomicU64::new(0));
     let mut consumer_threads = Vec::new();
-    let n_consumers = args.consumers().min(args.partitions as usize);
+    let all_parts: Vec<(usize, i32)> = (0..topics.len())
+        .flat_map(|t| (0..args.partitions).map(move |p| (t, p)))
+        .collect();
+    let n_consumers = args.consumers().min(all_parts.len());
     for idx in 0..n_consumers {
         let stats = Stats::new();
-        let parts: Vec<i32> = (0..args.partitions)
-            .filter(|p| *p as usize % n_consumers == idx)
+        let parts: Vec<(usize, i32)> = all_parts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % n_consumers == idx)
+            .map(|(_, tp)| *tp)
             .collect();
         let c = ConsumerJob {
             args: args.clone(),
-            topic: topic.clone(),
+            topics: topics.clone(),
             parts,
             start: if fresh {
                 Offset::Beginning
@@ -222,7 +242,7 @@ pub fn run(args: &Args) -> Result<Outcome, String> {
         let stats = Stats::new();
         let p = ProducerJob {
             args: args.clone(),
-            topic: topic.clone(),
+            topics: topics.clone(),
             idx,
             stats: stats.clone(),
             clock,
@@ -370,7 +390,8 @@ pub fn run(args: &Args) -> Result<Outcome, String> {
         _ => None,
     };
     Ok(Outcome {
-        topic,
+        topics: Arc::try_unwrap(topics).unwrap_or_else(|t| (*t).clone()),
+        create_s,
         open_loop: args.rate.is_some(),
         produced,
         consumed,
@@ -394,21 +415,27 @@ fn apply_overrides(c: &mut ClientConfig, args: &Args) {
     }
 }
 
-fn create_topic(args: &Args, topic: &str) -> Result<(), String> {
+fn create_topics(args: &Args, topics: &[String]) -> Result<(), String> {
     let mut cfg = client_config(args);
     apply_overrides(&mut cfg, args);
     let admin: AdminClient<DefaultClientContext> = cfg.create().map_err(|e| e.to_string())?;
-    let mut new = NewTopic::new(topic, args.partitions, TopicReplication::Fixed(1));
-    for kv in &args.topic_config {
-        if let Some((k, v)) = kv.split_once('=') {
-            new = new.set(k, v);
-        }
-    }
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            let mut new = NewTopic::new(t, args.partitions, TopicReplication::Fixed(1));
+            for kv in &args.topic_config {
+                if let Some((k, v)) = kv.split_once('=') {
+                    new = new.set(k, v);
+                }
+            }
+            new
+        })
+        .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(args.timeout()))
         .request_timeout(Some(args.timeout()));
-    let results = futures::executor::block_on(admin.create_topics([&new], &opts))
-        .map_err(|e| e.to_string())?;
+    let results =
+        futures::executor::block_on(admin.create_topics(&new, &opts)).map_err(|e| e.to_string())?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -474,7 +501,7 @@ impl ProducerContext for ProducerCtx {
 
 struct ProducerJob {
     args: Args,
-    topic: String,
+    topics: Arc<Vec<String>>,
     idx: usize,
     stats: Arc<Stats>,
     clock: Clock,
@@ -548,17 +575,20 @@ impl ProducerJob {
                 sent: intended,
                 bytes: size as u64,
             });
-            let mut record = BaseRecord::with_opaque_to(&self.topic, opaque)
-                .payload(&buf[..size])
-                .timestamp((self.clock.unix_ns(intended) / 1_000_000) as i64);
+            // Round robin over topics, then over each topic's partitions.
+            let n = i * producers + self.idx as u64;
+            let topics = self.topics.len() as u64;
+            let mut record =
+                BaseRecord::with_opaque_to(&self.topics[(n % topics) as usize], opaque)
+                    .payload(&buf[..size])
+                    .timestamp((self.clock.unix_ns(intended) / 1_000_000) as i64);
             if a.keys > 0 {
                 use std::fmt::Write as _;
                 key.clear();
                 let _ = write!(key, "k{}", rng.gen_range(0..a.keys));
                 record = record.key(key.as_str());
             } else {
-                record = record
-                    .partition(((i * producers + self.idx as u64) % a.partitions as u64) as i32);
+                record = record.partition((n / topics % a.partitions as u64) as i32);
             }
             loop {
                 record.delivery_opaque.sent = Instant::now();
@@ -578,7 +608,7 @@ impl ProducerJob {
                 }
             }
             i += 1;
-            if interval_s.is_some() || i % 1024 == 0 {
+            if interval_s.is_some() || i.is_multiple_of(1024) {
                 producer.poll(Duration::ZERO);
             }
         }
@@ -607,8 +637,9 @@ fn wait_until(producer: &BaseProducer<ProducerCtx>, t: Instant) {
 
 struct ConsumerJob {
     args: Args,
-    topic: String,
-    parts: Vec<i32>,
+    topics: Arc<Vec<String>>,
+    /// (index into `topics`, partition)
+    parts: Vec<(usize, i32)>,
     start: Offset,
     stats: Arc<Stats>,
     warmup_end_unix_ns: u64,
@@ -635,8 +666,8 @@ impl ConsumerJob {
             .create()
             .map_err(|e| format!("cannot create consumer: {e}"))?;
         let mut tpl = TopicPartitionList::new();
-        for p in &self.parts {
-            tpl.add_partition_offset(&self.topic, *p, self.start)
+        for (t, p) in &self.parts {
+            tpl.add_partition_offset(&self.topics[*t], *p, self.start)
                 .map_err(|e| e.to_string())?;
         }
         consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;

@@ -51,6 +51,10 @@ pub struct Args {
     /// fresh topic per run, read from the beginning.
     #[arg(long)]
     pub topic: Option<String>,
+    /// Topics (named TOPIC-0.. when more than one); messages go round robin over them.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Partitions per topic.
     #[arg(long, default_value_t = 1)]
     pub partitions: i32,
     /// Message size: `N` bytes, `MIN..MAX` (uniform) or `exp:MEAN` (exponential, capped
@@ -297,6 +301,9 @@ fn main() {
 fn validate(args: &Args) -> Result<(), String> {
     if args.partitions < 1 {
         return Err("--partitions must be at least 1".into());
+    }
+    if args.topics < 1 {
+        return Err("--topics must be at least 1".into());
     }
     if args.producers < 1 {
         return Err("--producers must be at least 1".into());

@@ -66,7 +66,9 @@ impl Rates {
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
     pub name: Option<String>,
-    pub topic: String,
+    pub topics: Vec<String>,
+    /// Seconds the bench waited for CreateTopics.
+    pub create_topics_s: f64,
     pub mode: &'static str,
     pub target_rate_msg_s: Option<f64>,
     pub produced: Rates,
@@ -96,7 +98,8 @@ impl Results {
         let gib = o.produced.bytes as f64 / f64::from(1u32 << 30);
         Results {
             name: args.name.clone(),
-            topic: o.topic.clone(),
+            topics: o.topics.clone(),
+            create_topics_s: o.create_s,
             mode: if o.open_loop { "open" } else { "closed" },
             target_rate_msg_s: args.rate,
             produced: Rates::new(o.produced.acked, o.produced.bytes, o.produced.elapsed_s),
@@ -122,8 +125,9 @@ pub fn print_table(args: &Args, r: &Results) {
     };
     println!();
     println!(
-        "{}{mode}: partitions={} size={} acks={} compression={} linger={}ms producers={} consumers={} keys={}",
+        "{}{mode}: topics={} partitions={} size={} acks={} compression={} linger={}ms producers={} consumers={} keys={}",
         r.name.as_ref().map(|n| format!("{n}: ")).unwrap_or_default(),
+        args.topics,
         args.partitions,
         args.message_bytes,
         args.acks,
@@ -145,6 +149,12 @@ pub fn print_table(args: &Args, r: &Results) {
     }
     if r.failed > 0 {
         println!("delivery errors: {}", r.failed);
+    }
+    if r.create_topics_s >= 1.0 {
+        println!(
+            "creating the topics took {:.1} s (not counted above)",
+            r.create_topics_s
+        );
     }
     println!(
         "{:<14} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",

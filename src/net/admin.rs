@@ -28,6 +28,9 @@ struct Snapshot {
     record_bytes_copied: u64,
     connections: u64,
     partitions: usize,
+    records_in: u64,
+    records_out: u64,
+    partition_errors: Vec<(i16, i16, u64)>,
 }
 
 fn snapshot(s: &Shard) -> Snapshot {
@@ -51,6 +54,9 @@ fn snapshot(s: &Shard) -> Snapshot {
                 .map(|p| p.log.read_copied_bytes())
                 .sum::<u64>(),
         connections: m.connections.get(),
+        records_in: m.records_in.get(),
+        records_out: m.records_out.get(),
+        partition_errors: m.partition_errors.borrow().clone(),
         partitions: s.partitions.borrow().values().map(|p| p.len()).sum(),
     }
 }
@@ -155,7 +161,17 @@ pub async fn render(shard: &Rc<Shard>) -> String {
     }
     render_stages(&mut out, &snaps);
     let total = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
-    let counters: [(&str, &str, u64); 4] = [
+    let counters: [(&str, &str, u64); 6] = [
+        (
+            "runnel_records_in_total",
+            "Records appended by Produce.",
+            total(|s| s.records_in),
+        ),
+        (
+            "runnel_records_out_total",
+            "Records served by Fetch.",
+            total(|s| s.records_out),
+        ),
         (
             "runnel_bytes_in_total",
             "Bytes of requests received.",
@@ -183,6 +199,7 @@ pub async fn render(shard: &Rc<Shard>) -> String {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
     }
+    render_errors(&mut out, &snaps);
     let fetched = total(|s| s.fetch_record_bytes);
     let ratio = if fetched == 0 {
         0.0
@@ -221,6 +238,29 @@ pub async fn render(shard: &Rc<Shard>) -> String {
         let _ = writeln!(out, "runnel_partitions{{shard=\"{i}\"}} {}", s.partitions);
     }
     out
+}
+
+/// Partitions answered with an error, by API and Kafka error code, summed over shards.
+fn render_errors(out: &mut String, snaps: &[Snapshot]) {
+    let mut merged: Vec<(i16, i16, u64)> = Vec::new();
+    for (api, code, n) in snaps.iter().flat_map(|s| s.partition_errors.iter()) {
+        match merged.iter_mut().find(|(a, c, _)| a == api && c == code) {
+            Some((_, _, m)) => *m += n,
+            None => merged.push((*api, *code, *n)),
+        }
+    }
+    merged.sort_unstable();
+    out.push_str("# HELP runnel_partition_errors_total Produce/Fetch partitions answered with an error, by Kafka error code.\n");
+    out.push_str("# TYPE runnel_partition_errors_total counter\n");
+    for (api, code, n) in merged {
+        let api = ApiKey::try_from(api)
+            .map(|a| format!("{a:?}"))
+            .unwrap_or_else(|_| api.to_string());
+        let _ = writeln!(
+            out,
+            "runnel_partition_errors_total{{api=\"{api}\",code=\"{code}\"}} {n}"
+        );
+    }
 }
 
 /// Produce and fetch stage latencies, merged across shards. Stages with no samples are

@@ -20,6 +20,12 @@ pub struct ShardMetrics {
     pub connections: Cell<u64>,
     /// Record bytes served by Fetch (the denominator of the copy ratio).
     pub fetch_record_bytes: Cell<u64>,
+    /// Records appended by Produce / served by Fetch (from batch headers).
+    pub records_in: Cell<u64>,
+    pub records_out: Cell<u64>,
+    /// (api key, error code) → partitions answered with that error. A handful of
+    /// entries; a new pair allocates once, an error path is never hot.
+    pub partition_errors: RefCell<Vec<(i16, i16, u64)>>,
 }
 
 impl ShardMetrics {
@@ -30,6 +36,21 @@ impl ShardMetrics {
                 .expect("static histogram bounds are valid")
         });
         h.saturating_record(micros.max(1));
+    }
+
+    /// Counts one partition answered with `code` (NONE is not counted).
+    pub fn partition_error(&self, api_key: i16, code: i16) {
+        if code == 0 {
+            return;
+        }
+        let mut errors = self.partition_errors.borrow_mut();
+        match errors
+            .iter_mut()
+            .find(|(a, c, _)| *a == api_key && *c == code)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => errors.push((api_key, code, 1)),
+        }
     }
 
     pub fn add(cell: &Cell<u64>, n: u64) {

@@ -301,6 +301,26 @@ mod tests {
     }
 
     #[test]
+    fn count_records_walks_batches_however_the_bytes_are_cut() {
+        let a = encode_batch(0, 0, &[b"a".as_slice(), b"bb", b"ccc"]);
+        let b = encode_batch(3, 0, &[b"dddd".as_slice(); 5]);
+        let whole: Vec<u8> = [a.as_ref(), b.as_ref()].concat();
+        assert_eq!(count_records(&[&whole]), 8);
+        // Any two-piece cut, including inside a header, counts the same.
+        for cut in 0..=whole.len() {
+            assert_eq!(
+                count_records(&[&whole[..cut], &whole[cut..]]),
+                8,
+                "cut {cut}"
+            );
+        }
+        // Counted from headers: a cut body still counts, a cut header does not.
+        assert_eq!(count_records(&[&whole[..whole.len() - 1]]), 8);
+        assert_eq!(count_records(&[&whole[..a.len() + 10]]), 3);
+        assert_eq!(count_records::<&[u8]>(&[]), 0);
+    }
+
+    #[test]
     fn wrong_magic_is_invalid() {
         let mut v = encode_batch(0, 0, &[b"x".as_slice()]).to_vec();
         v[OFF_MAGIC] = 1;
@@ -380,4 +400,43 @@ mod tests {
         assert_eq!(h.max_timestamp, 777);
         assert!(h.is_log_append_time());
     }
+}
+
+/// Records in the v2 batches laid end to end across `chunks` (a fetch response's
+/// pieces, where a header and its body may be separate buffers), from their headers'
+/// records counts, for metrics. Stops at the first malformed length or cut-off header.
+/// Reads only headers, never records; copies at most one header at a time.
+pub fn count_records<B: AsRef<[u8]>>(chunks: &[B]) -> u64 {
+    let mut records = 0u64;
+    let mut header = [0u8; BATCH_HEADER_LEN];
+    let mut have = 0usize; // header bytes gathered so far
+    let mut skip = 0u64; // body bytes of the current batch still to pass
+    for chunk in chunks {
+        let mut b = chunk.as_ref();
+        while !b.is_empty() {
+            if skip > 0 {
+                let n = (skip.min(b.len() as u64)) as usize;
+                skip -= n as u64;
+                b = &b[n..];
+                continue;
+            }
+            let n = (BATCH_HEADER_LEN - have).min(b.len());
+            header[have..have + n].copy_from_slice(&b[..n]);
+            have += n;
+            b = &b[n..];
+            if have < BATCH_HEADER_LEN {
+                continue;
+            }
+            have = 0;
+            let Some(len) = claimed_len(&header) else {
+                return records;
+            };
+            if len < BATCH_HEADER_LEN as i64 {
+                return records;
+            }
+            records += u64::try_from(be_i32(&header, OFF_RECORDS_COUNT)).unwrap_or(0);
+            skip = (len as u64) - BATCH_HEADER_LEN as u64;
+        }
+    }
+    records
 }

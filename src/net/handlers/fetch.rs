@@ -18,6 +18,7 @@ use crate::shard::Shard;
 
 pub const MIN: i16 = 4;
 pub const MAX: i16 = 16;
+const FETCH_API_KEY: i16 = 1;
 
 /// Upper bound on how long a fetch may park, whatever the client asks.
 const FETCH_WAIT_MS_MAX: u64 = 30_000;
@@ -346,8 +347,11 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         }
         // The response's max_bytes cuts later partitions off, but the first data always goes
         // (Kafka's rule, so one large batch can never block a consumer).
+        shard.metrics.partition_error(FETCH_API_KEY, r.error_code);
         let chunks = if bytes > 0 && (total == 0 || total + bytes <= response_max) {
             total += bytes;
+            let records = crate::segment::batch::count_records(&r.chunks);
+            ShardMetrics::add(&shard.metrics.records_out, records);
             r.chunks
         } else {
             Vec::new()

@@ -13,7 +13,7 @@ use kafka_protocol::protocol::Decodable;
 use super::{str_bytes, Reply};
 use crate::net::connection::Request;
 use crate::net::error_code as ec;
-use crate::net::metrics::StagedApi;
+use crate::net::metrics::{ShardMetrics, StagedApi};
 use crate::segment::Durability;
 use crate::shard::partition::ProduceOutcome;
 use crate::shard::Shard;
@@ -21,6 +21,7 @@ use crate::shard::Shard;
 pub const MIN_ADVERTISED: i16 = 0;
 pub const MIN: i16 = 3;
 pub const MAX: i16 = 11;
+const PRODUCE_API_KEY: i16 = 0;
 
 /// Returns `None` for acks=0 (Kafka sends no response).
 pub async fn handle(
@@ -39,6 +40,8 @@ pub async fn handle(
     // on their owning shards (one hop per shard).
     let mut outcomes: Vec<(String, i32, Option<ProduceOutcome>)> = Vec::new();
     let mut work = Vec::new();
+    // Records per slot, counted once appended (from batch headers: no record parsing).
+    let mut records_in: Vec<u64> = Vec::new();
     for topic in &req.topic_data {
         let name = topic.name.0.to_string();
         let meta = image.topic(&name);
@@ -67,6 +70,11 @@ pub async fn handle(
                 )),
                 (Some(_), Some(_)) => None,
             };
+            records_in.push(if early.is_none() {
+                crate::segment::batch::count_records(&[&records])
+            } else {
+                0
+            });
             work.push(match (&early, owner) {
                 (None, Some(owner)) => Some((owner, name.clone(), p.index, records)),
                 _ => None,
@@ -87,6 +95,16 @@ pub async fn handle(
             outcomes[slot].2 = Some(outcome.unwrap_or_else(|| {
                 ProduceOutcome::error(ec::UNKNOWN_TOPIC_OR_PARTITION, "partition not open")
             }));
+        }
+    }
+    let m = &shard.metrics;
+    for (slot, (_, _, o)) in outcomes.iter().enumerate() {
+        match o {
+            Some(o) if o.error_code == ec::NONE => {
+                ShardMetrics::add(&m.records_in, records_in[slot])
+            }
+            Some(o) => m.partition_error(PRODUCE_API_KEY, o.error_code),
+            None => {}
         }
     }
     if acks == 0 {
