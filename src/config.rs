@@ -15,6 +15,12 @@ pub const MESSAGE_MAX_BYTES_DEFAULT: u32 = 1024 * 1024 + 12;
 pub const CONNECTION_INFLIGHT_MAX: usize = 64;
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 
+/// log.retention.check.interval.ms (Kafka's is 5 minutes; retention and compaction
+/// are cheap when there is nothing to do).
+pub const RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 30_000;
+/// group.initial.rebalance.delay.ms, Kafka's default.
+pub const GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
+
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     pub listen: SocketAddr,
@@ -37,6 +43,8 @@ pub struct BrokerConfig {
     /// Log levels in `RUST_LOG` syntax (tracing-subscriber's EnvFilter).
     pub log_filter: String,
     pub log_format: LogFormat,
+    pub log_retention_check_interval_ms: u64,
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 /// How log lines are written to stderr.
@@ -123,6 +131,14 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     ("stall.threshold.ms", "stall-threshold-ms"),
     ("log.level", "log"),
     ("log.format", "log-format"),
+    (
+        "log.retention.check.interval.ms",
+        "log-retention-check-interval-ms",
+    ),
+    (
+        "group.initial.rebalance.delay.ms",
+        "group-initial-rebalance-delay-ms",
+    ),
 ];
 
 /// Reads a TOML settings file into (flag, value) pairs. Dotted keys may be written
@@ -185,7 +201,7 @@ pub fn render_toml(c: &BrokerConfig) -> String {
         .map(|a| a.to_string())
         .unwrap_or_else(|| "off".into());
     format!(
-        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n\"log.level\" = \"{}\"\n\"log.format\" = \"{}\"\n",
+        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n\"log.level\" = \"{}\"\n\"log.format\" = \"{}\"\n\"log.retention.check.interval.ms\" = {}\n\"group.initial.rebalance.delay.ms\" = {}\n",
         c.listen,
         c.advertised_host,
         c.data_dir.display(),
@@ -200,6 +216,8 @@ pub fn render_toml(c: &BrokerConfig) -> String {
         c.stall_threshold_ms,
         c.log_filter,
         c.log_format,
+        c.log_retention_check_interval_ms,
+        c.group_initial_rebalance_delay_ms,
     )
 }
 

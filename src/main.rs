@@ -96,6 +96,13 @@ struct ServeArgs {
     /// Log line format: text or json (one JSON object per line).
     #[arg(long, env = "RUNNEL_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// log.retention.check.interval.ms: how often retention and compaction run.
+    #[arg(long, env = "RUNNEL_LOG_RETENTION_CHECK_INTERVAL_MS", default_value_t = config::RETENTION_CHECK_INTERVAL_MS_DEFAULT)]
+    log_retention_check_interval_ms: u64,
+    /// group.initial.rebalance.delay.ms: how long a new group waits for more members
+    /// before its first rebalance.
+    #[arg(long, env = "RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS", default_value_t = config::GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT)]
+    group_initial_rebalance_delay_ms: u64,
 }
 
 fn main() {
@@ -265,6 +272,8 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         stall_threshold_ms: a.stall_threshold_ms,
         log_filter: a.log,
         log_format: a.log_format.parse()?,
+        log_retention_check_interval_ms: a.log_retention_check_interval_ms,
+        group_initial_rebalance_delay_ms: a.group_initial_rebalance_delay_ms,
     };
     config.validate()?;
     Ok(config)

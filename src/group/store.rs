@@ -30,7 +30,11 @@ pub async fn ensure_topic(shard: &Rc<Shard>) -> Result<Vec<u32>, String> {
     if let Some(t) = shard.image().topic(OFFSETS_TOPIC) {
         return Ok(t.owners.clone());
     }
-    let configs = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+    // Kafka's offsets.topic.segment.bytes (100 MiB): sealed segments get compacted.
+    let configs = BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.bytes".to_string(), "104857600".to_string()),
+    ]);
     let created = crate::net::handlers::create_topics::create_topics(
         shard,
         vec![(OFFSETS_TOPIC.to_string(), shard.nshards as i32, configs)],
@@ -257,13 +261,22 @@ pub async fn replay(shard: &Rc<Shard>, mut apply: impl FnMut(Replayed)) -> Resul
             for c in chunks {
                 buf.extend_from_slice(&c);
             }
-            let mut bytes = buf.freeze();
-            let sets = RecordBatchDecoder::decode_all(&mut bytes)
-                .map_err(|e| format!("{OFFSETS_TOPIC}-{p}: undecodable batch: {e}"))?;
+            let bytes = buf.freeze();
             let mut next = from;
-            for set in sets {
+            // Batch headers give the next offset: compaction leaves batches whose last
+            // offset is past their last record, and batches without records.
+            for batch in crate::segment::batch::split_batches(&bytes)
+                .map_err(|e| format!("{OFFSETS_TOPIC}-{p}: {e}"))?
+            {
+                let h = crate::segment::BatchHeader::parse(&batch)
+                    .map_err(|e| format!("{OFFSETS_TOPIC}-{p}: {e}"))?;
+                next = next.max(h.last_offset() + 1);
+                if h.records_count == 0 {
+                    continue;
+                }
+                let set = RecordBatchDecoder::decode(&mut batch.clone())
+                    .map_err(|e| format!("{OFFSETS_TOPIC}-{p}: undecodable batch: {e}"))?;
                 for r in set.records {
-                    next = next.max(r.offset + 1);
                     if r.control {
                         continue;
                     }

@@ -35,6 +35,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 use super::batch::{
     claimed_len, patch_batch, BatchHeader, PatchedBatch, ValidBatch, BATCH_HEADER_LEN,
 };
+use super::compact;
 use super::error::StorageError;
 use super::recovery::{recover_segment, BATCH_BYTES_MAX};
 use super::segment::{align_down, align_up, sync_dir, write_replace_durable, Segment, BLOCK_BYTES};
@@ -72,6 +73,15 @@ pub struct LogConfig {
     pub message_timestamp_type: TimestampType,
     /// max.message.bytes (one batch), default 1 MiB + 12.
     pub max_message_bytes: u32,
+    /// cleanup.policy contains `delete`: retention by time and size applies.
+    pub cleanup_delete: bool,
+    /// cleanup.policy contains `compact`: `compact` keeps the last record per key.
+    pub cleanup_compact: bool,
+    /// delete.retention.ms: how long tombstones outlive the records they delete.
+    pub delete_retention_ms: i64,
+    /// min.cleanable.dirty.ratio: compact once uncompacted bytes are this share of the
+    /// sealed segments.
+    pub min_cleanable_dirty_ratio: f64,
 }
 
 impl Default for LogConfig {
@@ -86,6 +96,10 @@ impl Default for LogConfig {
             flush_ms: i64::MAX,
             message_timestamp_type: TimestampType::CreateTime,
             max_message_bytes: (1 << 20) + 12,
+            cleanup_delete: true,
+            cleanup_compact: false,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
         }
     }
 }
@@ -116,6 +130,12 @@ const READ_WINDOW_BYTES_MAX: usize = 8 << 20;
 /// (1024 entries = 4 MiB of batches at the default index.interval.bytes).
 const ACTIVE_INDEX_PERSIST_ENTRIES: usize = 1024;
 const LOG_START_CHECKPOINT: &str = "log-start-offset";
+/// Offsets below this one are compacted (Kafka's cleaner-offset-checkpoint).
+const CLEANER_CHECKPOINT: &str = "cleaner-offset";
+/// Suffix of a compacted segment being written; renamed over `.log` when complete.
+const CLEANED_SUFFIX: &str = "cleaned";
+/// Bytes read per hop while compacting a segment.
+const COMPACT_READ_BYTES: usize = 1 << 20;
 
 const _: () = assert!((WRITE_BUFFER_BYTES as u64).is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(UNWRITTEN_BYTES_MAX >= WRITE_BUFFER_BYTES);
@@ -146,6 +166,8 @@ pub(crate) struct ReadBatch {
     pub base_offset: i64,
     pub last_offset: i64,
     pub max_timestamp: i64,
+    /// Holds no records (left by compaction).
+    pub empty: bool,
     pub chunks: [Option<Bytes>; 2],
 }
 
@@ -192,6 +214,21 @@ impl BatchCache {
         }
     }
 
+    /// Drops the (written) entries below `offset`: their segment was replaced.
+    fn drop_below(&mut self, offset: i64) {
+        while let Some(e) = self.entries.front() {
+            if e.last_offset >= offset {
+                break;
+            }
+            assert!(
+                e.seg.written.get() >= e.end_pos,
+                "only written batches are dropped"
+            );
+            self.bytes -= e.batch.len();
+            self.entries.pop_front();
+        }
+    }
+
     fn read(&self, offset: i64, max_bytes: usize) -> Vec<ReadBatch> {
         let start = self.entries.partition_point(|e| e.last_offset < offset);
         let mut out = Vec::new();
@@ -205,6 +242,7 @@ impl BatchCache {
                 base_offset: e.base_offset,
                 last_offset: e.last_offset,
                 max_timestamp: e.max_timestamp,
+                empty: false, // produced batches hold at least one record
                 chunks: [Some(e.batch.header.clone()), Some(e.batch.body.clone())],
             });
         }
@@ -406,6 +444,19 @@ pub struct PartitionLog {
     closed: Cell<bool>,
     /// Record bytes copied out of DMA read buffers (cold reads), for the copy metric.
     read_copied_bytes: Cell<u64>,
+    /// Offsets below are compacted: only newer segments are dirty.
+    clean_end: Cell<i64>,
+    /// A compaction pass is running (one at a time per log).
+    compacting: Cell<bool>,
+}
+
+/// What one compaction pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactStats {
+    pub segments_rewritten: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub keys: usize,
 }
 
 fn now_ms() -> i64 {
@@ -458,11 +509,18 @@ impl PartitionLog {
         std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create dir", &dir, e))?;
         probe_device(&dir).await?;
         let checkpoint = read_checkpoint(&dir);
+        let clean_end = read_offset_file(&dir, CLEANER_CHECKPOINT).unwrap_or(0);
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| StorageError::io("read dir", &dir, e))? {
             let entry = entry.map_err(|e| StorageError::io("read dir", &dir, e))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
+            if name.ends_with(&format!(".{CLEANED_SUFFIX}")) {
+                // A compaction that did not finish: the original `.log` is intact.
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+                continue;
+            }
             if let Some(stem) = name.strip_suffix(".log") {
                 if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
                     if let Some(base) = stem.parse::<i64>().ok().filter(|b| *b < OFFSET_MAX) {
@@ -588,6 +646,8 @@ impl PartitionLog {
             no_space_retrying: Cell::new(false),
             closed: Cell::new(false),
             read_copied_bytes: Cell::new(0),
+            clean_end: Cell::new(clean_end),
+            compacting: Cell::new(false),
         });
         log.persist_sealed_indexes();
         // A crash between the checkpoint and the deletions leaves segments below the
@@ -1285,13 +1345,27 @@ impl PartitionLog {
                 .saturating_sub(1);
             segments.iter().skip(i).cloned().collect()
         };
+        let mut out: Vec<ReadBatch> = Vec::new();
+        let mut next = offset;
         for seg in segs {
-            let found = self.read_segment(&seg, offset, max_bytes).await?;
-            if !found.is_empty() {
-                return Ok(found);
+            let found = self.read_segment(&seg, next, max_bytes).await?;
+            let Some(last) = found.last() else { continue };
+            next = last.last_offset + 1;
+            let only_empty = found.iter().all(|b| b.empty);
+            out.extend(found);
+            if !only_empty || next < seg.next_offset.get() {
+                break;
+            }
+            // Only empty batches so far (their records were compacted away): go on, so
+            // the response carries records. librdkafka counts a fetch without any
+            // record as "message too large" and, after ten, gives up.
+            let cache = self.cache.borrow();
+            if cache.first_offset().is_some_and(|first| first <= next) {
+                out.extend(cache.read(next, max_bytes));
+                break;
             }
         }
-        Ok(Vec::new())
+        Ok(out)
     }
 
     /// DMA-reads whole batches of `seg` from the batch containing `offset`. The data is
@@ -1359,6 +1433,7 @@ impl PartitionLog {
                         base_offset: h.base_offset,
                         last_offset: h.last_offset(),
                         max_timestamp: h.max_timestamp,
+                        empty: h.records_count == 0,
                         chunks: [Some(data.slice(p..p + len)), None],
                     });
                 }
@@ -1480,6 +1555,9 @@ impl PartitionLog {
     pub async fn enforce_retention(&self) -> Result<(), StorageError> {
         self.check_usable()?;
         let config = self.config.borrow().clone();
+        if !config.cleanup_delete {
+            return Ok(()); // compact-only topics keep every key's last record forever
+        }
         let now = now_ms();
         loop {
             let victim = {
@@ -1504,6 +1582,222 @@ impl PartitionLog {
             self.remove_front_segment(&seg).await?;
         }
         Ok(())
+    }
+
+    /// Compaction (`cleanup.policy=compact`): when the uncompacted share of the sealed
+    /// segments reaches `min.cleanable.dirty.ratio`, keeps only each key's newest record
+    /// in every sealed segment (the active segment is never touched) and drops
+    /// tombstones older than `delete.retention.ms`. Call periodically; one pass at a
+    /// time per log (a second call returns at once).
+    ///
+    /// Each changed segment is written to `<base>.cleaned`, fdatasync'd, and renamed
+    /// over its `.log` (stale index files removed first, rebuilt after), then swapped in
+    /// memory in one synchronous step. Readers already inside the old segment finish on
+    /// the old file; a crash leaves either the old or the new file whole, and
+    /// `open` deletes a leftover `.cleaned`.
+    pub async fn compact(&self) -> Result<CompactStats, StorageError> {
+        self.check_usable()?;
+        let config = self.config.borrow().clone();
+        if !config.cleanup_compact || self.compacting.replace(true) {
+            return Ok(CompactStats::default());
+        }
+        let result = self.compact_pass(&config).await;
+        self.compacting.set(false);
+        result
+    }
+
+    async fn compact_pass(&self, config: &LogConfig) -> Result<CompactStats, StorageError> {
+        let sealed: Vec<Rc<Segment>> = {
+            let segs = self.segments.borrow();
+            segs.iter()
+                .take(segs.len() - 1)
+                .take_while(|s| s.sealed.get() && s.is_fully_written() && s.file.borrow().is_some())
+                .cloned()
+                .collect()
+        };
+        let mut stats = CompactStats::default();
+        let Some(last) = sealed.last() else {
+            return Ok(stats);
+        };
+        let clean_end = self.clean_end.get();
+        let total: u64 = sealed.iter().map(|s| s.size.get()).sum();
+        let dirty: u64 = sealed
+            .iter()
+            .filter(|s| s.next_offset.get() > clean_end)
+            .map(|s| s.size.get())
+            .sum();
+        if dirty == 0 || (dirty as f64) < config.min_cleanable_dirty_ratio * total as f64 {
+            return Ok(stats);
+        }
+        let dirty_end = last.next_offset.get();
+        let mut map = compact::OffsetMap::default();
+        for seg in sealed.iter().filter(|s| s.next_offset.get() > clean_end) {
+            self.for_each_batch(seg, |raw| {
+                map.add_batch(&compact::decode_batch(raw)?);
+                Ok(())
+            })
+            .await?;
+        }
+        stats.keys = map.len();
+        let retain = compact::Retain {
+            map: &map,
+            tombstone_horizon_ms: now_ms().saturating_sub(config.delete_retention_ms.max(0)),
+        };
+        for seg in &sealed {
+            stats.bytes_before += seg.size.get();
+            match self.compact_segment(seg, &retain, config).await? {
+                Some(new) => {
+                    stats.segments_rewritten += 1;
+                    stats.bytes_after += new;
+                }
+                None => stats.bytes_after += seg.size.get(),
+            }
+        }
+        self.clean_end.set(dirty_end);
+        // Not fsync'd: a stale checkpoint only makes the next pass do more work.
+        super::segment::write_replace(
+            &self.dir.join(CLEANER_CHECKPOINT),
+            format!("{dirty_end}\n").as_bytes(),
+        )?;
+        Ok(stats)
+    }
+
+    /// Calls `f` with every batch of a fully written segment, in order (read from disk).
+    async fn for_each_batch(
+        &self,
+        seg: &Rc<Segment>,
+        mut f: impl FnMut(&[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut offset = seg.base_offset;
+        while offset < seg.next_offset.get() {
+            let batches = self.read_segment(seg, offset, COMPACT_READ_BYTES).await?;
+            if batches.is_empty() {
+                return Err(StorageError::CorruptBatch(format!(
+                    "{:?}: no batch at offset {offset} below the segment end",
+                    seg.path("log")
+                )));
+            }
+            for b in batches {
+                offset = b.last_offset + 1;
+                match b.chunks {
+                    [Some(one), None] => f(&one)?,
+                    [a, b] => {
+                        let joined: Vec<u8> =
+                            a.into_iter().chain(b).flat_map(|c| c.to_vec()).collect();
+                        f(&joined)?
+                    }
+                }
+            }
+            // Decoding is CPU work on the shard: let requests run between reads.
+            glommio::executor().yield_if_needed().await;
+        }
+        Ok(())
+    }
+
+    /// Rewrites one sealed segment without the records `retain` drops. Returns the new
+    /// size, or `None` when nothing changed (or the segment went away meanwhile).
+    async fn compact_segment(
+        &self,
+        seg: &Rc<Segment>,
+        retain: &compact::Retain<'_>,
+        config: &LogConfig,
+    ) -> Result<Option<u64>, StorageError> {
+        let tmp = seg.path(CLEANED_SUFFIX);
+        let mut compactor = Some(compact::SegmentCompactor::new(seg.base_offset));
+        let mut out: Vec<Bytes> = Vec::new();
+        let mut writer = SegmentWriter::create(&tmp).await?;
+        let mut offset = seg.base_offset;
+        while offset < seg.next_offset.get() {
+            let batches = self.read_segment(seg, offset, COMPACT_READ_BYTES).await?;
+            if batches.is_empty() {
+                writer.abandon().await;
+                return Err(StorageError::CorruptBatch(format!(
+                    "{:?}: no batch at offset {offset} below the segment end",
+                    seg.path("log")
+                )));
+            }
+            for b in batches {
+                offset = b.last_offset + 1;
+                let joined: Vec<u8> = b
+                    .chunks
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| c.to_vec())
+                    .collect();
+                let c = compactor.as_mut().expect("until finish");
+                if let Err(e) = c.push(&joined, retain, &mut out) {
+                    writer.abandon().await;
+                    return Err(e);
+                }
+            }
+            for b in out.drain(..) {
+                writer.write(&b).await?;
+            }
+            glommio::executor().yield_if_needed().await;
+        }
+        let c = compactor.take().expect("once");
+        let changed = c.changed();
+        if let Err(e) = c.finish(seg.next_offset.get(), &mut out) {
+            writer.abandon().await;
+            return Err(e);
+        }
+        if !changed {
+            writer.abandon().await;
+            return Ok(None);
+        }
+        for b in out.drain(..) {
+            writer.write(&b).await?;
+        }
+        let (file, size, batches) = writer.finish().await?;
+        // From here to the swap nothing awaits: readers see the old or the new segment.
+        let index = self
+            .segments
+            .borrow()
+            .iter()
+            .position(|s| Rc::ptr_eq(s, seg));
+        let Some(index) = index.filter(|_| !self.closed.get()) else {
+            let _ = file.close().await;
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(None); // deleted by retention / DeleteRecords meanwhile
+        };
+        let new = Rc::new(Segment::new(
+            &self.dir,
+            seg.base_offset,
+            seg.created_ms.get(),
+        ));
+        let interval = u64::from(config.index_interval_bytes);
+        for b in &batches {
+            new.on_batch(b.0, b.1, b.2, b.3, b.4, interval);
+        }
+        assert_eq!(
+            new.next_offset.get(),
+            seg.next_offset.get(),
+            "compaction keeps the offset range"
+        );
+        assert_eq!(new.size.get(), size);
+        new.written.set(size);
+        new.allocated.set(align_up(size));
+        new.trimmed.set(true);
+        new.sealed.set(true);
+        *new.file.borrow_mut() = Some(Rc::new(file));
+        for ext in ["index", "timeindex"] {
+            let _ = std::fs::remove_file(seg.path(ext));
+        }
+        std::fs::rename(&tmp, seg.path("log"))
+            .map_err(|e| StorageError::io("rename", seg.path("log"), e))?;
+        sync_dir(&self.dir)?;
+        self.segments.borrow_mut()[index] = new.clone();
+        self.cache.borrow_mut().drop_below(seg.next_offset.get());
+        self.unsynced.borrow_mut().retain(|s| !Rc::ptr_eq(s, seg));
+        new.persist_index()?;
+        let old = seg.file.borrow_mut().take();
+        if let Some(old) = old {
+            // Readers still inside the old segment hold it; the last Rc closes it.
+            if let Ok(f) = Rc::try_unwrap(old) {
+                let _ = f.close().await;
+            }
+        }
+        Ok(Some(size))
     }
 
     /// Writes and fdatasyncs everything appended so far.
@@ -1552,11 +1846,122 @@ impl PartitionLog {
     }
 }
 
+/// Writes a new segment file sequentially through O_DIRECT (aligned 1 MiB buffers,
+/// zero-padded to a block at the end), remembering each batch's place.
+struct SegmentWriter {
+    path: PathBuf,
+    file: DmaFile,
+    buf: DmaBuffer,
+    len: usize,
+    file_pos: u64,
+    /// (base offset, last offset, position, length, max timestamp) per batch.
+    batches: Vec<(i64, i64, u64, u64, i64)>,
+}
+
+impl SegmentWriter {
+    async fn create(path: &Path) -> Result<SegmentWriter, StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(path)
+            .await
+            .map_err(|e| StorageError::io("create", path, e))?;
+        Ok(SegmentWriter {
+            path: path.to_path_buf(),
+            file,
+            buf: glommio::allocate_dma_buffer(WRITE_BUFFER_BYTES),
+            len: 0,
+            file_pos: 0,
+            batches: Vec::new(),
+        })
+    }
+
+    fn size(&self) -> u64 {
+        self.file_pos + self.len as u64
+    }
+
+    async fn write(&mut self, batch: &[u8]) -> Result<(), StorageError> {
+        let h = BatchHeader::parse(batch)?;
+        self.batches.push((
+            h.base_offset,
+            h.last_offset(),
+            self.size(),
+            batch.len() as u64,
+            h.max_timestamp,
+        ));
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let n = rest.len().min(self.buf.len() - self.len);
+            self.buf.as_bytes_mut()[self.len..self.len + n].copy_from_slice(&rest[..n]);
+            self.len += n;
+            rest = &rest[n..];
+            if self.len == self.buf.len() {
+                self.flush_buffer().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer (zero-padded to a block) and starts a fresh one.
+    async fn flush_buffer(&mut self) -> Result<(), StorageError> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let padded = align_up(self.len as u64) as usize;
+        self.buf.as_bytes_mut()[self.len..padded].fill(0);
+        let mut full = std::mem::replace(
+            &mut self.buf,
+            glommio::allocate_dma_buffer(WRITE_BUFFER_BYTES),
+        );
+        full.trim_to_size(padded);
+        let n = self
+            .file
+            .write_at(full, self.file_pos)
+            .await
+            .map_err(|e| StorageError::io("write", &self.path, e))?;
+        if n != padded {
+            return Err(StorageError::io(
+                "write",
+                &self.path,
+                std::io::Error::other("short write"),
+            ));
+        }
+        // Only the last buffer may be partial: every earlier one is whole.
+        self.file_pos += self.len as u64;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Writes the rest and fdatasyncs. Returns the file, the logical size and the batches.
+    async fn finish(
+        mut self,
+    ) -> Result<(DmaFile, u64, Vec<(i64, i64, u64, u64, i64)>), StorageError> {
+        let size = self.size();
+        self.flush_buffer().await?;
+        self.file
+            .fdatasync()
+            .await
+            .map_err(|e| StorageError::io("fdatasync", &self.path, e))?;
+        Ok((self.file, size, self.batches))
+    }
+
+    async fn abandon(self) {
+        let _ = self.file.close().await;
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Offsets this large are corruption, not data (Kafka offsets are far below).
 const OFFSET_MAX: i64 = 1 << 62;
 
 fn read_checkpoint(dir: &Path) -> Option<i64> {
-    let v: i64 = std::fs::read_to_string(dir.join(LOG_START_CHECKPOINT))
+    read_offset_file(dir, LOG_START_CHECKPOINT)
+}
+
+fn read_offset_file(dir: &Path, name: &str) -> Option<i64> {
+    let v: i64 = std::fs::read_to_string(dir.join(name))
         .ok()?
         .trim()
         .parse()

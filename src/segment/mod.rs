@@ -31,11 +31,13 @@
 //! offset), both ending in a CRC32C; `log-start-offset` (DeleteRecords / retention
 //! checkpoint, written atomically and fsync'd).
 //!
-//! Modules: `batch` (v2 header, CRC32C, offset patching), `log` (appender, group
+//! Modules: `batch` (v2 header, CRC32C, offset patching), `compact` (record-level
+//! compaction of batches; `PartitionLog::compact` swaps compacted segments in), `log` (appender, group
 //! commit, cache, reads, retention), `segment` (one segment and its indexes),
 //! `recovery` (scan for the logical end), `testing` (a batch encoder for tests).
 
 pub mod batch;
+pub mod compact;
 pub mod error;
 pub mod log;
 mod recovery;
@@ -46,5 +48,6 @@ pub mod testing;
 pub use batch::{BatchHeader, ValidBatch, BATCH_HEADER_LEN};
 pub use error::StorageError;
 pub use log::{
-    AppendInfo, Durability, FlushStats, LogConfig, PartitionLog, ReadResult, TimestampType,
+    AppendInfo, CompactStats, Durability, FlushStats, LogConfig, PartitionLog, ReadResult,
+    TimestampType,
 };

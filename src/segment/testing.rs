@@ -63,3 +63,53 @@ pub fn encode_batch_of_size(size: usize, base_timestamp: i64) -> Bytes {
     let value = vec![0x5au8; size.saturating_sub(BATCH_HEADER_LEN + 12).max(1)];
     encode_batch(0, base_timestamp, &[&value])
 }
+
+/// Encodes a v2 batch of keyed records (`None` key or value = null) with `codec`;
+/// record i has offset delta i and timestamp `base_timestamp + i`.
+pub fn encode_keyed_batch(
+    base_offset: i64,
+    base_timestamp: i64,
+    records: &[(Option<Vec<u8>>, Option<Vec<u8>>)],
+    codec: super::compact::Codec,
+) -> Bytes {
+    assert!(!records.is_empty(), "a batch holds at least one record");
+    let mut raw = Vec::new();
+    for (i, (k, v)) in records.iter().enumerate() {
+        let mut rec = Vec::new();
+        rec.push(0);
+        put_varint(&mut rec, i as i64);
+        put_varint(&mut rec, i as i64);
+        for part in [k, v] {
+            match part {
+                Some(b) => {
+                    put_varint(&mut rec, b.len() as i64);
+                    rec.extend_from_slice(b);
+                }
+                None => put_varint(&mut rec, -1),
+            }
+        }
+        put_varint(&mut rec, 0);
+        put_varint(&mut raw, rec.len() as i64);
+        raw.extend_from_slice(&rec);
+    }
+    let n = records.len() as i32;
+    let template = super::batch::BatchHeader {
+        base_offset,
+        batch_length: 0,
+        partition_leader_epoch: 0,
+        magic: MAGIC_V2,
+        crc: 0,
+        attributes: 0,
+        last_offset_delta: n - 1,
+        base_timestamp,
+        max_timestamp: base_timestamp + i64::from(n - 1),
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        records_count: n,
+    };
+    Bytes::from(
+        super::compact::build_batch(&template, codec, base_offset, n - 1, &raw, n, None)
+            .expect("compress in memory"),
+    )
+}

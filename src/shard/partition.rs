@@ -325,6 +325,16 @@ pub fn log_config_for(configs: &BTreeMap<String, String>, message_max_bytes: u32
             ("flush.messages", Some(n)) if n > 0 => c.flush_messages = n,
             ("flush.ms", Some(n)) if n >= 0 => c.flush_ms = n,
             ("max.message.bytes", Some(n)) if n > 0 => c.max_message_bytes = n as u32,
+            ("delete.retention.ms", Some(n)) if n >= 0 => c.delete_retention_ms = n,
+            ("min.cleanable.dirty.ratio", _) => {
+                if let Ok(r) = v.parse::<f64>() {
+                    c.min_cleanable_dirty_ratio = r.clamp(0.0, 1.0);
+                }
+            }
+            ("cleanup.policy", _) => {
+                c.cleanup_delete = v.split(',').any(|p| p.trim() == "delete");
+                c.cleanup_compact = v.split(',').any(|p| p.trim() == "compact");
+            }
             ("message.timestamp.type", _) => {
                 c.message_timestamp_type = if v == "LogAppendTime" {
                     TimestampType::LogAppendTime
@@ -379,6 +389,10 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
                 }
             }
         }
+        "min.cleanable.dirty.ratio" => match value.parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => {}
+            _ => return Err(format!("{key}={value}: must be a number in [0, 1]")),
+        },
         "compression.type" => {}
         _ => return Err(format!("unknown topic config {key}")),
     }

@@ -1,5 +1,5 @@
 //! Starting the shards: executors, the channel mesh, metadata replay, partition logs,
-//! listeners, and the background retention timer.
+//! listeners, and the background retention and compaction timer.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +20,6 @@ use crate::segment::PartitionLog;
 
 /// Cross-shard messages queued per shard pair before senders wait.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
-const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Stall threshold for glommio's detector; its default handler logs the backtrace (through
 /// the `log` bridge into our tracing output).
@@ -191,9 +190,10 @@ async fn shard_main(
     }
     let retention = {
         let shard = shard.clone();
+        let interval = Duration::from_millis(shard.config.log_retention_check_interval_ms.max(1));
         glommio::spawn_local(async move {
             loop {
-                glommio::timer::sleep(RETENTION_CHECK_INTERVAL).await;
+                glommio::timer::sleep(interval).await;
                 let parts: Vec<Rc<Partition>> = shard
                     .partitions
                     .borrow()
@@ -203,6 +203,20 @@ async fn shard_main(
                 for p in parts {
                     if let Err(e) = p.log.enforce_retention().await {
                         tracing::warn!(error = %e, "retention failed");
+                    }
+                    match p.log.compact().await {
+                        Ok(s) if s.segments_rewritten > 0 => tracing::debug!(
+                            dir = %p.log.dir().display(),
+                            segments = s.segments_rewritten,
+                            bytes_before = s.bytes_before,
+                            bytes_after = s.bytes_after,
+                            keys = s.keys,
+                            "compacted"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(dir = %p.log.dir().display(), error = %e, "compaction failed")
+                        }
                     }
                 }
             }

@@ -45,6 +45,7 @@ pub const TOPIC_DEFAULTS: &[(&str, &str)] = &[
     ("index.interval.bytes", "4096"),
     ("max.message.bytes", "1048588"),
     ("message.timestamp.type", "CreateTime"),
+    ("min.cleanable.dirty.ratio", "0.5"),
     ("min.compaction.lag.ms", "0"),
     ("min.insync.replicas", "1"),
     ("retention.bytes", "-1"),
