@@ -519,7 +519,13 @@ impl ProducerJob {
             .set("linger.ms", a.linger_ms.to_string())
             .set("batch.size", a.batch_bytes.to_string())
             .set("compression.type", &a.compression)
-            .set("queue.buffering.max.kbytes", "1048576")
+            // At least two of the largest messages fit, whatever --queue-kbytes says.
+            .set(
+                "queue.buffering.max.kbytes",
+                a.queue_kbytes
+                    .max(2 * (a.message_bytes.max() as u64).div_ceil(1024))
+                    .to_string(),
+            )
             .set("queue.buffering.max.messages", "1000000")
             // Room for the largest message asked for (librdkafka's default is 1 MB).
             .set(
