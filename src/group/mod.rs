@@ -37,6 +37,7 @@ pub mod codes {
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const FENCED_INSTANCE_ID: i16 = 82;
+    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 }
 
 /// Kafka's defaults for group.min.session.timeout.ms / group.max.session.timeout.ms.
@@ -376,6 +377,107 @@ pub async fn commit(
         }
     }
     results
+}
+
+/// Topics named in a consumer-protocol subscription (`ConsumerProtocolSubscription`,
+/// any version: they all start with `i16 version, [string] topics`). `None` if the
+/// metadata does not parse.
+fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
+    let mut b = metadata;
+    let take = |b: &mut &[u8], n: usize| -> Option<Vec<u8>> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head.to_vec())
+    };
+    take(&mut b, 2)?; // version
+    let count = i32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
+    let mut topics = Vec::new();
+    for _ in 0..count.max(0) {
+        let len = i16::from_be_bytes(take(&mut b, 2)?.try_into().ok()?);
+        topics.push(String::from_utf8(take(&mut b, len.max(0) as usize)?).ok()?);
+    }
+    Some(topics)
+}
+
+/// OffsetDelete (KIP-496): removes a group's committed offsets of the given partitions.
+/// Refused for topics the group's members subscribe to (GROUP_SUBSCRIBED_TO_TOPIC per
+/// partition); a group with members whose subscriptions cannot be read (not the
+/// "consumer" protocol) is refused whole with NON_EMPTY_GROUP. Returns the top-level
+/// error, or a code per requested partition in order.
+pub async fn delete_offsets(
+    shard: &Rc<Shard>,
+    group_id: String,
+    partitions: Vec<(String, i32)>,
+) -> Result<Vec<i16>, i16> {
+    ready(shard).await?;
+    let (codes_out, doomed) = {
+        let groups = shard.groups.groups.borrow();
+        let Some(g) = groups.get(&group_id) else {
+            return Err(codes::GROUP_ID_NOT_FOUND);
+        };
+        let subscribed: Option<std::collections::HashSet<String>> = if g.members.is_empty() {
+            Some(Default::default())
+        } else if g.protocol_type.as_deref() == Some("consumer") {
+            let protocol = g.protocol.clone().unwrap_or_default();
+            let mut all = std::collections::HashSet::new();
+            for m in g.members.values() {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol || protocol.is_empty())
+                    .map(|(_, m)| m.clone())
+                    .unwrap_or_default();
+                match subscribed_topics(&meta) {
+                    Some(t) => all.extend(t),
+                    None => return Err(codes::NON_EMPTY_GROUP),
+                }
+            }
+            Some(all)
+        } else {
+            None
+        };
+        let Some(subscribed) = subscribed else {
+            return Err(codes::NON_EMPTY_GROUP);
+        };
+        let mut out = Vec::with_capacity(partitions.len());
+        let mut doomed = Vec::new();
+        for (t, p) in &partitions {
+            if subscribed.contains(t) {
+                out.push(codes::GROUP_SUBSCRIBED_TO_TOPIC);
+            } else {
+                out.push(codes::NONE);
+                if g.offsets.contains_key(&(t.clone(), *p)) && !doomed.contains(&(t.clone(), *p)) {
+                    doomed.push((t.clone(), *p));
+                }
+            }
+        }
+        (out, doomed)
+    };
+    if doomed.is_empty() {
+        return Ok(codes_out);
+    }
+    let records = doomed
+        .iter()
+        .map(|(t, p)| (store::offset_key(&group_id, t, *p), None))
+        .collect();
+    let base = store::append(shard, &group_id, records).await?;
+    let tombstone_last = base + doomed.len() as i64 - 1;
+    let mut groups = shard.groups.groups.borrow_mut();
+    if let Some(g) = groups.get_mut(&group_id) {
+        for key in &doomed {
+            // A commit that landed after the tombstone survives it, as on replay.
+            if g.offsets
+                .get(key)
+                .is_some_and(|c| c.log_offset <= tombstone_last)
+            {
+                g.offsets.remove(key);
+            }
+        }
+        if g.is_dead() && g.state == GroupState::Empty {
+            groups.remove(&group_id);
+        }
+    }
+    Ok(codes_out)
 }
 
 /// Committed offsets of a group: of the listed partitions, or all when `topics` is

@@ -1,7 +1,7 @@
 //! Group coordinator APIs: FindCoordinator (10) v0–4, JoinGroup (11) v0–9, Heartbeat
 //! (12) v0–4, LeaveGroup (13) v0–5, SyncGroup (14) v0–5, OffsetCommit (8) v2–9,
 //! OffsetFetch (9) v1–9, ListGroups (16) v0–5, DescribeGroups (15) v0–6, DeleteGroups
-//! (42) v0–2. This file only translates the wire types; the group logic runs on the
+//! (42) v0–2, OffsetDelete (47) v0. This file only translates the wire types; the group logic runs on the
 //! group's coordinator shard (`crate::group`), reached with `invoke_on`.
 
 use std::rc::Rc;
@@ -17,6 +17,9 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
@@ -26,8 +29,8 @@ use kafka_protocol::messages::{
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
-    SyncGroupResponse,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -56,6 +59,8 @@ pub const DESCRIBE_MIN: i16 = 0;
 pub const DESCRIBE_MAX: i16 = 6;
 pub const DELETE_MIN: i16 = 0;
 pub const DELETE_MAX: i16 = 2;
+pub const OFFSET_DELETE_MIN: i16 = 0;
+pub const OFFSET_DELETE_MAX: i16 = 0;
 
 /// FindCoordinator key types (KIP-98 transactions, KIP-932 share groups).
 const KEY_TYPE_GROUP: i8 = 0;
@@ -657,4 +662,61 @@ pub async fn delete_groups(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> Delet
         }
     });
     DeleteGroupsResponse::default().with_results(futures::future::join_all(calls).await)
+}
+
+pub async fn offset_delete(shard: &Rc<Shard>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let group_id = req.group_id.0.to_string();
+    if group_id.is_empty() {
+        return OffsetDeleteResponse::default().with_error_code(codes::INVALID_GROUP_ID);
+    }
+    let image = shard.image();
+    // (topic, partition, immediate error) in request order.
+    let mut slots: Vec<(String, i32, Option<i16>)> = Vec::new();
+    let mut wanted = Vec::new();
+    for t in &req.topics {
+        let name = t.name.0.to_string();
+        let meta = image.topic(&name);
+        for p in &t.partitions {
+            let known = meta.is_some_and(|m| {
+                p.partition_index >= 0 && (p.partition_index as usize) < m.owners.len()
+            });
+            if known {
+                wanted.push((name.clone(), p.partition_index));
+                slots.push((name.clone(), p.partition_index, None));
+            } else {
+                slots.push((
+                    name.clone(),
+                    p.partition_index,
+                    Some(ec::UNKNOWN_TOPIC_OR_PARTITION),
+                ));
+            }
+        }
+    }
+    let target = owner(shard, &group_id);
+    let results = shard
+        .invoke_on(target, move |s| async move {
+            group::delete_offsets(&s, group_id, wanted).await
+        })
+        .await;
+    let mut results = match results {
+        Ok(r) => r.into_iter(),
+        Err(code) => return OffsetDeleteResponse::default().with_error_code(code),
+    };
+    let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
+    for (name, partition, immediate) in slots {
+        let code =
+            immediate.unwrap_or_else(|| results.next().expect("one result per partition sent"));
+        let part = OffsetDeleteResponsePartition::default()
+            .with_partition_index(partition)
+            .with_error_code(code);
+        match topics.iter_mut().find(|t| t.name.0.as_str() == name) {
+            Some(t) => t.partitions.push(part),
+            None => topics.push(
+                OffsetDeleteResponseTopic::default()
+                    .with_name(topic_name(&name))
+                    .with_partitions(vec![part]),
+            ),
+        }
+    }
+    OffsetDeleteResponse::default().with_topics(topics)
 }

@@ -108,6 +108,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
         groups::DESCRIBE_MAX,
     ),
     (ApiKey::DeleteGroups, groups::DELETE_MIN, groups::DELETE_MAX),
+    (
+        ApiKey::OffsetDelete,
+        groups::OFFSET_DELETE_MIN,
+        groups::OFFSET_DELETE_MAX,
+    ),
 ];
 
 pub fn is_known_api(api_key: i16) -> bool {
@@ -232,6 +237,7 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> Reply {
             ctx.respond(&groups::describe_groups(shard, r, version).await)
         }
         RequestKind::DeleteGroups(r) => ctx.respond(&groups::delete_groups(shard, r).await),
+        RequestKind::OffsetDelete(r) => ctx.respond(&groups::offset_delete(shard, r).await),
         _ => {
             tracing::warn!(api = ?key, "closing connection: API not implemented");
             Reply::Close
