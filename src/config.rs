@@ -18,6 +18,10 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 /// log.retention.check.interval.ms (Kafka's is 5 minutes; retention and compaction
 /// are cheap when there is nothing to do).
 pub const RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 30_000;
+/// group.min.session.timeout.ms / group.max.session.timeout.ms, Kafka's defaults: the
+/// range of session timeouts a joining consumer may ask for.
+pub const GROUP_MIN_SESSION_TIMEOUT_MS_DEFAULT: i32 = 6_000;
+pub const GROUP_MAX_SESSION_TIMEOUT_MS_DEFAULT: i32 = 1_800_000;
 /// group.initial.rebalance.delay.ms, Kafka's default.
 pub const GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
 
@@ -45,6 +49,8 @@ pub struct BrokerConfig {
     pub log_format: LogFormat,
     pub log_retention_check_interval_ms: u64,
     pub group_initial_rebalance_delay_ms: u64,
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
 }
 
 /// How log lines are written to stderr.
@@ -104,6 +110,25 @@ impl BrokerConfig {
                 self.log_filter
             ));
         }
+        if self.log_retention_check_interval_ms < 100 {
+            // Each check walks every partition; a zero interval would spin.
+            return Err(format!(
+                "log.retention.check.interval.ms={}: must be at least 100",
+                self.log_retention_check_interval_ms
+            ));
+        }
+        if self.group_min_session_timeout_ms < 1 {
+            return Err(format!(
+                "group.min.session.timeout.ms={}: must be at least 1",
+                self.group_min_session_timeout_ms
+            ));
+        }
+        if self.group_max_session_timeout_ms < self.group_min_session_timeout_ms {
+            return Err(format!(
+                "group.max.session.timeout.ms={} is below group.min.session.timeout.ms={}",
+                self.group_max_session_timeout_ms, self.group_min_session_timeout_ms
+            ));
+        }
         if self.io_memory_bytes < 64 * 1024 {
             return Err(format!(
                 "io.memory.mib={}: must be at least 1",
@@ -138,6 +163,14 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     (
         "group.initial.rebalance.delay.ms",
         "group-initial-rebalance-delay-ms",
+    ),
+    (
+        "group.min.session.timeout.ms",
+        "group-min-session-timeout-ms",
+    ),
+    (
+        "group.max.session.timeout.ms",
+        "group-max-session-timeout-ms",
     ),
 ];
 
@@ -201,7 +234,7 @@ pub fn render_toml(c: &BrokerConfig) -> String {
         .map(|a| a.to_string())
         .unwrap_or_else(|| "off".into());
     format!(
-        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n\"log.level\" = \"{}\"\n\"log.format\" = \"{}\"\n\"log.retention.check.interval.ms\" = {}\n\"group.initial.rebalance.delay.ms\" = {}\n",
+        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n\"log.level\" = \"{}\"\n\"log.format\" = \"{}\"\n\"log.retention.check.interval.ms\" = {}\n\"group.initial.rebalance.delay.ms\" = {}\n\"group.min.session.timeout.ms\" = {}\n\"group.max.session.timeout.ms\" = {}\n",
         c.listen,
         c.advertised_host,
         c.data_dir.display(),
@@ -218,6 +251,8 @@ pub fn render_toml(c: &BrokerConfig) -> String {
         c.log_format,
         c.log_retention_check_interval_ms,
         c.group_initial_rebalance_delay_ms,
+        c.group_min_session_timeout_ms,
+        c.group_max_session_timeout_ms,
     )
 }
 
@@ -231,6 +266,17 @@ mod tests {
         assert!(got.contains(&("num-partitions".into(), "4".into())));
         assert!(got.contains(&("auto-create-topics".into(), "false".into())));
         assert!(got.contains(&("listen".into(), "127.0.0.1:9".into())));
+    }
+
+    #[test]
+    fn the_example_settings_file_lists_every_key() {
+        let example = include_str!("../runnel.toml.example");
+        for (key, _) in FILE_KEYS {
+            assert!(
+                example.contains(&format!("\"{key}\" =")),
+                "runnel.toml.example lacks {key}"
+            );
+        }
     }
 
     #[test]

@@ -103,6 +103,12 @@ struct ServeArgs {
     /// before its first rebalance.
     #[arg(long, env = "RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS", default_value_t = config::GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT)]
     group_initial_rebalance_delay_ms: u64,
+    /// group.min.session.timeout.ms: shortest session timeout a consumer may ask for.
+    #[arg(long, env = "RUNNEL_GROUP_MIN_SESSION_TIMEOUT_MS", default_value_t = config::GROUP_MIN_SESSION_TIMEOUT_MS_DEFAULT)]
+    group_min_session_timeout_ms: i32,
+    /// group.max.session.timeout.ms: longest session timeout a consumer may ask for.
+    #[arg(long, env = "RUNNEL_GROUP_MAX_SESSION_TIMEOUT_MS", default_value_t = config::GROUP_MAX_SESSION_TIMEOUT_MS_DEFAULT)]
+    group_max_session_timeout_ms: i32,
 }
 
 fn main() {
@@ -274,6 +280,8 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         log_format: a.log_format.parse()?,
         log_retention_check_interval_ms: a.log_retention_check_interval_ms,
         group_initial_rebalance_delay_ms: a.group_initial_rebalance_delay_ms,
+        group_min_session_timeout_ms: a.group_min_session_timeout_ms,
+        group_max_session_timeout_ms: a.group_max_session_timeout_ms,
     };
     config.validate()?;
     Ok(config)

@@ -651,6 +651,18 @@ fn invalid_settings_are_refused_with_the_key_the_value_and_why() {
             "",
             "unknown setting",
         ),
+        (
+            "\"group.max.session.timeout.ms\" = 5000",
+            "group.max.session.timeout.ms",
+            "5000",
+            "below",
+        ),
+        (
+            "\"log.retention.check.interval.ms\" = 0",
+            "log.retention.check.interval.ms",
+            "0",
+            "at least 100",
+        ),
     ] {
         let r = serve_with_settings(toml, &[]);
         assert_eq!(r.code, 2, "{toml}: {}", r.stderr);
@@ -715,4 +727,54 @@ fn json_logs_are_one_object_per_line_with_per_module_levels() {
                 .is_some_and(|t| t.starts_with("runnel::shard"))),
         "info lines outside runnel::shard: {log}"
     );
+}
+
+#[test]
+fn print_config_lists_every_setting_and_reads_back_as_a_settings_file() {
+    let first = serve_with_settings("", &["--num-partitions", "3", "--log", "warn"]).ok();
+    for (key, _) in runnel::config::FILE_KEYS {
+        assert!(
+            first.stdout.contains(&format!("\"{key}\" =")),
+            "{key} missing:\n{}",
+            first.stdout
+        );
+    }
+    let again = serve_with_settings(&first.stdout, &[]).ok();
+    assert_eq!(again.stdout, first.stdout);
+}
+
+#[test]
+fn session_timeouts_outside_the_configured_range_are_refused() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let broker = Broker::start_with(BrokerOptions {
+        extra_args: vec!["--group-min-session-timeout-ms".into(), "7000".into()],
+        ..BrokerOptions::default()
+    });
+    let b = &broker.bootstrap();
+    let t = &topic_name("cli-session");
+    create_topic_blocking(b, t, 1);
+    let join = |session_ms: &str| -> Result<(), String> {
+        let c: BaseConsumer = consumer(
+            b,
+            &[
+                ("group.id", &topic_name("g")),
+                ("session.timeout.ms", session_ms),
+            ],
+        );
+        c.subscribe(&[t]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match c.poll(Duration::from_millis(100)) {
+                Some(Err(e)) if !matches!(e, rdkafka::error::KafkaError::PartitionEOF(_)) => {
+                    return Err(e.to_string())
+                }
+                _ if c.assignment().unwrap().count() > 0 => return Ok(()),
+                _ => {}
+            }
+        }
+        Err("neither joined nor refused".into())
+    };
+    let refused = join("6500").unwrap_err();
+    assert!(refused.contains("session timeout"), "{refused}");
+    join("8000").unwrap();
 }

@@ -40,9 +40,6 @@ pub mod codes {
     pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 }
 
-/// Kafka's defaults for group.min.session.timeout.ms / group.max.session.timeout.ms.
-pub const SESSION_TIMEOUT_MS_MIN: i32 = 6_000;
-pub const SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
 /// offset.metadata.max.bytes: the commit metadata string is stored and replayed.
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 /// Granularity of session and rebalance timeouts.

@@ -192,7 +192,8 @@ pub async fn join_group(
             version,
         );
     }
-    if !(group::SESSION_TIMEOUT_MS_MIN..=group::SESSION_TIMEOUT_MS_MAX)
+    let c = &shard.config;
+    if !(c.group_min_session_timeout_ms..=c.group_max_session_timeout_ms)
         .contains(&req.session_timeout_ms)
     {
         return join_response(
