@@ -5,12 +5,24 @@
 //! order, which keeps Kafka's per-connection ordering. At most
 //! `CONNECTION_INFLIGHT_MAX` requests are in flight before the reader stops reading.
 //! A malformed frame closes only this connection, with a log line.
+//!
+//! Bounds against slow and hostile clients (each closes or pauses only this connection):
+//! - memory: requests being handled plus responses not yet written are counted
+//!   (`CONNECTION_BUFFERED_BYTES_MAX`); past it the reader stops reading, so a client
+//!   that never reads its responses, or pipelines requests at the size limit, holds at
+//!   most that plus one request and its response. A frame's buffer grows with the bytes
+//!   that actually arrived, not with the size the client announced.
+//! - time: a frame that has started must arrive whole within `frame_read_timeout` (a
+//!   slowloris dribble is cut off), and a connection idle for `CONNECTION_IDLE_MAX`
+//!   (Kafka's connections.max.idle.ms) is closed.
 
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::channel::oneshot;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
@@ -21,8 +33,27 @@ use crate::net::handlers::{self, Reply};
 use crate::net::metrics::{self, ShardMetrics, Stage, StagedApi};
 use crate::shard::Shard;
 
-/// Smallest read issued to the socket; several small requests arrive in one read.
+/// Largest read issued to the socket between frames; several small requests arrive in
+/// one read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Smallest read: an idle connection keeps a buffer this small (thousands of idle
+/// connections must not pin 64 KiB each). Reads grow to `READ_CHUNK_BYTES` while they
+/// come back full.
+const READ_BYTES_MIN: usize = 4 * 1024;
+/// A frame announced up to this size gets its whole buffer reserved at once (no
+/// reallocation copies for ordinary produce requests); a larger one grows its buffer
+/// as its bytes arrive, so an announced size costs nothing until it is sent.
+const FRAME_RESERVE_BYTES_MAX: usize = 8 << 20;
+/// Requests being handled plus responses not yet written, per connection, above which
+/// the connection stops reading (see the module doc).
+pub const CONNECTION_BUFFERED_BYTES_MAX: usize = 64 << 20;
+/// What a response is assumed to take until it exists: a Fetch may return up to
+/// `fetch.max.bytes`; anything else is small.
+const RESPONSE_BYTES_ASSUMED: usize = 64 << 10;
+/// A frame must arrive within this plus one second per MiB of its size.
+const FRAME_READ_TIMEOUT_BASE: Duration = Duration::from_secs(10);
+/// connections.max.idle.ms (Kafka's default): no request started for this long.
+const CONNECTION_IDLE_MAX: Duration = Duration::from_secs(600);
 /// api key + api version + correlation id: the header prefix common to every version.
 const HEADER_PREFIX_LEN: usize = 8;
 
@@ -32,6 +63,86 @@ pub struct Request {
     pub correlation_id: i32,
     /// The whole frame after the 4-byte size: header and body.
     pub frame: Bytes,
+}
+
+/// The size of the frame starting `buf` once its 4-byte size is there (`Ok(None)`
+/// before). `Err(size)` for a size below the header prefix or above `max_frame`
+/// (socket.request.max.bytes): the connection is closed.
+pub fn frame_size(buf: &[u8], max_frame: usize) -> Result<Option<usize>, i32> {
+    let Some(size) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = i32::from_be_bytes([size[0], size[1], size[2], size[3]]);
+    if len < HEADER_PREFIX_LEN as i32 || len as usize > max_frame {
+        return Err(len);
+    }
+    Ok(Some(len as usize))
+}
+
+impl Request {
+    /// `frame` is one whole frame after its size, at least `HEADER_PREFIX_LEN` bytes
+    /// (`frame_size` checked it).
+    pub fn from_frame(frame: Bytes) -> Request {
+        assert!(
+            frame.len() >= HEADER_PREFIX_LEN,
+            "frame_size bounds the frame"
+        );
+        let mut prefix = &frame[..HEADER_PREFIX_LEN];
+        Request {
+            api_key: prefix.get_i16(),
+            api_version: prefix.get_i16(),
+            correlation_id: prefix.get_i32(),
+            frame,
+        }
+    }
+}
+
+/// Per-connection count of buffered request and response bytes, with the reader's
+/// wake-up when it falls back under the bound.
+#[derive(Default)]
+struct Budget {
+    bytes: Cell<usize>,
+    waiter: RefCell<Option<oneshot::Sender<()>>>,
+}
+
+impl Budget {
+    fn add(&self, n: usize) {
+        self.bytes.set(self.bytes.get() + n);
+    }
+
+    fn release(&self, n: usize) {
+        self.bytes.set(self.bytes.get().saturating_sub(n));
+        if self.bytes.get() <= CONNECTION_BUFFERED_BYTES_MAX {
+            if let Some(w) = self.waiter.borrow_mut().take() {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    /// Waits until the buffered bytes are back under the bound.
+    async fn wait_room(&self) {
+        while self.bytes.get() > CONNECTION_BUFFERED_BYTES_MAX {
+            let (tx, rx) = oneshot::channel();
+            *self.waiter.borrow_mut() = Some(tx);
+            if rx.await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Bytes a reply holds until written.
+fn reply_bytes(reply: &Reply) -> usize {
+    match reply {
+        Reply::Frame(f) => f.len(),
+        Reply::Chunks(c) => c.iter().map(|b| b.len()).sum(),
+        Reply::Nothing | Reply::Close => 0,
+    }
+}
+
+/// How long a frame of `len` bytes may take to arrive once it started.
+fn frame_deadline(len: usize) -> Duration {
+    FRAME_READ_TIMEOUT_BASE + Duration::from_secs((len >> 20) as u64)
 }
 
 pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
@@ -44,21 +155,26 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
     }
     ShardMetrics::add(&shard.metrics.connections, 1);
     let fd = stream.as_raw_fd();
+    shard.sockets.borrow_mut().insert(fd);
     let (mut reader, mut writer) = stream.split();
     let (tx, rx) = local_channel::new_bounded::<(i16, JoinHandle<Reply>)>(CONNECTION_INFLIGHT_MAX);
+    let budget = Rc::new(Budget::default());
     let writer_shard = shard.clone();
+    let writer_budget = budget.clone();
     let writer_task = glommio::spawn_local(async move {
         while let Some((api_key, handle)) = rx.recv().await {
             // A handler task that panicked leaves no response: the client would wait
             // forever, so the connection is closed instead.
             let reply = handle.await;
             let write_started = Instant::now();
+            let held = reply.as_ref().map_or(0, reply_bytes);
             let written = match reply {
                 Some(Reply::Frame(f)) => writer.write_all(&f).await.map(|_| f.len()),
                 Some(Reply::Chunks(chunks)) => write_chunks(fd, &mut writer, &chunks).await,
-                Some(Reply::Nothing) => continue,
+                Some(Reply::Nothing) => Ok(0),
                 Some(Reply::Close) | None => break,
             };
+            writer_budget.release(held);
             match written {
                 Ok(n) => ShardMetrics::add(&writer_shard.metrics.bytes_out, n as u64),
                 Err(_) => break,
@@ -67,37 +183,80 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
                 metrics::record_stage(api, Stage::ResponseWrite, write_started.elapsed());
             }
         }
+        // Out of the set before the fd can be closed and reused by another connection.
+        writer_shard.sockets.borrow_mut().remove(&fd);
         let _ = writer.close().await;
     });
 
     let max_frame = shard.config.socket_request_max_bytes;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut buf = BytesMut::with_capacity(READ_BYTES_MIN);
+    let mut read_bytes = READ_BYTES_MIN;
+    // When the frame being read started to arrive (None between frames).
+    let mut frame_started: Option<Instant> = None;
     'conn: loop {
         // Fill until a whole frame is buffered.
         let frame_len = loop {
-            if buf.len() >= 4 {
-                let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-                if len < HEADER_PREFIX_LEN as i32 || len as usize > max_frame {
-                    tracing::warn!(%peer, size = len, max = max_frame, "closing connection: frame size out of bounds (socket.request.max.bytes)");
+            let mut frame_rest = 0;
+            let mut deadline = CONNECTION_IDLE_MAX;
+            match frame_size(&buf, max_frame) {
+                Err(size) => {
+                    tracing::warn!(%peer, size, max = max_frame, "closing connection: frame size out of bounds (socket.request.max.bytes)");
                     break 'conn;
                 }
-                let len = len as usize;
-                if buf.len() >= 4 + len {
-                    break len;
+                Ok(Some(len)) if buf.len() >= 4 + len => break len,
+                Ok(Some(len)) => {
+                    if len <= FRAME_RESERVE_BYTES_MAX {
+                        buf.reserve(4 + len - buf.len());
+                    }
+                    frame_rest = 4 + len - buf.len();
+                    deadline = frame_deadline(len);
                 }
-                buf.reserve(4 + len - buf.len());
+                Ok(None) if !buf.is_empty() => deadline = frame_deadline(0),
+                Ok(None) => {}
             }
-            // Read at most what the current frame still needs (or one chunk): the bytes
-            // handed to read() are zeroed first, so never hand it the whole spare room.
-            let start = buf.len();
-            let frame_rest = if start >= 4 {
-                4 + i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize - start
-            } else {
-                0
+            if !buf.is_empty() && frame_started.is_none() {
+                frame_started = Some(Instant::now());
+            }
+            let waited = frame_started.map_or(Duration::ZERO, |t| t.elapsed());
+            let Some(left) = deadline.checked_sub(waited).filter(|d| !d.is_zero()) else {
+                tracing::warn!(%peer, buffered = buf.len(), waited_ms = waited.as_millis() as u64, "closing connection: frame not received in time");
+                break 'conn;
             };
-            let want = frame_rest.max(READ_CHUNK_BYTES);
+            // Read at most what the current frame still needs (or one chunk), never
+            // more than the buffer has grown to so far: the bytes handed to read() are
+            // zeroed first, and a large announced frame must cost memory only as its
+            // bytes arrive.
+            let start = buf.len();
+            let want = if frame_rest > 0 {
+                frame_rest.min(start.max(read_bytes))
+            } else {
+                read_bytes
+            };
             buf.resize(start + want, 0);
-            match reader.read(&mut buf[start..]).await {
+            let read =
+                glommio::timer::timeout(left, async { Ok(reader.read(&mut buf[start..]).await) })
+                    .await;
+            let read = match read {
+                Ok(r) => r,
+                Err(_) => {
+                    buf.truncate(start);
+                    if start > 0 {
+                        tracing::warn!(%peer, buffered = start, "closing connection: frame not received in time");
+                    } else {
+                        tracing::info!(%peer, "closing idle connection (connections.max.idle.ms)");
+                    }
+                    break 'conn;
+                }
+            };
+            // Grow reads that come back full, shrink ones that come back mostly empty.
+            if let Ok(n) = read {
+                if n == want && frame_rest == 0 {
+                    read_bytes = (read_bytes * 2).min(READ_CHUNK_BYTES);
+                } else if n < want / 4 {
+                    read_bytes = (read_bytes / 2).max(READ_BYTES_MIN);
+                }
+            }
+            match read {
                 Ok(0) => {
                     buf.truncate(start);
                     if start > 0 {
@@ -112,16 +271,11 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
                 }
             }
         };
+        frame_started = None;
         buf.advance(4);
         let frame = buf.split_to(frame_len).freeze();
         ShardMetrics::add(&shard.metrics.bytes_in, 4 + frame_len as u64);
-        let mut prefix = &frame[..HEADER_PREFIX_LEN];
-        let request = Request {
-            api_key: prefix.get_i16(),
-            api_version: prefix.get_i16(),
-            correlation_id: prefix.get_i32(),
-            frame,
-        };
+        let request = Request::from_frame(frame);
         if !handlers::is_known_api(request.api_key) {
             tracing::warn!(%peer, api_key = request.api_key, "closing connection: unknown API key");
             break;
@@ -129,6 +283,16 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
         let started = Instant::now();
         let shard2 = shard.clone();
         let api_key = request.api_key;
+        // The request's bytes and its response's assumed size count until the response
+        // exists; then its real size counts until written.
+        let assumed = frame_len
+            + if request.api_key == kafka_protocol::messages::ApiKey::Fetch as i16 {
+                handlers::fetch::FETCH_RESPONSE_BYTES_MAX
+            } else {
+                RESPONSE_BYTES_ASSUMED
+            };
+        budget.add(assumed);
+        let task_budget = budget.clone();
         let task = glommio::spawn_local(async move {
             if let Some(api) = StagedApi::from_api_key(api_key) {
                 metrics::record_stage(api, Stage::QueueWait, started.elapsed());
@@ -137,17 +301,22 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
             shard2
                 .metrics
                 .record_latency(api_key, started.elapsed().as_micros() as u64);
+            task_budget.add(reply_bytes(&response));
+            task_budget.release(assumed);
             response
         })
         .detach();
         if tx.send((api_key, task)).await.is_err() {
             break;
         }
+        // A client that does not read its responses (or pipelines huge requests) stops
+        // being read here: TCP flow control pushes back on it.
+        budget.wait_room().await;
         // A client pipelining many small requests must not hold the core.
         glommio::yield_if_needed().await;
         // Keep the buffer's spare room for the next reads instead of reallocating.
-        if buf.capacity() < READ_CHUNK_BYTES {
-            buf.reserve(READ_CHUNK_BYTES);
+        if buf.capacity() < read_bytes {
+            buf.reserve(read_bytes);
         }
     }
     drop(tx);

@@ -22,8 +22,23 @@ pub async fn serve(shard: Rc<Shard>) -> anyhow::Result<()> {
         anyhow::bail!("shard {} has no listener", shard.id);
     };
     let per_shard_max = shard.config.connections_max.div_ceil(shard.nshards) as u64;
+    let (stop_tx, mut stop) = futures::channel::oneshot::channel::<()>();
+    *shard.stop_accepting.borrow_mut() = Some(stop_tx);
     loop {
-        let stream = match listener.accept().await {
+        let accepted = {
+            let accept = std::pin::pin!(listener.accept());
+            match futures::future::select(accept, &mut stop).await {
+                futures::future::Either::Left((accepted, _)) => Some(accepted),
+                futures::future::Either::Right(_) => None,
+            }
+        };
+        let Some(accepted) = accepted else {
+            // Graceful stop: close the listening socket, so new connections are refused,
+            // and idle here (the caller treats our end as a failure) until the exit.
+            drop(listener);
+            return futures::future::pending().await;
+        };
+        let stream = match accepted {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: log and keep serving the connections we have.

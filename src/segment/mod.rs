@@ -40,7 +40,7 @@ pub mod batch;
 pub mod compact;
 pub mod error;
 pub mod log;
-mod recovery;
+pub mod recovery;
 mod segment;
 #[doc(hidden)]
 pub mod testing;

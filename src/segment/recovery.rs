@@ -5,6 +5,8 @@
 //! is part of the log. Never panics on file contents: every length read from disk is
 //! bounded before it is used.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use glommio::io::DmaFile;
 
 use super::batch::{claimed_len, validate_batch, BATCH_HEADER_LEN, LOG_OVERHEAD};
@@ -16,6 +18,15 @@ const SCAN_WINDOW_BYTES: u64 = 1 << 20;
 /// A length field above this is corruption, whatever max.message.bytes was: bounds the
 /// allocation a bit-flipped length could cause.
 pub(crate) const BATCH_BYTES_MAX: u64 = 64 << 20;
+
+/// Bytes read by recovery scans since start, over all logs and shards: recovery time
+/// should follow the unflushed tail, not the data size (tests read it from the
+/// "partition logs open" log line).
+static SCANNED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+pub fn scanned_bytes() -> u64 {
+    SCANNED_BYTES.load(Ordering::Relaxed)
+}
 
 /// Scans from `pos` (where a batch with base offset `seg.next_offset` must start),
 /// feeding every valid batch to `seg.on_batch`. Returns the logical end.
@@ -30,6 +41,7 @@ pub(crate) async fn scan(
     while pos + LOG_OVERHEAD as u64 <= file_size {
         let window = (file_size - pos).min(SCAN_WINDOW_BYTES);
         let buf = file.read_at(pos, window as usize).await.map_err(io_err)?;
+        SCANNED_BYTES.fetch_add(buf.len() as u64, Ordering::Relaxed);
         let data: &[u8] = &buf;
         let mut p = 0usize;
         while let Some(len) = claimed_len(&data[p..]) {
@@ -45,6 +57,7 @@ pub(crate) async fn scan(
                 if p == 0 {
                     // One batch larger than the window: read exactly it.
                     let big = file.read_at(at, len).await.map_err(io_err)?;
+                    SCANNED_BYTES.fetch_add(big.len() as u64, Ordering::Relaxed);
                     if big.len() < len || !accept(seg, &big[..len], at, interval) {
                         return Ok(at);
                     }

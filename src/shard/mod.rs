@@ -60,6 +60,13 @@ pub struct Shard {
     pub groups: crate::group::Coordinator,
     /// This shard's listener between bind and serve.
     pub listener: RefCell<Option<glommio::net::TcpListener>>,
+    /// Graceful stop: no new connections or requests (see `runtime`).
+    pub stopping: Cell<bool>,
+    /// Sockets of this shard's open connections, so a graceful stop can wake the tasks
+    /// blocked reading them (`shutdown(SHUT_RD)`).
+    pub sockets: RefCell<std::collections::HashSet<std::os::fd::RawFd>>,
+    /// Stops this shard's accept loop (graceful stop).
+    pub stop_accepting: RefCell<Option<oneshot::Sender<()>>>,
     senders: Senders<Envelope>,
     pending: RefCell<HashMap<u64, oneshot::Sender<AnyBox>>>,
     next_call_id: Cell<u64>,

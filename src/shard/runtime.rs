@@ -126,6 +126,9 @@ async fn shard_main(
         metrics: Default::default(),
         ready: Cell::new(false),
         listener: RefCell::new(None),
+        stopping: Cell::new(false),
+        sockets: RefCell::default(),
+        stop_accepting: RefCell::new(None),
         groups: crate::group::Coordinator::new(),
         senders,
         pending: RefCell::default(),
@@ -153,6 +156,7 @@ async fn shard_main(
         tracing::info!(
             topics = shard.image().topics.len(),
             partitions = opened.iter().sum::<usize>(),
+            recovery_scanned_bytes = crate::segment::recovery::scanned_bytes(),
             "metadata replayed, partition logs open"
         );
         // Bind shard 0 first so that a port of 0 picks one port, which the rest share.
@@ -229,8 +233,16 @@ async fn shard_main(
             while !SHUTDOWN_REQUESTED.load(Ordering::Acquire) {
                 glommio::timer::sleep(SHUTDOWN_POLL_INTERVAL).await;
             }
-            // Graceful stop: every shard flushes and closes its logs, then the process
-            // exits. Requests still in flight are answered or fail with the connection.
+            // Graceful stop: every shard stops accepting and reading requests, answers
+            // the ones in flight (bounded by SHUTDOWN_DRAIN_MAX), then flushes and closes
+            // its logs, and the process exits.
+            let open: Vec<u64> = shard
+                .invoke_on_all(|s| async move { drain_connections(&s).await })
+                .await;
+            tracing::info!(
+                still_open = open.iter().sum::<u64>(),
+                "stopped accepting; in-flight requests answered"
+            );
             let closed: Vec<usize> = shard
                 .invoke_on_all(|s| async move { close_partitions(&s).await })
                 .await;
@@ -243,6 +255,31 @@ async fn shard_main(
         .detach();
     }
     net::listener::serve(shard).await
+}
+
+/// How long a graceful stop waits for connections to finish their in-flight requests.
+const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// Stops accepting and reading: the listener and every connection's read side are shut
+/// down, so readers see EOF and writers send the responses of requests already read.
+/// Waits (bounded) until the connections are gone; returns how many are still open.
+async fn drain_connections(shard: &Rc<Shard>) -> u64 {
+    shard.stopping.set(true);
+    if let Some(stop) = shard.stop_accepting.borrow_mut().take() {
+        let _ = stop.send(());
+    }
+    for fd in shard.sockets.borrow().iter() {
+        // SAFETY: shutdown(2) on a socket this shard owns and has not closed (a socket
+        // leaves the set before its close).
+        unsafe {
+            libc::shutdown(*fd, libc::SHUT_RD);
+        }
+    }
+    let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_MAX;
+    while shard.metrics.connections.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    shard.metrics.connections.get()
 }
 
 /// Flushes and closes every log this shard owns; returns how many.

@@ -22,6 +22,9 @@ const FETCH_API_KEY: i16 = 1;
 
 /// Upper bound on how long a fetch may park, whatever the client asks.
 const FETCH_WAIT_MS_MAX: u64 = 30_000;
+/// Kafka's broker `fetch.max.bytes` default (55 MiB): the most one Fetch response
+/// carries, whatever the client asks for (bounds what one request can pin in memory).
+pub const FETCH_RESPONSE_BYTES_MAX: usize = 55 << 20;
 
 struct Target {
     topic: String,
@@ -309,9 +312,9 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         .collect();
     let incremental = matches!(mode, Mode::Incremental(..));
     let response_max = if req.max_bytes > 0 {
-        req.max_bytes as usize
+        (req.max_bytes as usize).min(FETCH_RESPONSE_BYTES_MAX)
     } else {
-        usize::MAX
+        FETCH_RESPONSE_BYTES_MAX
     };
     let min_bytes = req.min_bytes.max(0) as usize;
     let started = Instant::now();

@@ -1,0 +1,384 @@
+//! Slow and hostile clients: each test runs one misbehaving client against a broker,
+//! prints the broker's resident memory (VmRSS from /proc) before and during, asserts
+//! it stays bounded, and checks that a well-behaved rdkafka producer + consumer still
+//! gets through within a deadline while the hostile client is connected.
+//! Bounds under test: src/net/connection.rs (buffered bytes per connection, frame read
+//! timeout, buffers that grow with received bytes).
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ApiVersionsRequest, FetchRequest, ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use runnel::segment::testing::encode_batch;
+
+const MIB: u64 = 1 << 20;
+/// A well-behaved client must get its records through within this while the hostile
+/// one is connected.
+const SERVE_DEADLINE: Duration = Duration::from_secs(30);
+
+fn name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+fn produce_req(topic: &str, records: Bytes) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])])
+}
+
+fn fetch_req(topic: &str, max_bytes: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_current_leader_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(max_bytes)])])
+}
+
+/// A well-behaved rdkafka producer and consumer get through, timed.
+fn others_still_served(bootstrap: &str, what: &str) {
+    let started = Instant::now();
+    assert_broker_serves(bootstrap);
+    let took = started.elapsed();
+    eprintln!("{what}: a normal producer + consumer round trip took {took:?}");
+    assert!(
+        took < SERVE_DEADLINE,
+        "{what}: normal clients took {took:?}"
+    );
+}
+
+fn rss_mib(broker: &Broker) -> u64 {
+    broker.rss_bytes() / MIB
+}
+
+/// Peak resident set size (VmHWM) of the broker.
+fn hwm_mib(broker: &Broker) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb >> 10
+}
+
+/// Raises this process's open-file limit (children inherit it) to at least `n`.
+fn raise_nofile(n: u64) {
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < n {
+            lim.rlim_cur = n.min(lim.rlim_max);
+            assert_eq!(
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim),
+                0,
+                "setrlimit NOFILE"
+            );
+        }
+        assert!(lim.rlim_cur >= n, "open-file limit {} < {n}", lim.rlim_cur);
+    }
+}
+
+/// Open file descriptors of `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Whether the broker closed `s` (EOF or reset) within `timeout`.
+fn closed_within(s: &mut TcpStream, timeout: Duration) -> bool {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut b = [0u8; 64];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_its_responses_holds_bounded_memory() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("noread");
+    create_topic_blocking(&bootstrap, &topic, 1);
+    // 24 MiB of data: every fetch below returns 16 MiB, much of it read from disk.
+    let mut w = Wire::connect(&bootstrap);
+    let value = vec![b'x'; 1000 * 1000];
+    for _ in 0..24 {
+        let resp = w.call(&produce_req(&topic, encode_batch(0, 0, &[&value])), 9);
+        assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
+    }
+    let before = rss_mib(&broker);
+
+    // Pipeline fetches and never read (200k requests: ~20 MB, more than the socket
+    // buffers hold): the broker must stop reading (TCP pushes back
+    // on our writes) instead of queueing responses without bound.
+    let mut hostile = Wire::connect(&bootstrap);
+    hostile.stream.set_nonblocking(true).unwrap();
+    const FETCHES: usize = 200_000;
+    let mut sent = 0usize;
+    let mut pending: Option<(Bytes, usize)> = None;
+    let mut stalled_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sent < FETCHES && stalled_since.elapsed() < Duration::from_secs(3) {
+        assert!(
+            Instant::now() < deadline,
+            "fetch pipelining loop did not settle"
+        );
+        let (bytes, at) = pending.take().unwrap_or_else(|| {
+            (
+                hostile.encode_request(&fetch_req(&topic, 16 << 20), 12).0,
+                0,
+            )
+        });
+        match hostile.stream.write(&bytes[at..]) {
+            Ok(n) if at + n == bytes.len() => {
+                sent += 1;
+                stalled_since = Instant::now();
+            }
+            Ok(n) => {
+                pending = Some((bytes, at + n));
+                stalled_since = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                pending = Some((bytes, at));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("write to the broker failed: {e}"),
+        }
+    }
+    let during = rss_mib(&broker);
+    eprintln!(
+        "never-reading client: {sent} fetches of 16 MiB sent before the broker stopped reading; \
+         broker RSS {before} MiB before, {during} MiB while stalled"
+    );
+    assert!(
+        sent < FETCHES,
+        "the broker kept reading {FETCHES} unanswered fetches"
+    );
+    assert!(
+        during < before + 256,
+        "broker RSS grew from {before} to {during} MiB for one client that does not read"
+    );
+    others_still_served(&bootstrap, "never-reading client");
+    assert!(
+        rss_mib(&broker) < before + 256,
+        "broker RSS grew past the bound while others were served"
+    );
+    drop(hostile);
+}
+
+#[test]
+fn thousands_of_idle_connections_cost_little_and_do_not_block_others() {
+    const CONNECTIONS: usize = 2000;
+    raise_nofile(CONNECTIONS as u64 + 2000);
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let base_fds = fd_count(broker.pid());
+    let before = rss_mib(&broker);
+    let mut idle = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        idle.push(Wire::connect(&bootstrap));
+    }
+    // Wait until the broker accepted them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fd_count(broker.pid()) < base_fds + CONNECTIONS {
+        assert!(
+            Instant::now() < deadline,
+            "broker accepted {} of {CONNECTIONS} connections",
+            fd_count(broker.pid()) - base_fds
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let during = rss_mib(&broker);
+    eprintln!(
+        "{CONNECTIONS} idle connections: broker RSS {before} MiB before, {during} MiB with them \
+         ({} KiB each)",
+        (during.saturating_sub(before) << 10) / CONNECTIONS as u64
+    );
+    assert!(
+        during < before + 64,
+        "{CONNECTIONS} idle connections grew RSS from {before} to {during} MiB"
+    );
+    others_still_served(&bootstrap, "2000 idle connections");
+    // The idle connections still work when they finally speak.
+    for w in idle.iter_mut().step_by(200) {
+        let resp = w.call(&ApiVersionsRequest::default(), 3);
+        assert_eq!(resp.error_code, 0);
+    }
+}
+
+#[test]
+fn a_slowloris_frame_is_cut_off_and_announced_sizes_cost_nothing_until_sent() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let before = rss_mib(&broker);
+
+    // 30 connections announce a frame just under socket.request.max.bytes (100 MiB)
+    // and send 64 KiB of it: the broker must not reserve what was only announced.
+    let mut big = Vec::new();
+    for _ in 0..30 {
+        let mut s = TcpStream::connect(&bootstrap).unwrap();
+        s.write_all(&((100 << 20) - 16i32).to_be_bytes()).unwrap();
+        s.write_all(&[0u8; 64 << 10]).unwrap();
+        big.push(s);
+    }
+    // One connection dribbles a 200-byte frame one byte every 100 ms (20 s in all):
+    // the broker must cut it off at its frame read timeout (10 s), serving others
+    // meanwhile.
+    let mut slow = TcpStream::connect(&bootstrap).unwrap();
+    let started = Instant::now();
+    let mut frame = 196i32.to_be_bytes().to_vec();
+    frame.resize(200, 0);
+    let mut cut_off = false;
+    for (i, b) in frame.iter().enumerate() {
+        if slow.write_all(&[*b]).is_err() {
+            cut_off = true;
+            break;
+        }
+        if i == 10 {
+            others_still_served(&bootstrap, "slowloris");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let closed = cut_off || closed_within(&mut slow, Duration::from_secs(5));
+    let took = started.elapsed();
+    eprintln!("slowloris: the broker closed the dribbling connection after {took:?}");
+    assert!(
+        closed,
+        "a frame dribbled at 1 byte/100 ms for 20 s was not cut off"
+    );
+    assert!(
+        took < Duration::from_secs(16),
+        "slowloris cut off only after {took:?}"
+    );
+    // Measured after the broker surely read what the 30 big announcers sent (the
+    // round trips above went through after them).
+    let during = rss_mib(&broker);
+    eprintln!(
+        "30 announced 100 MiB frames (64 KiB sent each): broker RSS {before} MiB before, {during} MiB while they wait"
+    );
+    assert!(
+        during < before + 128,
+        "announced-but-unsent frames grew RSS from {before} to {during} MiB"
+    );
+    drop(big);
+}
+
+#[test]
+fn requests_at_the_size_limit_are_served_with_bounded_memory() {
+    // socket.request.max.bytes at 16 MiB: the test sends frames of exactly that size.
+    const LIMIT: usize = 16 << 20;
+    let broker = Broker::start_with(BrokerOptions {
+        extra_args: vec![
+            "--socket-request-max-bytes".into(),
+            LIMIT.to_string(),
+            "--message-max-bytes".into(),
+            LIMIT.to_string(),
+        ],
+        ..BrokerOptions::default()
+    });
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("sizelimit");
+    create_topic_blocking(&bootstrap, &topic, 1);
+    let before = rss_mib(&broker);
+
+    // A produce frame of exactly LIMIT bytes: the records fill what the header and the
+    // request fields leave.
+    let mut w = Wire::connect(&bootstrap);
+    let overhead = w
+        .encode_request(&produce_req(&topic, encode_batch(0, 0, &[b""])), 9)
+        .0
+        .len()
+        - 4;
+    let mut grown = |len: usize| {
+        let value = vec![b'v'; len];
+        w.encode_request(&produce_req(&topic, encode_batch(0, 0, &[&value])), 9)
+            .0
+            .len()
+            - 4
+    };
+    // Varint lengths grow with the value: trim it to land exactly on the limit.
+    let value_len = LIMIT - overhead - (grown(LIMIT - overhead) - LIMIT);
+    assert_eq!(
+        grown(value_len),
+        LIMIT,
+        "frame at exactly socket.request.max.bytes"
+    );
+
+    // Four connections pipeline three such frames each.
+    let mut conns: Vec<Wire> = (0..4).map(|_| Wire::connect(&bootstrap)).collect();
+    let mut expected = Vec::new();
+    for c in conns.iter_mut() {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let value = vec![b'v'; value_len];
+            let (f, id) = c.encode_request(&produce_req(&topic, encode_batch(0, 0, &[&value])), 9);
+            assert_eq!(f.len() - 4, LIMIT);
+            c.stream.write_all(&f).unwrap();
+            ids.push(id);
+        }
+        expected.push(ids);
+    }
+    for (c, ids) in conns.iter_mut().zip(&expected) {
+        for &id in ids {
+            let resp = c.recv_response::<ProduceRequest>(9, id);
+            assert_eq!(
+                resp.responses[0].partition_responses[0].error_code, 0,
+                "produce of a frame at the size limit"
+            );
+        }
+    }
+    let peak = hwm_mib(&broker);
+    eprintln!(
+        "12 produce frames of {} MiB pipelined on 4 connections: broker RSS {before} MiB before, \
+         peak (VmHWM) {peak} MiB, now {} MiB",
+        LIMIT >> 20,
+        rss_mib(&broker)
+    );
+    // Per connection: at most CONNECTION_BUFFERED_BYTES_MAX plus one frame, and the
+    // log's bounded write buffers and cache on top.
+    let bound = 4
+        * ((runnel::net::connection::CONNECTION_BUFFERED_BYTES_MAX >> 20) as u64
+            + (LIMIT >> 20) as u64)
+        + 64;
+    assert!(
+        peak < before + bound,
+        "peak RSS {peak} MiB exceeds {before} + {bound} MiB"
+    );
+    // One byte over the limit closes the connection.
+    let mut over = TcpStream::connect(&bootstrap).unwrap();
+    over.write_all(&(LIMIT as i32 + 1).to_be_bytes()).unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_secs(10)),
+        "a frame over socket.request.max.bytes was not refused"
+    );
+    others_still_served(&bootstrap, "size-limit frames");
+}
