@@ -184,10 +184,12 @@ pub async fn join(shard: &Rc<Shard>, group_id: String, req: JoinRequest) -> Join
     }
     let step = {
         let mut groups = shard.groups.groups.borrow_mut();
-        groups
+        let g = groups
             .entry(group_id.clone())
-            .or_insert_with(|| Group::new(&group_id))
-            .join(req, Instant::now())
+            .or_insert_with(|| Group::new(&group_id));
+        g.initial_rebalance_delay =
+            Duration::from_millis(shard.config.group_initial_rebalance_delay_ms);
+        g.join(req, Instant::now())
     };
     match step {
         Step::Reply(r) => r,

@@ -153,6 +153,12 @@ pub struct Group {
     /// End of the current rebalance phase (join or sync), when one is running.
     pub phase_deadline: Option<Instant>,
     pub offsets: BTreeMap<(String, i32), Committed>,
+    /// group.initial.rebalance.delay.ms: the first join phase of an empty group lasts
+    /// at least this long (each new member extends it, up to the rebalance timeout),
+    /// so members starting together land in one generation instead of many.
+    pub initial_rebalance_delay: std::time::Duration,
+    /// The join phase may not complete before this (the initial delay).
+    join_not_before: Option<Instant>,
 }
 
 impl Group {
@@ -169,6 +175,8 @@ impl Group {
             statics: HashMap::new(),
             phase_deadline: None,
             offsets: BTreeMap::new(),
+            initial_rebalance_delay: std::time::Duration::ZERO,
+            join_not_before: None,
         }
     }
 
@@ -264,8 +272,15 @@ impl Group {
                 sync_tx: None,
             },
         );
+        let was_empty = self.state == GroupState::Empty;
         if self.state != GroupState::PreparingRebalance {
             self.prepare_rebalance(now);
+        }
+        let delay = self.initial_rebalance_delay;
+        let waiting = self.join_not_before.is_some_and(|t| t > now);
+        if !delay.is_zero() && (was_empty || waiting) {
+            let until = now + delay;
+            self.join_not_before = Some(self.phase_deadline.map_or(until, |d| until.min(d)));
         }
         self.maybe_complete_join(now);
         Step::Wait(rx)
@@ -346,8 +361,15 @@ impl Group {
         if let Some(old) = member.join_tx.replace(tx) {
             let _ = old.send(JoinReply::error(codes::REBALANCE_IN_PROGRESS, &id));
         }
+        let was_empty = self.state == GroupState::Empty;
         if self.state != GroupState::PreparingRebalance {
             self.prepare_rebalance(now);
+        }
+        let delay = self.initial_rebalance_delay;
+        let waiting = self.join_not_before.is_some_and(|t| t > now);
+        if !delay.is_zero() && (was_empty || waiting) {
+            let until = now + delay;
+            self.join_not_before = Some(self.phase_deadline.map_or(until, |d| until.min(d)));
         }
         self.maybe_complete_join(now);
         Step::Wait(rx)
@@ -404,6 +426,7 @@ impl Group {
     /// Completes the join phase once every known member has rejoined.
     pub fn maybe_complete_join(&mut self, now: Instant) {
         if self.state == GroupState::PreparingRebalance
+            && self.join_not_before.is_none_or(|t| t <= now)
             && self.members.values().all(|m| m.join_tx.is_some())
         {
             self.complete_join(now);
@@ -414,6 +437,7 @@ impl Group {
     /// advances, a protocol is chosen and every waiting member gets its answer — the
     /// leader with everyone's subscription metadata.
     fn complete_join(&mut self, now: Instant) {
+        self.join_not_before = None;
         let missing: Vec<String> = self
             .members
             .values()
@@ -696,6 +720,13 @@ impl Group {
             GroupState::PreparingRebalance if phase_over => {
                 self.complete_join(now);
                 return true;
+            }
+            GroupState::PreparingRebalance if self.join_not_before.is_some_and(|t| t <= now) => {
+                // The initial delay is over: complete if everyone is in.
+                self.maybe_complete_join(now);
+                if self.state != GroupState::PreparingRebalance {
+                    return true;
+                }
             }
             GroupState::CompletingRebalance if phase_over => {
                 // The leader never sent its assignment: drop members that have not synced

@@ -188,6 +188,9 @@ impl Broker {
         // (127.0.0.1:9644). An env var, so an explicit `--admin-listen` in
         // extra_args wins and a broker without the setting ignores it.
         cmd.env("RUNNEL_ADMIN_LISTEN", "off");
+        // Kafka's 3 s initial group rebalance delay would slow every group test; tests
+        // of the delay pass --group-initial-rebalance-delay-ms, which wins.
+        cmd.env("RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS", "0");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));

@@ -45,7 +45,7 @@ class Broker:
             stdout=subprocess.PIPE,
             stderr=log,
             # Parallel test brokers stay off the fixed admin HTTP port.
-            env={**os.environ, "RUNNEL_ADMIN_LISTEN": "off"},
+            env={**os.environ, "RUNNEL_ADMIN_LISTEN": "off", "RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS": "0"},
         )
         log.close()
         expected = f"runnel: ready on {self.bootstrap}"
