@@ -51,6 +51,14 @@ pub struct BrokerConfig {
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
+    /// `None`: a single node (no Raft, the local metadata log). `Some`: a member of a
+    /// cluster whose metadata is replicated among `controller.quorum.voters`.
+    pub cluster: Option<ClusterConfig>,
+    /// `default.replication.factor`: replicas of topics created without one.
+    pub default_replication_factor: i16,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up for this long
+    /// leaves the in-sync set.
+    pub replica_lag_time_max_ms: u64,
 }
 
 /// How log lines are written to stderr.
@@ -79,6 +87,58 @@ impl std::fmt::Display for LogFormat {
             LogFormat::Json => "json",
         })
     }
+}
+
+/// One member of the metadata quorum (`controller.quorum.voters`: `id@host:port`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    /// The voter's inter-broker (Raft) address.
+    pub addr: SocketAddr,
+}
+
+/// Cluster membership. Every broker is a voter (Kafka's combined mode): a cluster of
+/// three brokers is a quorum of three.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub voters: Vec<Voter>,
+    /// Where this broker accepts inter-broker (Raft) connections.
+    pub listen: SocketAddr,
+}
+
+/// Upper bound on voters: every metadata change waits for a majority of them.
+pub const VOTERS_MAX: usize = 64;
+
+/// Parses `controller.quorum.voters`: `1@127.0.0.1:19093,2@127.0.0.1:19094,...`.
+pub fn parse_voters(text: &str) -> Result<Vec<Voter>, String> {
+    use std::net::ToSocketAddrs;
+    let mut voters: Vec<Voter> = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('@')
+            .ok_or_else(|| format!("controller.quorum.voters: '{item}' is not id@host:port"))?;
+        let id: i32 = id.parse().ok().filter(|id| *id >= 0).ok_or_else(|| {
+            format!("controller.quorum.voters: '{id}' is not a node id (0 or more)")
+        })?;
+        let addr = addr
+            .to_socket_addrs()
+            .map_err(|e| format!("controller.quorum.voters: {addr}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("controller.quorum.voters: {addr} resolves to no address"))?;
+        if voters.iter().any(|v| v.id == id) {
+            return Err(format!(
+                "controller.quorum.voters: node id {id} listed twice"
+            ));
+        }
+        voters.push(Voter { id, addr });
+    }
+    if voters.len() > VOTERS_MAX {
+        return Err(format!(
+            "controller.quorum.voters: at most {VOTERS_MAX} voters"
+        ));
+    }
+    voters.sort_by_key(|v| v.id);
+    Ok(voters)
 }
 
 impl BrokerConfig {
@@ -135,6 +195,26 @@ impl BrokerConfig {
                 self.io_memory_bytes >> 20
             ));
         }
+        if let Some(c) = &self.cluster {
+            if !c.voters.iter().any(|v| v.id == self.node_id) {
+                return Err(format!(
+                    "node.id={} is not in controller.quorum.voters (every broker of a cluster is a voter)",
+                    self.node_id
+                ));
+            }
+            if c.listen == self.listen {
+                return Err(format!(
+                    "the cluster listener {} must differ from the Kafka listener",
+                    c.listen
+                ));
+            }
+        }
+        if self.default_replication_factor < 1 {
+            return Err(format!(
+                "default.replication.factor={}: must be at least 1",
+                self.default_replication_factor
+            ));
+        }
         Ok(())
     }
 }
@@ -172,6 +252,11 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
         "group.max.session.timeout.ms",
         "group-max-session-timeout-ms",
     ),
+    ("advertised.port", "advertised-port"),
+    ("controller.quorum.voters", "controller-quorum-voters"),
+    ("cluster.listen", "cluster-listen"),
+    ("default.replication.factor", "default-replication-factor"),
+    ("replica.lag.time.max.ms", "replica-lag-time-max-ms"),
 ];
 
 /// Reads a TOML settings file into (flag, value) pairs. Dotted keys may be written
@@ -253,7 +338,27 @@ pub fn render_toml(c: &BrokerConfig) -> String {
         c.group_initial_rebalance_delay_ms,
         c.group_min_session_timeout_ms,
         c.group_max_session_timeout_ms,
-    )
+    ) + &render_cluster(c)
+}
+
+fn render_cluster(c: &BrokerConfig) -> String {
+    let mut out = format!(
+        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n",
+        c.advertised_port, c.default_replication_factor, c.replica_lag_time_max_ms
+    );
+    if let Some(cluster) = &c.cluster {
+        let voters: Vec<String> = cluster
+            .voters
+            .iter()
+            .map(|v| format!("{}@{}", v.id, v.addr))
+            .collect();
+        out += &format!(
+            "\"controller.quorum.voters\" = \"{}\"\n\"cluster.listen\" = \"{}\"\n",
+            voters.join(","),
+            cluster.listen
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -277,6 +382,19 @@ mod tests {
                 "runnel.toml.example lacks {key}"
             );
         }
+    }
+
+    #[test]
+    fn voters_parse_kafka_style_and_refuse_bad_entries() {
+        let v = parse_voters("2@127.0.0.1:9002, 1@127.0.0.1:9001").unwrap();
+        assert_eq!(v.iter().map(|v| v.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(v[0].addr, "127.0.0.1:9001".parse().unwrap());
+        assert!(parse_voters("1@127.0.0.1:1,1@127.0.0.1:2")
+            .unwrap_err()
+            .contains("twice"));
+        assert!(parse_voters("x@127.0.0.1:1").is_err());
+        assert!(parse_voters("127.0.0.1:1").is_err());
+        assert!(parse_voters("").unwrap().is_empty());
     }
 
     #[test]

@@ -109,6 +109,22 @@ struct ServeArgs {
     /// group.max.session.timeout.ms: longest session timeout a consumer may ask for.
     #[arg(long, env = "RUNNEL_GROUP_MAX_SESSION_TIMEOUT_MS", default_value_t = config::GROUP_MAX_SESSION_TIMEOUT_MS_DEFAULT)]
     group_max_session_timeout_ms: i32,
+    /// Port advertised to clients in Metadata (default: the listen port).
+    #[arg(long, env = "RUNNEL_ADVERTISED_PORT")]
+    advertised_port: Option<u16>,
+    /// controller.quorum.voters: `id@host:port,...` (the voters' cluster listeners).
+    /// Empty: a single node. Every broker of a cluster is a voter.
+    #[arg(long, env = "RUNNEL_CONTROLLER_QUORUM_VOTERS", default_value = "")]
+    controller_quorum_voters: String,
+    /// Inter-broker (Raft) listener; default: this node's address in the voters.
+    #[arg(long, env = "RUNNEL_CLUSTER_LISTEN")]
+    cluster_listen: Option<String>,
+    /// default.replication.factor
+    #[arg(long, env = "RUNNEL_DEFAULT_REPLICATION_FACTOR", default_value_t = 1)]
+    default_replication_factor: i16,
+    /// replica.lag.time.max.ms
+    #[arg(long, env = "RUNNEL_REPLICA_LAG_TIME_MAX_MS", default_value_t = 30_000)]
+    replica_lag_time_max_ms: u64,
 }
 
 fn main() {
@@ -255,6 +271,32 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         .map(|c| c.len())
         .unwrap_or(1)
         .max(1);
+    let voters = config::parse_voters(&a.controller_quorum_voters)?;
+    let cluster = if voters.is_empty() {
+        if a.cluster_listen.is_some() {
+            return Err("cluster-listen needs controller.quorum.voters".into());
+        }
+        None
+    } else {
+        let listen = match &a.cluster_listen {
+            Some(s) => s
+                .to_socket_addrs()
+                .map_err(|e| format!("cluster-listen={s}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("cluster-listen={s}: resolves to no address"))?,
+            None => voters
+                .iter()
+                .find(|v| v.id == a.node_id)
+                .map(|v| v.addr)
+                .ok_or_else(|| {
+                    format!(
+                        "node.id={} is not in controller.quorum.voters (every broker of a cluster is a voter)",
+                        a.node_id
+                    )
+                })?,
+        };
+        Some(config::ClusterConfig { voters, listen })
+    };
     let config = BrokerConfig {
         listen,
         admin_listen,
@@ -265,7 +307,7 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
                 listen.ip().to_string()
             }
         }),
-        advertised_port: listen.port(),
+        advertised_port: a.advertised_port.unwrap_or(listen.port()),
         data_dir: a.data_dir,
         cores: a.cores.unwrap_or(cpus),
         node_id: a.node_id,
@@ -282,6 +324,9 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         group_initial_rebalance_delay_ms: a.group_initial_rebalance_delay_ms,
         group_min_session_timeout_ms: a.group_min_session_timeout_ms,
         group_max_session_timeout_ms: a.group_max_session_timeout_ms,
+        cluster,
+        default_replication_factor: a.default_replication_factor,
+        replica_lag_time_max_ms: a.replica_lag_time_max_ms,
     };
     config.validate()?;
     Ok(config)

@@ -25,6 +25,66 @@ pub struct TopicMeta {
     pub owners: Vec<u32>,
     pub configs: BTreeMap<String, String>,
     pub internal: bool,
+    /// Cluster mode: each partition's replica set, leader, leader epoch and in-sync set,
+    /// indexed by partition number. Empty on a single node, where this broker leads every
+    /// partition at epoch 0 (and the log's lines stay as they were before clusters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<PartitionState>,
+}
+
+/// Where one partition lives in a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Broker ids holding a copy; the first is the preferred leader.
+    pub replicas: Vec<i32>,
+    /// -1: no leader (every in-sync replica is down).
+    pub leader: i32,
+    /// Bumped on every leader change, so a deposed leader's writes can be told apart.
+    pub leader_epoch: i32,
+    /// In-sync replicas: those that have everything up to the high watermark.
+    pub isr: Vec<i32>,
+}
+
+impl TopicMeta {
+    pub fn partition_count(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// Leader of `partition`, or `None` when it has none (or does not exist). `local`
+    /// is this broker's id, the leader of everything on a single node.
+    #[inline]
+    pub fn leader(&self, partition: i32, local: i32) -> Option<i32> {
+        if self.replicas.is_empty() {
+            return Some(local);
+        }
+        let p = self.replicas.get(usize::try_from(partition).ok()?)?;
+        (p.leader >= 0).then_some(p.leader)
+    }
+
+    /// Whether broker `node` keeps a copy of `partition`.
+    pub fn is_replica(&self, partition: i32, node: i32) -> bool {
+        match usize::try_from(partition) {
+            Ok(p) if self.replicas.is_empty() => p < self.owners.len(),
+            Ok(p) => self
+                .replicas
+                .get(p)
+                .is_some_and(|r| r.replicas.contains(&node)),
+            Err(_) => false,
+        }
+    }
+
+    pub fn replication_factor(&self) -> usize {
+        self.replicas.first().map(|r| r.replicas.len()).unwrap_or(1)
+    }
+}
+
+/// A broker as registered in the cluster metadata (Kafka's broker registration).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerMeta {
+    pub id: i32,
+    /// Address clients connect to (the advertised listener).
+    pub host: String,
+    pub port: u16,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,10 +99,23 @@ pub enum MetaEvent {
     AddPartitions {
         name: String,
         owners: Vec<u32>,
+        /// Cluster mode: the new partitions' replica sets.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replicas: Vec<PartitionState>,
     },
     SetConfigs {
         name: String,
         configs: BTreeMap<String, Option<String>>,
+    },
+    /// Cluster mode: a broker announces (or changes) its advertised address.
+    RegisterBroker {
+        broker: BrokerMeta,
+    },
+    /// Cluster mode: a partition's leader, epoch or in-sync set changed.
+    ChangePartition {
+        name: String,
+        partition: i32,
+        state: PartitionState,
     },
 }
 
@@ -50,6 +123,8 @@ pub enum MetaEvent {
 pub struct Image {
     pub topics: BTreeMap<String, Arc<TopicMeta>>,
     pub by_id: HashMap<u128, String>,
+    /// Cluster mode: registered brokers by id. Empty on a single node.
+    pub brokers: BTreeMap<i32, BrokerMeta>,
     /// Count of events applied; shards use it to tell images apart.
     pub version: u64,
 }
@@ -58,6 +133,13 @@ impl Image {
     pub fn apply(&mut self, event: &MetaEvent) {
         self.version += 1;
         match event {
+            // Events are decided against the image they apply to (on the metadata
+            // leader, under its lock), so a name clash here is a broken invariant in a
+            // single process; in a cluster, a deposed leader's undecided proposal. Either
+            // way every broker skips it alike, which keeps the images identical.
+            MetaEvent::CreateTopic { topic } if self.topics.contains_key(&topic.name) => {
+                tracing::warn!(topic = %topic.name, "metadata: create of an existing topic skipped");
+            }
             MetaEvent::CreateTopic { topic } => {
                 self.by_id.insert(topic.id, topic.name.clone());
                 self.topics
@@ -68,9 +150,32 @@ impl Image {
                     self.by_id.remove(&t.id);
                 }
             }
-            MetaEvent::AddPartitions { name, owners } => {
+            MetaEvent::AddPartitions {
+                name,
+                owners,
+                replicas,
+            } => {
                 if let Some(t) = self.topics.get_mut(name) {
-                    Arc::make_mut(t).owners.extend_from_slice(owners);
+                    let t = Arc::make_mut(t);
+                    t.owners.extend_from_slice(owners);
+                    t.replicas.extend_from_slice(replicas);
+                }
+            }
+            MetaEvent::RegisterBroker { broker } => {
+                self.brokers.insert(broker.id, broker.clone());
+            }
+            MetaEvent::ChangePartition {
+                name,
+                partition,
+                state,
+            } => {
+                if let Some(t) = self.topics.get_mut(name) {
+                    if let Some(p) = Arc::make_mut(t)
+                        .replicas
+                        .get_mut(usize::try_from(*partition).unwrap_or(usize::MAX))
+                    {
+                        *p = state.clone();
+                    }
                 }
             }
             MetaEvent::SetConfigs { name, configs } => {
@@ -234,6 +339,7 @@ mod tests {
             owners: vec![0, 1],
             configs: BTreeMap::new(),
             internal: false,
+            replicas: Vec::new(),
         };
         {
             let (mut log, image) = MetaLog::open(dir.path()).unwrap();

@@ -1,3 +1,46 @@
-//! Replication (issue 7): single node for now. Partition leadership is always this
-//! broker, leader epoch 0; the metadata log in `crate::metadata` is what a Raft quorum
-//! will carry.
+//! Replication (issue 7). A cluster's metadata — brokers, topics, partition replica
+//! sets, leaders, leader epochs, in-sync sets — is the same event log a single node
+//! keeps in `crate::metadata`, replicated by Raft (raft-rs) among the voters of
+//! `controller.quorum.voters` (`quorum`). Without voters a broker is a single node:
+//! none of this runs, it leads every partition at epoch 0, and metadata stays in
+//! `data/meta/metadata.log`. Design and the choice of Raft crate: `README.md`.
+
+pub mod placement;
+pub mod quorum;
+pub mod raft_log;
+pub mod transport;
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The metadata leader's node id as last seen by shard 0 (-1: none known). Any shard
+/// reads it for Metadata / DescribeCluster; it is a hint, like Kafka's controller id.
+static CONTROLLER_ID: AtomicI32 = AtomicI32::new(-1);
+
+pub fn controller_id() -> Option<i32> {
+    let id = CONTROLLER_ID.load(Ordering::Relaxed);
+    (id >= 0).then_some(id)
+}
+
+fn set_controller(id: i32) {
+    CONTROLLER_ID.store(id, Ordering::Relaxed);
+}
+
+/// raft-rs logs through slog; this forwards its records to our tracing output.
+pub struct SlogToTracing;
+
+impl slog::Drain for SlogToTracing {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let msg = record.msg().to_string();
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{msg}"),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{msg}"),
+            slog::Level::Info => tracing::info!(target: "raft", "{msg}"),
+            slog::Level::Debug => tracing::debug!(target: "raft", "{msg}"),
+            slog::Level::Trace => tracing::trace!(target: "raft", "{msg}"),
+        }
+        Ok(())
+    }
+}

@@ -5,6 +5,7 @@
 //! over glommio's channel mesh and ships the result back — Seastar's `invoke_on` — so no
 //! lock is ever taken across cores.
 
+pub mod commands;
 pub mod partition;
 pub mod runtime;
 
@@ -51,6 +52,8 @@ pub struct Shard {
     pub partitions: RefCell<HashMap<Arc<str>, HashMap<i32, Rc<Partition>>>>,
     /// Only on shard 0: the metadata log's single writer.
     pub meta_log: Option<RefCell<MetaLog>>,
+    /// Only on shard 0 of a cluster member: the metadata quorum (Raft).
+    pub quorum: std::cell::OnceCell<Rc<crate::replication::quorum::Quorum>>,
     /// Serializes metadata changes on shard 0 (held across the broadcast await).
     pub meta_lock: glommio::sync::Semaphore,
     pub metrics: crate::net::metrics::ShardMetrics,

@@ -12,9 +12,10 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use super::commands::{MetaCommand, MetaReply};
 use super::{Envelope, Partition, Shard};
 use crate::config::BrokerConfig;
-use crate::metadata::{Image, MetaEvent, MetaLog, TopicMeta};
+use crate::metadata::{Image, MetaLog, TopicMeta};
 use crate::net;
 use crate::segment::PartitionLog;
 
@@ -103,7 +104,7 @@ async fn shard_main(
         "mesh peer index must equal the shard id"
     );
     let nshards = config.cores;
-    let (meta_log, image) = if id == 0 {
+    let (meta_log, image) = if id == 0 && config.cluster.is_none() {
         let (log, image) = MetaLog::open(&config.data_dir.join("meta")).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open metadata log in {}: {e}",
@@ -122,6 +123,7 @@ async fn shard_main(
         image: RefCell::new(Arc::new(image)),
         partitions: RefCell::default(),
         meta_log,
+        quorum: Default::default(),
         meta_lock: glommio::sync::Semaphore::new(1),
         metrics: Default::default(),
         ready: Cell::new(false),
@@ -145,6 +147,11 @@ async fn shard_main(
         .detach();
     }
     if id == 0 {
+        if let Some(cluster) = &config.cluster {
+            // Replays the Raft log and applies what is committed on every shard.
+            let quorum = crate::replication::quorum::Quorum::start(&shard, cluster).await?;
+            let _ = shard.quorum.set(quorum);
+        }
         // Hand the replayed image to every shard; each opens the logs it owns.
         let image = shard.image();
         let opened: Vec<usize> = shard
@@ -330,7 +337,9 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
             .map(|old| old.configs != topic.configs)
             .unwrap_or(false);
         for p in 0..topic.owners.len() as i32 {
-            if shard.owner_of(&topic.owners, p) != Some(shard.id) {
+            if shard.owner_of(&topic.owners, p) != Some(shard.id)
+                || !topic.is_replica(p, shard.config.node_id)
+            {
                 continue;
             }
             owned += 1;
@@ -370,25 +379,25 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
     owned
 }
 
-/// Decides and commits a metadata change on shard 0: `decide` sees the current image
-/// (under the metadata lock, so check-then-create is atomic) and returns the events to
-/// append plus a result for the caller. The events are durable in the metadata log and
-/// applied on every shard before this returns, so the caller's next request sees them
-/// whichever shard it reaches.
-pub async fn commit_meta<R, F>(shard: &Rc<Shard>, decide: F) -> Result<R, String>
-where
-    R: Send + 'static,
-    F: FnOnce(&Image) -> (Vec<MetaEvent>, R) + Send + 'static,
-{
+/// Decides and commits a metadata change: `cmd` is decided against the current image
+/// (under the metadata lock, so check-then-create is atomic) into events plus a reply.
+/// On a single node shard 0 decides and appends to the local metadata log; in a cluster
+/// the metadata leader decides and the events commit through Raft. Either way the events
+/// are durable and applied on every shard of this broker before this returns, so the
+/// caller's next request sees them whichever shard it reaches.
+pub async fn commit_meta(shard: &Rc<Shard>, cmd: MetaCommand) -> Result<MetaReply, String> {
     shard
         .invoke_on(0, move |s| async move {
+            if let Some(q) = s.quorum.get().cloned() {
+                return q.commit(&s, cmd).await;
+            }
             let _permit = s
                 .meta_lock
                 .acquire_permit(1)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut image = (*s.image()).clone();
-            let (events, result) = decide(&image);
+            let (events, result) = cmd.decide(&image, None);
             if events.is_empty() {
                 return Ok(result);
             }
@@ -431,5 +440,6 @@ pub fn new_topic(
         owners: place_partitions(nshards, 0, partitions, name),
         configs,
         internal: name.starts_with("__"),
+        replicas: Vec::new(),
     }
 }

@@ -112,6 +112,12 @@ impl Broker {
     }
 
     pub fn start_with(options: BrokerOptions) -> Broker {
+        Broker::start_on(free_port(), options)
+    }
+
+    /// Like `start_with`, on a Kafka port the caller picked (clusters need every
+    /// broker's ports before the first one starts).
+    pub fn start_on(port: u16, options: BrokerOptions) -> Broker {
         let mut data_dir = tempfile::Builder::new();
         data_dir.prefix("runnel-data-");
         let data_dir = match &options.data_parent {
@@ -125,7 +131,7 @@ impl Broker {
             .expect("tempdir");
         let mut broker = Broker {
             child: None,
-            port: free_port(),
+            port,
             options,
             data_dir,
             log_dir,
@@ -317,6 +323,77 @@ impl Drop for Broker {
         }
         self.kill();
     }
+}
+
+// ---------------------------------------------------------------------------
+// Clusters
+
+/// `n` distinct free ports, all held open until every one is picked (so the same port
+/// is never handed out twice).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Brokers on 127.0.0.1 forming one cluster: node ids 1..=n, each with its own Kafka
+/// port, cluster (Raft) port and data dir; every broker is a metadata voter.
+pub struct Cluster {
+    pub brokers: Vec<Broker>,
+}
+
+impl Cluster {
+    /// Starts `n` brokers (each waits only for its own ready line, not for a quorum).
+    pub fn start(n: usize, options: BrokerOptions) -> Cluster {
+        let ports = free_ports(2 * n);
+        let (kafka, raft) = ports.split_at(n);
+        let voters: Vec<String> = raft
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+            .collect();
+        let brokers = (0..n)
+            .map(|i| {
+                let mut o = options.clone();
+                o.extra_args.extend([
+                    "--node-id".to_string(),
+                    (i + 1).to_string(),
+                    "--controller-quorum-voters".to_string(),
+                    voters.join(","),
+                ]);
+                Broker::start_on(kafka[i], o)
+            })
+            .collect();
+        Cluster { brokers }
+    }
+
+    /// The broker with Kafka node id `id`.
+    pub fn node(&mut self, id: i32) -> &mut Broker {
+        &mut self.brokers[(id - 1) as usize]
+    }
+
+    pub fn bootstrap_all(&self) -> String {
+        self.brokers
+            .iter()
+            .map(|b| b.bootstrap())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Metadata v12 over the raw protocol: (controller id, brokers as (id, host, port)).
+pub fn raw_cluster_view(bootstrap: &str) -> (i32, Vec<(i32, String, i32)>) {
+    let mut wire = Wire::connect(bootstrap);
+    let resp = wire.call(&kafka_protocol::messages::MetadataRequest::default(), 12);
+    let brokers = resp
+        .brokers
+        .iter()
+        .map(|b| (b.node_id.0, b.host.to_string(), b.port))
+        .collect();
+    (resp.controller_id.0, brokers)
 }
 
 // ---------------------------------------------------------------------------

@@ -15,9 +15,8 @@ use kafka_protocol::messages::{
 };
 
 use super::str_bytes;
-use crate::metadata::MetaEvent;
 use crate::net::error_code as ec;
-use crate::shard::partition::validate_topic_config;
+use crate::shard::commands::{MetaCommand, MetaReply};
 use crate::shard::runtime::commit_meta;
 use crate::shard::Shard;
 
@@ -142,11 +141,7 @@ pub fn describe(shard: &Rc<Shard>, req: DescribeConfigsRequest) -> DescribeConfi
 }
 
 /// One resource's requested change: key → Some(value) to set, None to delete.
-type Change = (
-    i8,
-    String,
-    Result<BTreeMap<String, Option<String>>, (i16, String)>,
-);
+type Change = crate::shard::commands::ConfigChange;
 
 /// Validates and commits config changes; returns (type, name, error code, message).
 /// `replace`: AlterConfigs semantics (the given set replaces all topic configs).
@@ -156,51 +151,19 @@ async fn apply(
     replace: bool,
     validate_only: bool,
 ) -> Vec<(i8, String, i16, Option<String>)> {
-    let result = commit_meta(shard, move |image| {
-        let mut events = Vec::new();
-        let mut out = Vec::new();
-        for (rtype, name, change) in changes {
-            let r = change.and_then(|mut set| {
-                if rtype != RESOURCE_TOPIC {
-                    return Err((
-                        ec::INVALID_REQUEST,
-                        "only topic configs can be altered".to_string(),
-                    ));
-                }
-                let Some(t) = image.topic(&name) else {
-                    return Err((
-                        ec::UNKNOWN_TOPIC_OR_PARTITION,
-                        format!("unknown topic '{name}'"),
-                    ));
-                };
-                for (k, v) in &set {
-                    if let Some(v) = v {
-                        validate_topic_config(k, v).map_err(|m| (ec::INVALID_CONFIG, m))?;
-                    }
-                }
-                if replace {
-                    for k in t.configs.keys() {
-                        set.entry(k.clone()).or_insert(None);
-                    }
-                }
-                Ok(set)
-            });
-            match r {
-                Ok(set) => {
-                    if !validate_only {
-                        events.push(MetaEvent::SetConfigs {
-                            name: name.clone(),
-                            configs: set,
-                        });
-                    }
-                    out.push((rtype, name, ec::NONE, None));
-                }
-                Err((code, msg)) => out.push((rtype, name, code, Some(msg))),
-            }
-        }
-        (events, out)
-    })
+    let result = commit_meta(
+        shard,
+        MetaCommand::SetConfigs {
+            changes,
+            replace,
+            validate_only,
+        },
+    )
     .await;
+    let result = result.map(|r| match r {
+        MetaReply::SetConfigs(out) => out,
+        other => unreachable!("set configs answered {other:?}"),
+    });
     result.unwrap_or_else(|msg| {
         tracing::error!(error = %msg, "config change failed");
         Vec::new()

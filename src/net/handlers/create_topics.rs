@@ -15,10 +15,11 @@ use kafka_protocol::messages::{
 use uuid::Uuid;
 
 use super::{str_bytes, topic_name};
-use crate::metadata::{validate_topic_name, MetaEvent, TopicMeta};
+use crate::metadata::{validate_topic_name, TopicMeta};
 use crate::net::error_code as ec;
+use crate::shard::commands::{MetaCommand, MetaReply};
 use crate::shard::partition::validate_topic_config;
-use crate::shard::runtime::{commit_meta, new_topic, place_partitions};
+use crate::shard::runtime::{commit_meta, new_topic};
 use crate::shard::Shard;
 
 pub const CREATE_MIN: i16 = 2;
@@ -33,24 +34,48 @@ pub const PARTITIONS_PER_TOPIC_MAX: i32 = 100_000;
 
 type Outcome = Result<Arc<TopicMeta>, (i16, String)>;
 
-/// Creates topics that do not exist yet. Existing ones answer TOPIC_ALREADY_EXISTS.
+/// Creates topics that do not exist yet, with the default replication factor.
+/// Existing ones answer TOPIC_ALREADY_EXISTS.
 pub async fn create_topics(
     shard: &Rc<Shard>,
     wanted: Vec<(String, i32, BTreeMap<String, String>)>,
     validate_only: bool,
 ) -> Vec<(String, Outcome)> {
+    let wanted = wanted.into_iter().map(|(n, p, c)| (n, p, c, -1)).collect();
+    create_topics_rf(shard, wanted, validate_only).await
+}
+
+/// Like `create_topics`, each topic with a replication factor (-1: the default).
+pub async fn create_topics_rf(
+    shard: &Rc<Shard>,
+    wanted: Vec<(String, i32, BTreeMap<String, String>, i16)>,
+    validate_only: bool,
+) -> Vec<(String, Outcome)> {
     let nshards = shard.nshards;
+    let cluster = shard.config.cluster.is_some();
     let mut results: Vec<(String, Option<Outcome>)> = Vec::new();
     let mut to_create = Vec::new();
-    for (name, partitions, configs) in wanted {
+    for (name, partitions, configs, rf) in wanted {
         let check = validate_topic_name(&name)
             .map_err(|m| (ec::INVALID_TOPIC_EXCEPTION, m))
             .and_then(|_| {
-                if partitions < 1 || partitions > PARTITIONS_PER_TOPIC_MAX {
+                if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
                     Err((ec::INVALID_PARTITIONS, format!("number of partitions {partitions} is not within 1..={PARTITIONS_PER_TOPIC_MAX}")))
                 } else {
                     Ok(())
                 }
+            })
+            .and_then(|_| match rf {
+                -1 | 1 => Ok(()),
+                _ if cluster && rf > 1 => Ok(()),
+                _ if cluster => Err((
+                    ec::INVALID_REPLICATION_FACTOR,
+                    format!("replication factor {rf} must be at least 1"),
+                )),
+                _ => Err((
+                    ec::INVALID_REPLICATION_FACTOR,
+                    format!("replication factor {rf} is larger than the 1 available broker"),
+                )),
             })
             .and_then(|_| {
                 configs.iter().try_for_each(|(k, v)| validate_topic_config(k, v).map_err(|m| (ec::INVALID_CONFIG, m)))
@@ -58,58 +83,47 @@ pub async fn create_topics(
         match check {
             Err(e) => results.push((name, Some(Err(e)))),
             Ok(()) => {
-                to_create.push(new_topic(nshards, &name, partitions as u32, configs));
+                let rf = if rf == -1 {
+                    if cluster {
+                        shard.config.default_replication_factor
+                    } else {
+                        1
+                    }
+                } else {
+                    rf
+                };
+                to_create.push((new_topic(nshards, &name, partitions as u32, configs), rf));
                 results.push((name, None));
             }
         }
     }
-    let committed = commit_meta(shard, move |image| {
-        let mut events = Vec::new();
-        let mut out = Vec::new();
-        for t in to_create {
-            if let Some(existing) = image.topic(&t.name) {
-                out.push((
-                    t.name.clone(),
-                    Err((
-                        ec::TOPIC_ALREADY_EXISTS,
-                        format!("topic '{}' already exists", existing.name),
-                    )),
-                ));
-                continue;
-            }
-            if events
-                .iter()
-                .any(|e| matches!(e, MetaEvent::CreateTopic { topic } if topic.name == t.name))
-            {
-                out.push((
-                    t.name.clone(),
-                    Err((
-                        ec::INVALID_REQUEST,
-                        "topic named twice in one request".to_string(),
-                    )),
-                ));
-                continue;
-            }
-            out.push((t.name.clone(), Ok(Arc::new(t.clone()))));
-            if !validate_only {
-                events.push(MetaEvent::CreateTopic { topic: t });
-            }
-        }
-        (events, out)
-    })
+    if to_create.is_empty() {
+        return results
+            .into_iter()
+            .map(|(n, r)| (n, r.expect("every topic refused early")))
+            .collect();
+    }
+    let committed = commit_meta(
+        shard,
+        MetaCommand::CreateTopics {
+            topics: to_create,
+            validate_only,
+        },
+    )
     .await;
     let mut committed = match committed {
-        Ok(v) => v.into_iter(),
+        Ok(MetaReply::CreateTopics(v)) => v.into_iter(),
+        Ok(other) => unreachable!("create topics answered {other:?}"),
         Err(msg) => {
             tracing::error!(error = %msg, "topic creation failed");
+            let code = if cluster {
+                ec::REQUEST_TIMED_OUT
+            } else {
+                ec::KAFKA_STORAGE_ERROR
+            };
             return results
                 .into_iter()
-                .map(|(n, r)| {
-                    (
-                        n,
-                        r.unwrap_or_else(|| Err((ec::KAFKA_STORAGE_ERROR, msg.clone()))),
-                    )
-                })
+                .map(|(n, r)| (n, r.unwrap_or_else(|| Err((code, msg.clone())))))
                 .collect();
         }
     };
@@ -117,9 +131,12 @@ pub async fn create_topics(
         .into_iter()
         .map(|(n, r)| match r {
             Some(r) => (n, r),
-            None => committed
-                .next()
-                .expect("one committed result per topic to create"),
+            None => {
+                let (name, r) = committed
+                    .next()
+                    .expect("one committed result per topic to create");
+                (name, r.map(Arc::new))
+            }
         })
         .collect()
 }
@@ -130,23 +147,9 @@ pub async fn create(
     _version: i16,
 ) -> CreateTopicsResponse {
     let default_partitions = shard.config.num_partitions as i32;
-    let mut immediate = Vec::new();
     let mut wanted = Vec::new();
     for t in req.topics {
         let name = t.name.0.to_string();
-        if t.replication_factor != -1 && t.replication_factor != 1 {
-            immediate.push((
-                name,
-                Err((
-                    ec::INVALID_REPLICATION_FACTOR,
-                    format!(
-                        "replication factor {} is larger than the 1 available broker",
-                        t.replication_factor
-                    ),
-                )),
-            ));
-            continue;
-        }
         let partitions = if t.num_partitions == -1 {
             if t.assignments.is_empty() {
                 default_partitions
@@ -161,10 +164,9 @@ pub async fn create(
             .into_iter()
             .filter_map(|c| c.value.map(|v| (c.name.to_string(), v.to_string())))
             .collect();
-        wanted.push((name, partitions, configs));
+        wanted.push((name, partitions, configs, t.replication_factor));
     }
-    let mut outcomes = create_topics(shard, wanted, req.validate_only).await;
-    outcomes.extend(immediate);
+    let outcomes = create_topics_rf(shard, wanted, req.validate_only).await;
     let topics = outcomes
         .into_iter()
         .map(|(name, r)| {
@@ -173,7 +175,7 @@ pub async fn create(
                 Ok(t) => base
                     .with_topic_id(Uuid::from_u128(t.id))
                     .with_num_partitions(t.owners.len() as i32)
-                    .with_replication_factor(1),
+                    .with_replication_factor(t.replication_factor() as i16),
                 Err((code, msg)) => base
                     .with_error_code(code)
                     .with_error_message(Some(str_bytes(&msg)))
@@ -203,49 +205,22 @@ pub async fn delete(
             .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
             .collect();
     }
-    let result = commit_meta(shard, move |image| {
-        let mut events = Vec::new();
-        let mut out = Vec::new();
-        for (name, id) in wanted {
-            let found = match &name {
-                Some(n) => image.topic(n).cloned(),
-                None => image.topic_by_id(id.as_u128()).cloned(),
-            };
-            match found {
-                Some(t) if !t.internal => {
-                    out.push((Some(t.name.clone()), Uuid::from_u128(t.id), ec::NONE));
-                    events.push(MetaEvent::DeleteTopic {
-                        name: t.name.clone(),
-                    });
-                }
-                Some(t) => out.push((
-                    Some(t.name.clone()),
-                    Uuid::from_u128(t.id),
-                    ec::INVALID_TOPIC_EXCEPTION,
-                )),
-                None => {
-                    let code = if name.is_some() {
-                        ec::UNKNOWN_TOPIC_OR_PARTITION
-                    } else {
-                        ec::UNKNOWN_TOPIC_ID
-                    };
-                    out.push((name, id, code));
-                }
-            }
-        }
-        (events, out)
-    })
-    .await;
+    let wanted = wanted
+        .into_iter()
+        .map(|(n, id)| (n, format!("{:032x}", id.as_u128())))
+        .collect();
+    let result = commit_meta(shard, MetaCommand::DeleteTopics { wanted }).await;
     let responses = match result {
-        Ok(out) => out
+        Ok(MetaReply::DeleteTopics(out)) => out
             .into_iter()
             .map(|(name, id, code)| {
                 DeletableTopicResult::default()
                     .with_name(name.map(|n| topic_name(&n)))
-                    .with_topic_id(id)
+                    .with_topic_id(Uuid::from_u128(u128::from_str_radix(&id, 16).unwrap_or(0)))
                     .with_error_code(code)
             })
             .collect(),
+        Ok(other) => unreachable!("delete topics answered {other:?}"),
         Err(msg) => {
             tracing::error!(error = %msg, "topic deletion failed");
             Vec::new()
@@ -266,45 +241,17 @@ pub async fn create_partitions(
         .iter()
         .map(|t| (t.name.0.to_string(), t.count))
         .collect();
-    let result = commit_meta(shard, move |image| {
-        let mut events = Vec::new();
-        let mut out = Vec::new();
-        for (name, count) in wanted {
-            let r = match image.topic(&name) {
-                None => Err((
-                    ec::UNKNOWN_TOPIC_OR_PARTITION,
-                    format!("topic '{name}' does not exist"),
-                )),
-                Some(t) if count <= t.owners.len() as i32 => Err((
-                    ec::INVALID_PARTITIONS,
-                    format!(
-                        "topic has {} partitions; the new count {count} must be larger",
-                        t.owners.len()
-                    ),
-                )),
-                Some(_) if count > PARTITIONS_PER_TOPIC_MAX => Err((
-                    ec::INVALID_PARTITIONS,
-                    format!("at most {PARTITIONS_PER_TOPIC_MAX} partitions"),
-                )),
-                Some(t) => {
-                    let have = t.owners.len() as u32;
-                    let owners = place_partitions(nshards, have, count as u32 - have, &name);
-                    if !validate_only {
-                        events.push(MetaEvent::AddPartitions {
-                            name: name.clone(),
-                            owners,
-                        });
-                    }
-                    Ok(())
-                }
-            };
-            out.push((name, r));
-        }
-        (events, out)
-    })
+    let result = commit_meta(
+        shard,
+        MetaCommand::CreatePartitions {
+            wanted,
+            validate_only,
+            nshards,
+        },
+    )
     .await;
     let results = match result {
-        Ok(out) => out
+        Ok(MetaReply::CreatePartitions(out)) => out
             .into_iter()
             .map(|(name, r)| {
                 let base = CreatePartitionsTopicResult::default().with_name(topic_name(&name));
@@ -316,6 +263,7 @@ pub async fn create_partitions(
                 }
             })
             .collect(),
+        Ok(other) => unreachable!("create partitions answered {other:?}"),
         Err(msg) => {
             tracing::error!(error = %msg, "create partitions failed");
             Vec::new()

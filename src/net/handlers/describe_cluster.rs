@@ -1,4 +1,4 @@
-//! DescribeCluster (60) v0–1: this broker is the whole cluster and its controller.
+//! DescribeCluster (60) v0–1: the registered brokers and the metadata leader.
 
 use std::rc::Rc;
 
@@ -12,13 +12,18 @@ pub const MIN: i16 = 0;
 pub const MAX: i16 = 1;
 
 pub fn handle(shard: &Rc<Shard>) -> DescribeClusterResponse {
-    let c = &shard.config;
+    let brokers = super::metadata::brokers(shard, &shard.image())
+        .into_iter()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(str_bytes(&b.host))
+                .with_port(i32::from(b.port))
+        })
+        .collect();
     DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(super::metadata::CLUSTER_ID))
-        .with_controller_id(BrokerId(c.node_id))
+        .with_controller_id(BrokerId(super::metadata::controller_id(shard)))
         .with_endpoint_type(1)
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(c.node_id))
-            .with_host(str_bytes(&c.advertised_host))
-            .with_port(c.advertised_port as i32)])
+        .with_brokers(brokers)
 }

@@ -287,6 +287,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
             (requested, vec![true; n])
         }
     };
+    let node_id = shard.config.node_id;
     let targets: Vec<Target> = parts
         .iter()
         .map(|p| {
@@ -295,15 +296,21 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
             } else {
                 image.topic(&p.topic)
             };
+            // In a cluster only the partition's leader serves it.
+            let leads = meta.is_none_or(|m| m.leader(p.partition, node_id) == Some(node_id));
             Target {
                 topic: p.topic.clone(),
                 topic_id: p.topic_id,
                 partition: p.partition,
                 offset: p.fetch_offset,
                 max_bytes: p.max_bytes.max(0) as usize,
-                owner: meta.and_then(|m| shard.owner_of(&m.owners, p.partition)),
+                owner: meta
+                    .filter(|_| leads)
+                    .and_then(|m| shard.owner_of(&m.owners, p.partition)),
                 unknown_code: if meta.is_none() && by_id {
                     ec::UNKNOWN_TOPIC_ID
+                } else if !leads {
+                    ec::NOT_LEADER_OR_FOLLOWER
                 } else {
                     ec::UNKNOWN_TOPIC_OR_PARTITION
                 },

@@ -1,5 +1,7 @@
-//! Metadata (3) v0–12: one broker (this one) leads every partition. Unknown topics are
-//! created when the client allows it and `auto.create.topics.enable` is on.
+//! Metadata (3) v0–12: the brokers, the metadata leader as controller, and each
+//! partition's leader, replicas and in-sync set (on a single node: this broker, for
+//! everything). Unknown topics are created when the client allows it and
+//! `auto.create.topics.enable` is on.
 
 use std::rc::Rc;
 
@@ -11,7 +13,7 @@ use uuid::Uuid;
 
 use super::create_topics::create_topics;
 use super::{str_bytes, topic_name};
-use crate::metadata::TopicMeta;
+use crate::metadata::{BrokerMeta, Image, TopicMeta};
 use crate::net::error_code as ec;
 use crate::shard::Shard;
 
@@ -34,14 +36,28 @@ pub const CLUSTER_OPERATIONS_ALL: i32 =
     (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 
 pub fn topic_response(node_id: i32, t: &TopicMeta) -> MetadataResponseTopic {
+    let ids = |v: &[i32]| v.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
     let partitions = (0..t.owners.len() as i32)
         .map(|p| {
-            MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(BrokerId(node_id))
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![BrokerId(node_id)])
-                .with_isr_nodes(vec![BrokerId(node_id)])
+            let base = MetadataResponsePartition::default().with_partition_index(p);
+            match t.replicas.get(p as usize) {
+                // A single node leads everything at epoch 0.
+                None => base
+                    .with_leader_id(BrokerId(node_id))
+                    .with_leader_epoch(0)
+                    .with_replica_nodes(vec![BrokerId(node_id)])
+                    .with_isr_nodes(vec![BrokerId(node_id)]),
+                Some(r) => base
+                    .with_error_code(if r.leader < 0 {
+                        ec::LEADER_NOT_AVAILABLE
+                    } else {
+                        ec::NONE
+                    })
+                    .with_leader_id(BrokerId(r.leader))
+                    .with_leader_epoch(r.leader_epoch)
+                    .with_replica_nodes(ids(&r.replicas))
+                    .with_isr_nodes(ids(&r.isr)),
+            }
         })
         .collect();
     MetadataResponseTopic::default()
@@ -119,15 +135,49 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
     } else {
         i32::MIN
     };
+    let image = shard.image();
+    let brokers = brokers(shard, &image)
+        .into_iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(str_bytes(&b.host))
+                .with_port(i32::from(b.port))
+        })
+        .collect();
     MetadataResponse::default()
         .with_cluster_authorized_operations(cluster_ops)
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(node_id))
-            .with_host(str_bytes(&shard.config.advertised_host))
-            .with_port(shard.config.advertised_port as i32)])
+        .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(CLUSTER_ID)))
-        .with_controller_id(BrokerId(node_id))
+        .with_controller_id(BrokerId(controller_id(shard)))
         .with_topics(topics)
+}
+
+/// The brokers clients may connect to: the registered ones in a cluster (this broker
+/// included even before its registration commits), this one on a single node.
+pub fn brokers(shard: &Shard, image: &Image) -> Vec<BrokerMeta> {
+    let me = BrokerMeta {
+        id: shard.config.node_id,
+        host: shard.config.advertised_host.clone(),
+        port: shard.config.advertised_port,
+    };
+    if shard.config.cluster.is_none() {
+        return vec![me];
+    }
+    let mut out: Vec<BrokerMeta> = image.brokers.values().cloned().collect();
+    if !image.brokers.contains_key(&me.id) {
+        out.push(me);
+        out.sort_by_key(|b| b.id);
+    }
+    out
+}
+
+/// The metadata leader in a cluster (-1 while there is none), this broker otherwise.
+pub fn controller_id(shard: &Shard) -> i32 {
+    if shard.config.cluster.is_none() {
+        return shard.config.node_id;
+    }
+    crate::replication::controller_id().unwrap_or(-1)
 }
 
 fn error_topic(name: &str, code: i16) -> MetadataResponseTopic {

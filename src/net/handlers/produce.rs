@@ -36,6 +36,7 @@ pub async fn handle(
         _ => None,
     };
     let image = shard.image();
+    let node_id = shard.config.node_id;
     // Every partition gets a slot; early refusals fill theirs now, the rest are appended
     // on their owning shards (one hop per shard).
     let mut outcomes: Vec<(String, i32, Option<ProduceOutcome>)> = Vec::new();
@@ -61,6 +62,13 @@ pub async fn handle(
                     ec::UNKNOWN_TOPIC_OR_PARTITION,
                     "unknown topic or partition",
                 )),
+                // In a cluster only the partition's leader appends (a single node leads all).
+                _ if meta.and_then(|t| t.leader(p.index, node_id)) != Some(node_id) => {
+                    Some(ProduceOutcome::error(
+                        ec::NOT_LEADER_OR_FOLLOWER,
+                        "this broker is not the partition's leader",
+                    ))
+                }
                 _ if records.len() > max_bytes => Some(ProduceOutcome::error(
                     ec::MESSAGE_TOO_LARGE,
                     format!(

@@ -1,0 +1,707 @@
+//! The metadata quorum: raft-rs's `RawNode` on shard 0, driven by one task.
+//!
+//! Everything that touches the `RawNode` goes through the driver task's queue (ticks
+//! from a glommio timer, messages from peers, proposals), so the state machine has one
+//! owner and `Ready`s are handled strictly in order: send what may go out early,
+//! persist entries + hard state (fdatasync), send what needed persistence, apply
+//! committed entries to the image and hand it to every shard, advance.
+//!
+//! Decisions (`MetaCommand::decide`) run only on the leader, once it has applied an
+//! entry of its own term (so its image holds everything committed before), under the
+//! shard's metadata lock held until the entry is applied. Other brokers forward
+//! commands to the leader over the cluster link and then wait until their own image has
+//! applied the entry, so a client that created a topic through any broker sees it on
+//! that broker next.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, EntryType, Message};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+use serde::{Deserialize, Serialize};
+
+use super::raft_log::RaftLog;
+use super::transport::{self, PeerLink, KIND_FORWARD, KIND_FORWARD_REPLY, KIND_RAFT};
+use crate::config::ClusterConfig;
+use crate::metadata::{BrokerMeta, Image, MetaEvent};
+use crate::shard::commands::{MetaCommand, MetaReply};
+use crate::shard::Shard;
+
+/// Raft's clock. Elections after 10–20 ticks of silence (1–2 s), heartbeats every 2.
+pub const TICK: Duration = Duration::from_millis(100);
+const ELECTION_TICKS: usize = 10;
+const HEARTBEAT_TICKS: usize = 2;
+/// How long a metadata change may wait for a leader, a commit and its application.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause between looks for a leader while there is none.
+const LEADER_POLL: Duration = Duration::from_millis(20);
+/// A broker the leader has not heard from for this long gets no new replicas
+/// (Kafka's broker.session.timeout.ms, shorter: Raft heartbeats every 200 ms).
+pub const BROKER_SESSION_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a broker checks that its registration (advertised address) is current.
+const REGISTRATION_RETRY: Duration = Duration::from_millis(200);
+
+/// Applied entries remembered for late proposers (bounds memory; a proposer asks
+/// within moments of proposing).
+const RECENT_APPLIED_MAX: usize = 4096;
+
+/// The payload of a normal Raft entry: the events of one decided command. `id` lets a
+/// proposer tell its own entry from one that replaced it after a leader change.
+#[derive(Serialize, Deserialize)]
+struct Proposal {
+    id: u64,
+    events: Vec<MetaEvent>,
+}
+
+/// Why a forwarded command failed. `retry`: it was not executed (the receiver was not
+/// the leader), so asking again elsewhere is safe.
+#[derive(Serialize, Deserialize)]
+struct ForwardFailure {
+    retry: bool,
+    message: String,
+}
+
+type ForwardReply = Result<(MetaReply, u64), ForwardFailure>;
+
+enum Event {
+    Tick,
+    Raft(Message),
+    Propose(Vec<u8>, oneshot::Sender<Result<u64, String>>),
+}
+
+struct Waiter {
+    index: u64,
+    /// `Some`: the proposal expected at `index`; answered false if another entry landed.
+    proposal: Option<u64>,
+    tx: oneshot::Sender<bool>,
+}
+
+/// Raft ids must be non-zero; Kafka node ids start at 0.
+fn raft_id(node: i32) -> u64 {
+    node as u64 + 1
+}
+
+fn node_id(raft: u64) -> i32 {
+    raft as i32 - 1
+}
+
+pub struct Quorum {
+    node_id: i32,
+    events: LocalSender<Event>,
+    peers: HashMap<i32, PeerLink>,
+    leader_id: Cell<i32>,
+    /// This broker leads and has applied an entry of its term: it may decide.
+    leader_ready: Cell<bool>,
+    applied: Cell<u64>,
+    waiters: RefCell<Vec<Waiter>>,
+    /// (index, proposal id) of the latest applied entries, for a proposer that asks
+    /// after its entry was already applied.
+    recent: RefCell<std::collections::VecDeque<(u64, Option<u64>)>>,
+    forwards: RefCell<HashMap<u64, oneshot::Sender<ForwardReply>>>,
+    next_forward: Cell<u64>,
+    /// When each peer was last heard from (any Raft message): liveness for placement.
+    last_heard: RefCell<HashMap<i32, Instant>>,
+    /// When this broker last became leader. Only what a leader hears itself counts for
+    /// liveness: as a follower it heard only the old leader, which may be dead now.
+    leader_since: Cell<Option<Instant>>,
+}
+
+impl Quorum {
+    /// Opens the Raft log in `data/meta`, replays and applies what is committed (so this
+    /// broker starts with the image it had), binds the cluster listener and starts the
+    /// driver, the ticker and the peer links. Runs on shard 0.
+    pub async fn start(shard: &Rc<Shard>, cluster: &ClusterConfig) -> anyhow::Result<Rc<Quorum>> {
+        let me = shard.config.node_id;
+        let voters: Vec<u64> = cluster.voters.iter().map(|v| raft_id(v.id)).collect();
+        let dir = shard.config.data_dir.join("meta");
+        let (log, storage) = RaftLog::open(&dir, voters)
+            .map_err(|e| anyhow::anyhow!("cannot open the raft log in {}: {e}", dir.display()))?;
+        let config = raft::Config {
+            id: raft_id(me),
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("raft config: {e}"))?;
+        let logger = slog::Logger::root(super::SlogToTracing, slog::o!());
+        let node =
+            RawNode::new(&config, storage, &logger).map_err(|e| anyhow::anyhow!("raft: {e}"))?;
+        let listener = glommio::net::TcpListener::bind(cluster.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (cluster): {e}", cluster.listen))?;
+        let (tx, rx) = local_channel::new_unbounded();
+        let quorum = Rc::new_cyclic(|weak: &std::rc::Weak<Quorum>| {
+            let peers = cluster
+                .voters
+                .iter()
+                .filter(|v| v.id != me)
+                .map(|v| {
+                    let w = weak.clone();
+                    let on_frame: Rc<dyn Fn(u8, Bytes)> = Rc::new(move |kind, payload| {
+                        if let (Some(q), KIND_FORWARD_REPLY) = (w.upgrade(), kind) {
+                            q.on_forward_reply(payload);
+                        }
+                    });
+                    (v.id, PeerLink::start(v.id, v.addr, on_frame))
+                })
+                .collect();
+            Quorum {
+                node_id: me,
+                events: tx,
+                peers,
+                leader_id: Cell::new(-1),
+                leader_ready: Cell::new(false),
+                applied: Cell::new(0),
+                waiters: RefCell::default(),
+                recent: RefCell::default(),
+                forwards: RefCell::default(),
+                next_forward: Cell::new(1),
+                last_heard: RefCell::default(),
+                leader_since: Cell::new(None),
+            }
+        });
+        let mut driver = Driver { node, log };
+        // Apply what this broker's log already has committed before serving anything.
+        driver.on_ready(&quorum, shard).await;
+        tracing::info!(
+            node = me,
+            applied = quorum.applied.get(),
+            voters = cluster.voters.len(),
+            listen = %cluster.listen,
+            "metadata quorum started"
+        );
+        glommio::spawn_local(driver.run(quorum.clone(), shard.clone(), rx)).detach();
+        {
+            let q = quorum.clone();
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(TICK).await;
+                    if q.events.try_send(Event::Tick).is_err() {
+                        return;
+                    }
+                }
+            })
+            .detach();
+        }
+        glommio::spawn_local(serve(listener, quorum.clone(), shard.clone())).detach();
+        glommio::spawn_local(register(quorum.clone(), shard.clone())).detach();
+        Ok(quorum)
+    }
+
+    /// The metadata leader's node id, if one is known.
+    pub fn leader(&self) -> Option<i32> {
+        let l = self.leader_id.get();
+        (l >= 0).then_some(l)
+    }
+
+    /// Peers heard from within `within` while this broker leads (it always counts).
+    pub fn live_brokers(&self, within: Duration) -> Vec<i32> {
+        let now = Instant::now();
+        let Some(since) = self.leader_since.get() else {
+            return vec![self.node_id];
+        };
+        let mut live: Vec<i32> = self
+            .last_heard
+            .borrow()
+            .iter()
+            .filter(|(_, t)| **t >= since && now.duration_since(**t) < within)
+            .map(|(id, _)| *id)
+            .collect();
+        live.push(self.node_id);
+        live.sort_unstable();
+        live
+    }
+
+    /// Decides and commits `cmd` through the quorum (here if this broker leads,
+    /// otherwise on the leader), and returns once this broker's shards have applied it.
+    pub async fn commit(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        cmd: MetaCommand,
+    ) -> Result<MetaReply, String> {
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        loop {
+            if self.leader_ready.get() {
+                return match self.decide_and_commit(shard, cmd).await {
+                    Ok((reply, _)) => Ok(reply),
+                    Err(f) => Err(f.message),
+                };
+            }
+            if let Some(leader) = self.leader().filter(|l| *l != self.node_id) {
+                match self.forward(leader, &cmd, deadline).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(f) if f.retry && Instant::now() < deadline => {
+                        glommio::timer::sleep(LEADER_POLL).await;
+                        continue;
+                    }
+                    Err(f) => return Err(f.message),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    "no metadata leader (is a majority of controller.quorum.voters up?)".into(),
+                );
+            }
+            glommio::timer::sleep(LEADER_POLL).await;
+        }
+    }
+
+    /// On the leader: decide against the current image, propose, wait until applied.
+    /// Returns the reply and the entry's index (0 when nothing changed).
+    async fn decide_and_commit(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        cmd: MetaCommand,
+    ) -> ForwardReply {
+        let not_leader = || ForwardFailure {
+            retry: true,
+            message: "not the metadata leader".into(),
+        };
+        let _permit = shard
+            .meta_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| ForwardFailure {
+                retry: false,
+                message: e.to_string(),
+            })?;
+        if !self.leader_ready.get() {
+            return Err(not_leader());
+        }
+        let image = shard.image();
+        let live = self.live_brokers(BROKER_SESSION_TIMEOUT);
+        let eligible: Vec<i32> = image
+            .brokers
+            .keys()
+            .copied()
+            .filter(|b| live.contains(b))
+            .collect();
+        let (events, reply) = cmd.decide(&image, Some(&eligible));
+        if events.is_empty() {
+            return Ok((reply, self.applied.get()));
+        }
+        let id = rand::random::<u64>();
+        let data = serde_json::to_vec(&Proposal { id, events }).map_err(|e| ForwardFailure {
+            retry: false,
+            message: e.to_string(),
+        })?;
+        let (tx, rx) = oneshot::channel();
+        if self.events.try_send(Event::Propose(data, tx)).is_err() {
+            return Err(not_leader());
+        }
+        let index = match rx.await {
+            Ok(Ok(index)) => index,
+            Ok(Err(_)) | Err(_) => return Err(not_leader()),
+        };
+        match self.wait_applied(index, Some(id), COMMIT_TIMEOUT).await {
+            Some(true) => Ok((reply, index)),
+            Some(false) => Err(ForwardFailure {
+                retry: false,
+                message: "metadata leadership changed before the change committed; retry".into(),
+            }),
+            None => Err(ForwardFailure {
+                retry: false,
+                message: "metadata change not committed in time (quorum lost?)".into(),
+            }),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: i32,
+        cmd: &MetaCommand,
+        deadline: Instant,
+    ) -> Result<MetaReply, ForwardFailure> {
+        let Some(link) = self.peers.get(&leader) else {
+            return Err(ForwardFailure {
+                retry: true,
+                message: format!("metadata leader {leader} is not a known voter"),
+            });
+        };
+        let id = self.next_forward.get();
+        self.next_forward.set(id + 1);
+        let mut payload = id.to_be_bytes().to_vec();
+        serde_json::to_writer(&mut payload, cmd).expect("commands always serialize");
+        let (tx, rx) = oneshot::channel();
+        self.forwards.borrow_mut().insert(id, tx);
+        if !link.send(transport::frame(KIND_FORWARD, &payload)) {
+            self.forwards.borrow_mut().remove(&id);
+            return Err(ForwardFailure {
+                retry: true,
+                message: "cluster link to the metadata leader is congested".into(),
+            });
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reply = with_timeout(left, rx).await;
+        self.forwards.borrow_mut().remove(&id);
+        match reply {
+            Some(Ok(Ok((reply, index)))) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.wait_applied(index, None, left).await {
+                    Some(_) => Ok(reply),
+                    None => Err(ForwardFailure {
+                        retry: false,
+                        message: "committed, but not yet applied on this broker".into(),
+                    }),
+                }
+            }
+            Some(Ok(Err(f))) => Err(f),
+            // Lost with the connection, or no answer in time: the outcome is unknown.
+            Some(Err(_)) | None => Err(ForwardFailure {
+                retry: false,
+                message: format!("no answer from metadata leader {leader} in time"),
+            }),
+        }
+    }
+
+    fn on_forward_reply(&self, payload: Bytes) {
+        if payload.len() < 8 {
+            return;
+        }
+        let id = u64::from_be_bytes(payload[..8].try_into().unwrap());
+        let reply: ForwardReply = match serde_json::from_slice(&payload[8..]) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable forward reply");
+                return;
+            }
+        };
+        if let Some(tx) = self.forwards.borrow_mut().remove(&id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// `Some(true)` once entry `index` is applied here (and, with `proposal`, was that
+    /// proposal); `Some(false)` if another entry took the index; `None` on timeout.
+    async fn wait_applied(
+        &self,
+        index: u64,
+        proposal: Option<u64>,
+        timeout: Duration,
+    ) -> Option<bool> {
+        if index <= self.applied.get() {
+            let Some(id) = proposal else {
+                return Some(true);
+            };
+            let recent = self.recent.borrow();
+            return Some(recent.iter().any(|(i, p)| *i == index && *p == Some(id)));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().push(Waiter {
+            index,
+            proposal,
+            tx,
+        });
+        with_timeout(timeout, rx).await.and_then(|r| r.ok())
+    }
+
+    fn on_applied(&self, index: u64, proposal: Option<u64>) {
+        self.applied.set(index);
+        {
+            let mut recent = self.recent.borrow_mut();
+            if recent.len() == RECENT_APPLIED_MAX {
+                recent.pop_front();
+            }
+            recent.push_back((index, proposal));
+        }
+        let mut waiters = self.waiters.borrow_mut();
+        let mut i = 0;
+        while i < waiters.len() {
+            let w = &waiters[i];
+            if w.index <= index {
+                let ok = match w.proposal {
+                    None => true,
+                    Some(id) => w.index == index && proposal == Some(id),
+                };
+                let w = waiters.swap_remove(i);
+                let _ = w.tx.send(ok);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn send_messages(&self, msgs: Vec<Message>) {
+        for m in msgs {
+            let to = node_id(m.to);
+            let Some(link) = self.peers.get(&to) else {
+                continue;
+            };
+            match m.write_to_bytes() {
+                Ok(bytes) => {
+                    link.send(transport::frame(KIND_RAFT, &bytes));
+                }
+                Err(e) => tracing::error!(error = %e, "raft message does not encode"),
+            }
+        }
+    }
+}
+
+struct Driver {
+    node: RawNode<MemStorage>,
+    log: RaftLog,
+}
+
+impl Driver {
+    async fn run(mut self, q: Rc<Quorum>, shard: Rc<Shard>, rx: LocalReceiver<Event>) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Tick => {
+                    self.node.tick();
+                }
+                Event::Raft(m) => {
+                    q.last_heard
+                        .borrow_mut()
+                        .insert(node_id(m.from), Instant::now());
+                    if let Err(e) = self.node.step(m) {
+                        tracing::debug!(error = %e, "raft step refused a message");
+                    }
+                }
+                Event::Propose(data, tx) => {
+                    let r = if self.node.raft.state != StateRole::Leader {
+                        Err("not the leader".to_string())
+                    } else {
+                        match self.node.propose(Vec::new(), data) {
+                            Ok(()) => Ok(self.node.raft.raft_log.last_index()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    };
+                    let _ = tx.send(r);
+                }
+            }
+            self.on_ready(&q, &shard).await;
+        }
+    }
+
+    async fn on_ready(&mut self, q: &Rc<Quorum>, shard: &Rc<Shard>) {
+        if !self.node.has_ready() {
+            self.update_role(q);
+            return;
+        }
+        let mut ready = self.node.ready();
+        q.send_messages(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            // This node never compacts its log, so no peer ever sends a snapshot.
+            crate::fatal("raft: unexpected snapshot from the metadata leader");
+        }
+        if let Err(e) = self.log.persist(ready.entries(), ready.hs()) {
+            crate::fatal(&format!("raft log write failed: {e}"));
+        }
+        {
+            let store = self.node.mut_store();
+            if let Err(e) = store.wl().append(ready.entries()) {
+                crate::fatal(&format!("raft storage append: {e}"));
+            }
+            if let Some(hs) = ready.hs() {
+                store.wl().set_hardstate(hs.clone());
+            }
+        }
+        let committed = ready.take_committed_entries();
+        q.send_messages(ready.take_persisted_messages());
+        apply(q, shard, committed).await;
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let hs = {
+                let store = self.node.mut_store();
+                let mut core = store.wl();
+                core.mut_hard_state().set_commit(commit);
+                core.hard_state().clone()
+            };
+            if let Err(e) = self.log.persist(&[], Some(&hs)) {
+                crate::fatal(&format!("raft log write failed: {e}"));
+            }
+        }
+        q.send_messages(light.take_messages());
+        apply(q, shard, light.take_committed_entries()).await;
+        self.node.advance_apply();
+        self.update_role(q);
+    }
+
+    fn update_role(&self, q: &Quorum) {
+        let raft = &self.node.raft;
+        let leader = if raft.leader_id == 0 {
+            -1
+        } else {
+            node_id(raft.leader_id)
+        };
+        if leader != q.leader_id.get() {
+            tracing::info!(leader, term = raft.term, "metadata leader changed");
+            q.leader_id.set(leader);
+            super::set_controller(leader);
+        }
+        let leads = raft.state == StateRole::Leader;
+        if leads != q.leader_since.get().is_some() {
+            q.leader_since.set(leads.then(Instant::now));
+        }
+        let applied_term = raft.raft_log.term(q.applied.get()).unwrap_or(0);
+        q.leader_ready
+            .set(raft.state == StateRole::Leader && applied_term == raft.term);
+    }
+}
+
+/// Applies committed entries to a copy of the image and hands the result to every
+/// shard, then wakes whoever waits for those indexes.
+async fn apply(q: &Rc<Quorum>, shard: &Rc<Shard>, entries: Vec<Entry>) {
+    if entries.is_empty() {
+        return;
+    }
+    let mut image: Option<Image> = None;
+    let mut marks: Vec<(u64, Option<u64>)> = Vec::with_capacity(entries.len());
+    for e in entries {
+        let mut proposal_id = None;
+        if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+            let p: Proposal = match serde_json::from_slice(&e.data) {
+                Ok(p) => p,
+                // Every broker would have to skip it alike; refusing is safer than
+                // diverging from a newer broker's image.
+                Err(err) => crate::fatal(&format!(
+                    "metadata entry {} does not decode ({err}); refusing to continue",
+                    e.index
+                )),
+            };
+            let img = image.get_or_insert_with(|| (*shard.image()).clone());
+            for ev in &p.events {
+                img.apply(ev);
+            }
+            proposal_id = Some(p.id);
+        }
+        marks.push((e.index, proposal_id));
+    }
+    if let Some(image) = image {
+        let image = Arc::new(image);
+        shard
+            .invoke_on_all(move |s| {
+                let image = image.clone();
+                async move { crate::shard::runtime::apply_image(&s, image).await }
+            })
+            .await;
+    }
+    for (index, proposal) in marks {
+        q.on_applied(index, proposal);
+    }
+}
+
+/// Accepts peers' connections: Raft messages go to the driver, forwarded commands are
+/// decided here (if this broker leads) and answered on the same connection.
+async fn serve(listener: glommio::net::TcpListener, q: Rc<Quorum>, shard: Rc<Shard>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (q, shard) = (q.clone(), shard.clone());
+        glommio::spawn_local(async move {
+            use futures::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut reader, mut writer) = stream.split();
+            let (reply_tx, reply_rx) = local_channel::new_bounded::<Bytes>(transport::PEER_QUEUE_FRAMES_MAX);
+            let reply_tx = Rc::new(reply_tx);
+            let writer_task = glommio::spawn_local(async move {
+                while let Some(f) = reply_rx.recv().await {
+                    if writer.write_all(&f).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            while let Some((kind, payload)) = transport::read_frame(&mut reader).await {
+                match kind {
+                    KIND_RAFT => match Message::parse_from_bytes(&payload) {
+                        Ok(m) => {
+                            let _ = q.events.try_send(Event::Raft(m));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "undecodable raft message; closing link");
+                            break;
+                        }
+                    },
+                    KIND_FORWARD if payload.len() >= 8 => {
+                        let id = u64::from_be_bytes(payload[..8].try_into().unwrap());
+                        let cmd: MetaCommand = match serde_json::from_slice(&payload[8..]) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "undecodable forwarded command; closing link");
+                                break;
+                            }
+                        };
+                        let (q, shard, reply_tx) = (q.clone(), shard.clone(), reply_tx.clone());
+                        glommio::spawn_local(async move {
+                            let reply: ForwardReply = if q.leader_ready.get() {
+                                q.decide_and_commit(&shard, cmd).await
+                            } else {
+                                Err(ForwardFailure {
+                                    retry: true,
+                                    message: "not the metadata leader".into(),
+                                })
+                            };
+                            let mut out = id.to_be_bytes().to_vec();
+                            serde_json::to_writer(&mut out, &reply).expect("replies always serialize");
+                            let _ = reply_tx.try_send(transport::frame(KIND_FORWARD_REPLY, &out));
+                        })
+                        .detach();
+                    }
+                    other => {
+                        tracing::warn!(kind = other, "unknown cluster frame; closing link");
+                        break;
+                    }
+                }
+            }
+            drop(writer_task);
+        })
+        .detach();
+    }
+}
+
+/// Keeps this broker's registration (its advertised address) in the metadata: proposed
+/// once a leader exists, and again whenever the image disagrees.
+async fn register(q: Rc<Quorum>, shard: Rc<Shard>) {
+    let me = BrokerMeta {
+        id: shard.config.node_id,
+        host: shard.config.advertised_host.clone(),
+        port: shard.config.advertised_port,
+    };
+    loop {
+        if shard.image().brokers.get(&me.id) == Some(&me) {
+            return;
+        }
+        if q.leader().is_some() {
+            match q
+                .commit(&shard, MetaCommand::RegisterBroker(me.clone()))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(node = me.id, host = %me.host, port = me.port, "broker registered")
+                }
+                Err(e) => tracing::debug!(error = %e, "broker registration not committed yet"),
+            }
+        }
+        glommio::timer::sleep(REGISTRATION_RETRY).await;
+    }
+}
+
+/// `Some(output)` unless `timeout` passes first.
+pub async fn with_timeout<T>(timeout: Duration, f: impl Future<Output = T>) -> Option<T> {
+    let sleep = std::pin::pin!(glommio::timer::sleep(timeout));
+    let f = std::pin::pin!(f);
+    match futures::future::select(f, sleep).await {
+        futures::future::Either::Left((v, _)) => Some(v),
+        futures::future::Either::Right(_) => None,
+    }
+}

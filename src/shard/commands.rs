@@ -1,0 +1,315 @@
+//! Metadata changes as data: a `MetaCommand` is decided against the current image into
+//! the events to append plus a reply. On a single node shard 0 decides; in a cluster the
+//! metadata (Raft) leader does, so a command from any broker is forwarded to it as JSON.
+//! Deciding only where the latest image is, under one lock, keeps check-then-create
+//! atomic (two concurrent creates of one name: one wins, one is told it exists).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metadata::{BrokerMeta, Image, MetaEvent, TopicMeta};
+use crate::net::error_code as ec;
+use crate::replication::placement;
+use crate::shard::partition::validate_topic_config;
+
+pub type Failure = (i16, String);
+/// Resource type, name, and the config change (key → Some(value) to set, None to delete).
+pub type ConfigChange = (
+    i8,
+    String,
+    Result<BTreeMap<String, Option<String>>, Failure>,
+);
+
+pub const RESOURCE_TOPIC: i8 = 2;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Topics with their shard tables already placed (by the requesting broker) and
+    /// their replication factor (-1: already resolved to the default by the requester).
+    CreateTopics {
+        topics: Vec<(TopicMeta, i16)>,
+        validate_only: bool,
+    },
+    /// (name, or the topic id as 32 hex digits when no name is given).
+    DeleteTopics {
+        wanted: Vec<(Option<String>, String)>,
+    },
+    CreatePartitions {
+        wanted: Vec<(String, i32)>,
+        validate_only: bool,
+        nshards: usize,
+    },
+    SetConfigs {
+        changes: Vec<ConfigChange>,
+        replace: bool,
+        validate_only: bool,
+    },
+    RegisterBroker(BrokerMeta),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MetaReply {
+    CreateTopics(Vec<(String, Result<TopicMeta, Failure>)>),
+    /// (name, id as hex, error code).
+    DeleteTopics(Vec<(Option<String>, String, i16)>),
+    CreatePartitions(Vec<(String, Result<(), Failure>)>),
+    SetConfigs(Vec<(i8, String, i16, Option<String>)>),
+    Done,
+}
+
+impl MetaCommand {
+    /// The events this command appends to `image` and what its caller is told.
+    /// `placement`: `None` on a single node; in a cluster, the brokers new replicas
+    /// may go to (registered and alive, sorted).
+    pub fn decide(self, image: &Image, placement: Option<&[i32]>) -> (Vec<MetaEvent>, MetaReply) {
+        match self {
+            MetaCommand::CreateTopics {
+                topics,
+                validate_only,
+            } => create_topics(image, placement, topics, validate_only),
+            MetaCommand::DeleteTopics { wanted } => delete_topics(image, wanted),
+            MetaCommand::CreatePartitions {
+                wanted,
+                validate_only,
+                nshards,
+            } => create_partitions(image, placement, wanted, validate_only, nshards),
+            MetaCommand::SetConfigs {
+                changes,
+                replace,
+                validate_only,
+            } => set_configs(image, changes, replace, validate_only),
+            MetaCommand::RegisterBroker(b) => {
+                let events = if image.brokers.get(&b.id) == Some(&b) {
+                    Vec::new()
+                } else {
+                    vec![MetaEvent::RegisterBroker { broker: b }]
+                };
+                (events, MetaReply::Done)
+            }
+        }
+    }
+}
+
+fn create_topics(
+    image: &Image,
+    placement: Option<&[i32]>,
+    topics: Vec<(TopicMeta, i16)>,
+    validate_only: bool,
+) -> (Vec<MetaEvent>, MetaReply) {
+    let mut events = Vec::new();
+    let mut out = Vec::new();
+    for (mut t, rf) in topics {
+        if let Some(existing) = image.topic(&t.name) {
+            out.push((
+                t.name.clone(),
+                Err((
+                    ec::TOPIC_ALREADY_EXISTS,
+                    format!("topic '{}' already exists", existing.name),
+                )),
+            ));
+            continue;
+        }
+        if events
+            .iter()
+            .any(|e| matches!(e, MetaEvent::CreateTopic { topic } if topic.name == t.name))
+        {
+            out.push((
+                t.name.clone(),
+                Err((
+                    ec::INVALID_REQUEST,
+                    "topic named twice in one request".to_string(),
+                )),
+            ));
+            continue;
+        }
+        if let Some(ids) = placement {
+            if rf < 1 || rf as usize > ids.len() {
+                out.push((
+                    t.name.clone(),
+                    Err((
+                        ec::INVALID_REPLICATION_FACTOR,
+                        format!(
+                            "replication factor {rf} is not within 1..={} (live brokers)",
+                            ids.len()
+                        ),
+                    )),
+                ));
+                continue;
+            }
+            t.replicas = placement::assign(ids, 0, t.owners.len() as u32, rf as usize, &t.name);
+        }
+        out.push((t.name.clone(), Ok(t.clone())));
+        if !validate_only {
+            events.push(MetaEvent::CreateTopic { topic: t });
+        }
+    }
+    (events, MetaReply::CreateTopics(out))
+}
+
+fn delete_topics(
+    image: &Image,
+    wanted: Vec<(Option<String>, String)>,
+) -> (Vec<MetaEvent>, MetaReply) {
+    let mut events = Vec::new();
+    let mut out = Vec::new();
+    for (name, id) in wanted {
+        let id_num = u128::from_str_radix(&id, 16).unwrap_or(0);
+        let found = match &name {
+            Some(n) => image.topic(n).cloned(),
+            None => image.topic_by_id(id_num).cloned(),
+        };
+        match found {
+            Some(t) if !t.internal => {
+                out.push((Some(t.name.clone()), format!("{:032x}", t.id), ec::NONE));
+                events.push(MetaEvent::DeleteTopic {
+                    name: t.name.clone(),
+                });
+            }
+            Some(t) => out.push((
+                Some(t.name.clone()),
+                format!("{:032x}", t.id),
+                ec::INVALID_TOPIC_EXCEPTION,
+            )),
+            None => {
+                let code = if name.is_some() {
+                    ec::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
+                    ec::UNKNOWN_TOPIC_ID
+                };
+                out.push((name, id, code));
+            }
+        }
+    }
+    (events, MetaReply::DeleteTopics(out))
+}
+
+fn create_partitions(
+    image: &Image,
+    placement: Option<&[i32]>,
+    wanted: Vec<(String, i32)>,
+    validate_only: bool,
+    nshards: usize,
+) -> (Vec<MetaEvent>, MetaReply) {
+    use crate::net::handlers::create_topics::PARTITIONS_PER_TOPIC_MAX;
+    let mut events = Vec::new();
+    let mut out = Vec::new();
+    let ids = placement.unwrap_or(&[]);
+    for (name, count) in wanted {
+        let r = match image.topic(&name) {
+            None => Err((
+                ec::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic '{name}' does not exist"),
+            )),
+            Some(t) if count <= t.owners.len() as i32 => Err((
+                ec::INVALID_PARTITIONS,
+                format!(
+                    "topic has {} partitions; the new count {count} must be larger",
+                    t.owners.len()
+                ),
+            )),
+            Some(_) if count > PARTITIONS_PER_TOPIC_MAX => Err((
+                ec::INVALID_PARTITIONS,
+                format!("at most {PARTITIONS_PER_TOPIC_MAX} partitions"),
+            )),
+            Some(t) if placement.is_some() && t.replication_factor() > ids.len() => Err((
+                ec::INVALID_REPLICATION_FACTOR,
+                format!(
+                    "replication factor {} exceeds the {} live brokers",
+                    t.replication_factor(),
+                    ids.len()
+                ),
+            )),
+            Some(t) => {
+                let have = t.owners.len() as u32;
+                let added = count as u32 - have;
+                let owners = crate::shard::runtime::place_partitions(nshards, have, added, &name);
+                let replicas = if placement.is_some() {
+                    placement::assign(ids, have, added, t.replication_factor(), &name)
+                } else {
+                    Vec::new()
+                };
+                if !validate_only {
+                    events.push(MetaEvent::AddPartitions {
+                        name: name.clone(),
+                        owners,
+                        replicas,
+                    });
+                }
+                Ok(())
+            }
+        };
+        out.push((name, r));
+    }
+    (events, MetaReply::CreatePartitions(out))
+}
+
+fn set_configs(
+    image: &Image,
+    changes: Vec<ConfigChange>,
+    replace: bool,
+    validate_only: bool,
+) -> (Vec<MetaEvent>, MetaReply) {
+    let mut events = Vec::new();
+    let mut out = Vec::new();
+    for (rtype, name, change) in changes {
+        let r = change.and_then(|mut set| {
+            if rtype != RESOURCE_TOPIC {
+                return Err((
+                    ec::INVALID_REQUEST,
+                    "only topic configs can be altered".to_string(),
+                ));
+            }
+            let Some(t) = image.topic(&name) else {
+                return Err((
+                    ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("unknown topic '{name}'"),
+                ));
+            };
+            for (k, v) in &set {
+                if let Some(v) = v {
+                    validate_topic_config(k, v).map_err(|m| (ec::INVALID_CONFIG, m))?;
+                }
+            }
+            if replace {
+                for k in t.configs.keys() {
+                    set.entry(k.clone()).or_insert(None);
+                }
+            }
+            Ok(set)
+        });
+        match r {
+            Ok(set) => {
+                if !validate_only {
+                    events.push(MetaEvent::SetConfigs {
+                        name: name.clone(),
+                        configs: set,
+                    });
+                }
+                out.push((rtype, name, ec::NONE, None));
+            }
+            Err((code, msg)) => out.push((rtype, name, code, Some(msg))),
+        }
+    }
+    (events, MetaReply::SetConfigs(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_and_replies_survive_json() {
+        let cmd = MetaCommand::DeleteTopics {
+            wanted: vec![(None, format!("{:032x}", u128::MAX - 5))],
+        };
+        let text = serde_json::to_string(&cmd).unwrap();
+        let back: MetaCommand = serde_json::from_str(&text).unwrap();
+        let (_, reply) = back.decide(&Image::default(), None);
+        let text = serde_json::to_string(&reply).unwrap();
+        match serde_json::from_str::<MetaReply>(&text).unwrap() {
+            MetaReply::DeleteTopics(v) => assert_eq!(v[0].2, ec::UNKNOWN_TOPIC_ID),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! A three-broker cluster on 127.0.0.1 (issue 7): the metadata is replicated by Raft
+//! among the brokers, so every broker answers Metadata alike; losing the metadata
+//! leader (SIGKILL) leaves a majority that elects another and keeps changing metadata;
+//! the lost broker catches up when it comes back.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{FetchRequest, MetadataRequest, ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+/// Elections take 1–2 s of silence plus a loaded CI box's scheduling.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// (partition → (leader, replicas, isr)) of one topic as one broker reports it.
+type TopicView = BTreeMap<i32, (i32, Vec<i32>, Vec<i32>)>;
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// The topic as broker `bootstrap` itself reports it (raw Metadata v12 to exactly that
+/// broker; an rdkafka client may ask any broker it knows). `None` while unknown there.
+fn topic_view(bootstrap: &str, topic: &str) -> Option<TopicView> {
+    let mut wire = Wire::connect(bootstrap);
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(name(topic)))
+        ]))
+        .with_allow_auto_topic_creation(false);
+    let resp = wire.call(&req, 12);
+    let t = &resp.topics[0];
+    if t.error_code != 0 {
+        return None;
+    }
+    Some(
+        t.partitions
+            .iter()
+            .map(|p| {
+                let ids = |v: &Vec<kafka_protocol::messages::BrokerId>| {
+                    v.iter().map(|b| b.0).collect::<Vec<i32>>()
+                };
+                (
+                    p.partition_index,
+                    (p.leader_id.0, ids(&p.replica_nodes), ids(&p.isr_nodes)),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Polls `f` until it returns `Some`, at most `timeout`.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// CreateTopics through `bootstrap` with rdkafka's AdminClient. Retries while the
+/// cluster has no metadata leader (request timed out); returns the final outcome.
+fn create(bootstrap: &str, topic: &str, partitions: i32, rf: i32) -> Result<(), RDKafkaErrorCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = admin(bootstrap);
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(CLIENT_TIMEOUT))
+        .request_timeout(Some(CLIENT_TIMEOUT));
+    let deadline = Instant::now() + CLUSTER_TIMEOUT;
+    loop {
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(rf));
+        let results = rt
+            .block_on(admin.create_topics([&new], &opts))
+            .expect("create_topics request failed");
+        match &results[0] {
+            Ok(_) => return Ok(()),
+            Err((_, RDKafkaErrorCode::RequestTimedOut)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err((_, code)) => return Err(*code),
+        }
+    }
+}
+
+/// One record batch (magic 2) with `n` small values.
+fn batch(n: usize) -> Bytes {
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: (i as i32).wrapping_sub(1),
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::from(format!("v{i}"))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// Produce (acks=1) and Fetch error codes for one partition, sent to exactly `bootstrap`.
+fn produce_and_fetch_codes(bootstrap: &str, topic: &str, partition: i32) -> (i16, i16) {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let mut wire = Wire::connect(bootstrap);
+    let produce = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(batch(3)))])]);
+    let p = wire.call(&produce, 9);
+    let fetch = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(0)
+        .with_min_bytes(0)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(0)
+                .with_current_leader_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(1 << 20)])]);
+    let f = wire.call(&fetch, 12);
+    (
+        p.responses[0].partition_responses[0].error_code,
+        f.responses[0].partitions[0].error_code,
+    )
+}
+
+#[test]
+fn three_brokers_agree_on_metadata_survive_losing_the_metadata_leader_and_catch_up() {
+    let mut cluster = Cluster::start(3, BrokerOptions::default());
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.bootstrap()).collect();
+
+    // Every broker registers its advertised address and knows the elected leader.
+    let expected_brokers: Vec<(i32, String, i32)> = cluster
+        .brokers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (i as i32 + 1, "127.0.0.1".to_string(), b.port() as i32))
+        .collect();
+    let controller = wait_for(
+        "all brokers registered under one controller",
+        CLUSTER_TIMEOUT,
+        || {
+            let views: Vec<_> = addrs.iter().map(|a| raw_cluster_view(a)).collect();
+            let c = views[0].0;
+            (c > 0 && views.iter().all(|v| v.0 == c && v.1 == expected_brokers)).then_some(c)
+        },
+    );
+
+    // An RF=3 topic created through broker 2 with a real client ...
+    let topic = topic_name("replicated");
+    create(&addrs[1], &topic, 6, 3).expect("create an RF=3 topic");
+    // ... is reported identically by all three brokers.
+    let view = wait_for("every broker to see the topic", CLUSTER_TIMEOUT, || {
+        let views: Vec<_> = addrs.iter().map(|a| topic_view(a, &topic)).collect();
+        let first = views[0].clone()?;
+        views
+            .iter()
+            .all(|v| v.as_ref() == Some(&first))
+            .then_some(first)
+    });
+    assert_eq!(view.len(), 6);
+    let mut led: HashMap<i32, usize> = HashMap::new();
+    for (p, (leader, replicas, isr)) in &view {
+        let mut sorted = replicas.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            vec![1, 2, 3],
+            "partition {p}: replicas {replicas:?}"
+        );
+        assert_eq!(
+            *leader, replicas[0],
+            "partition {p}: the preferred replica leads"
+        );
+        assert_eq!(
+            isr, replicas,
+            "partition {p}: a new partition is all in sync"
+        );
+        *led.entry(*leader).or_default() += 1;
+    }
+    assert_eq!(
+        led.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "leaders spread: {led:?}"
+    );
+
+    // Only a partition's leader takes produce and fetch.
+    let (leader0, replicas0, _) = view[&0].clone();
+    let follower0 = replicas0[1];
+    assert_eq!(
+        produce_and_fetch_codes(&addrs[(leader0 - 1) as usize], &topic, 0),
+        (0, 0)
+    );
+    assert_eq!(
+        produce_and_fetch_codes(&addrs[(follower0 - 1) as usize], &topic, 0),
+        (NOT_LEADER_OR_FOLLOWER, NOT_LEADER_OR_FOLLOWER)
+    );
+    // A client that knows the whole cluster writes every partition through its leader.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let producer: FutureProducer = producer(&cluster.bootstrap_all(), &[("acks", "all")]);
+    rt.block_on(async {
+        for p in 0..6 {
+            let r = FutureRecord::to(&topic).partition(p).payload("x").key("k");
+            producer
+                .send(r, CLIENT_TIMEOUT)
+                .await
+                .unwrap_or_else(|(e, _)| panic!("produce to partition {p}: {e}"));
+        }
+    });
+    drop(producer);
+
+    // SIGKILL the metadata leader: the other two elect a new one ...
+    cluster.node(controller).kill();
+    let survivors: Vec<String> = (1..=3)
+        .filter(|id| *id != controller)
+        .map(|id| addrs[(id - 1) as usize].clone())
+        .collect();
+    let new_controller = wait_for("a new metadata leader", CLUSTER_TIMEOUT, || {
+        let views: Vec<_> = survivors.iter().map(|a| raw_cluster_view(a).0).collect();
+        let c = views[0];
+        (c > 0 && c != controller && views.iter().all(|v| *v == c)).then_some(c)
+    });
+    assert_ne!(new_controller, controller);
+    // ... and still change metadata, placing replicas on live brokers only.
+    let after = topic_name("after-failover");
+    create(&survivors[0], &after, 4, 2).expect("create a topic after the leader died");
+    let after_view = wait_for(
+        "the survivors to agree on the new topic",
+        CLUSTER_TIMEOUT,
+        || {
+            let a = topic_view(&survivors[0], &after)?;
+            (topic_view(&survivors[1], &after)? == a).then_some(a)
+        },
+    );
+    for (p, (_, replicas, _)) in &after_view {
+        assert!(
+            !replicas.contains(&controller),
+            "partition {p} placed on the dead broker: {replicas:?}"
+        );
+    }
+    assert_eq!(
+        create(&survivors[1], &topic_name("too-wide"), 1, 3),
+        Err(RDKafkaErrorCode::InvalidReplicationFactor),
+        "RF=3 with two live brokers"
+    );
+
+    // The old leader comes back with its data dir and catches up from the new leader.
+    cluster.node(controller).restart();
+    let back = &addrs[(controller - 1) as usize];
+    wait_for("the restarted broker to catch up", CLUSTER_TIMEOUT, || {
+        (topic_view(back, &after)? == after_view && topic_view(back, &topic)? == view).then_some(())
+    });
+    let (c, brokers) = raw_cluster_view(back);
+    assert_eq!(
+        c, new_controller,
+        "the restarted broker follows the new leader"
+    );
+    assert_eq!(brokers, expected_brokers);
+}
