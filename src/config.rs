@@ -346,18 +346,22 @@ fn render_cluster(c: &BrokerConfig) -> String {
         "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n",
         c.advertised_port, c.default_replication_factor, c.replica_lag_time_max_ms
     );
-    if let Some(cluster) = &c.cluster {
-        let voters: Vec<String> = cluster
-            .voters
-            .iter()
-            .map(|v| format!("{}@{}", v.id, v.addr))
-            .collect();
-        out += &format!(
-            "\"controller.quorum.voters\" = \"{}\"\n\"cluster.listen\" = \"{}\"\n",
-            voters.join(","),
-            cluster.listen
-        );
-    }
+    // A single node prints both empty, so the output reads back as a settings file.
+    let (voters, listen) = match &c.cluster {
+        Some(cluster) => (
+            cluster
+                .voters
+                .iter()
+                .map(|v| format!("{}@{}", v.id, v.addr))
+                .collect::<Vec<_>>()
+                .join(","),
+            cluster.listen.to_string(),
+        ),
+        None => (String::new(), String::new()),
+    };
+    out += &format!(
+        "\"controller.quorum.voters\" = \"{voters}\"\n\"cluster.listen\" = \"{listen}\"\n"
+    );
     out
 }
 

@@ -272,13 +272,14 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         .unwrap_or(1)
         .max(1);
     let voters = config::parse_voters(&a.controller_quorum_voters)?;
+    let cluster_listen = a.cluster_listen.filter(|s| !s.is_empty());
     let cluster = if voters.is_empty() {
-        if a.cluster_listen.is_some() {
+        if cluster_listen.is_some() {
             return Err("cluster-listen needs controller.quorum.voters".into());
         }
         None
     } else {
-        let listen = match &a.cluster_listen {
+        let listen = match &cluster_listen {
             Some(s) => s
                 .to_socket_addrs()
                 .map_err(|e| format!("cluster-listen={s}: {e}"))?
