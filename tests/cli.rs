@@ -778,35 +778,3 @@ fn session_timeouts_outside_the_configured_range_are_refused() {
     assert!(refused.contains("session timeout"), "{refused}");
     join("8000").unwrap();
 }
-
-/// A second broker started on a port the first one holds must refuse to start: the
-/// listeners use SO_REUSEPORT, and without a check the two would silently split the
-/// clients' connections between them.
-#[test]
-fn serve_refuses_a_port_another_broker_listens_on() {
-    let first = Broker::start();
-    let data = tempfile::tempdir().unwrap();
-    let second = run_program(
-        runnel_bin().to_str().unwrap(),
-        &[
-            "serve",
-            "--listen",
-            &first.bootstrap(),
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--cores",
-            "1",
-            "--admin-listen",
-            "off",
-        ],
-        b"",
-    );
-    assert_ne!(second.code, 0, "second broker started: {}", second.stdout);
-    assert!(
-        second.stderr.contains("already in use"),
-        "stderr: {}",
-        second.stderr
-    );
-    assert!(!second.stdout.contains("runnel: ready"));
-    assert_broker_serves(&first.bootstrap());
-}

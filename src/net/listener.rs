@@ -8,27 +8,6 @@ use glommio::net::TcpListener;
 
 use crate::shard::Shard;
 
-/// Refuses a port another process already listens on. SO_REUSEPORT would let a
-/// second broker (same user) bind it too and silently split the connections
-/// between the two, so before the shards bind with it, a plain bind (no
-/// SO_REUSEPORT) must succeed. Port 0 needs no check: the kernel picks a free one.
-pub fn ensure_port_free(addr: SocketAddr) -> Result<(), String> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    match std::net::TcpListener::bind(addr) {
-        Ok(probe) => {
-            drop(probe);
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
-            "cannot listen on {addr}: the port is already in use by another process \
-             (another broker?); stop it or choose another port with --listen"
-        )),
-        Err(e) => Err(format!("cannot listen on {addr}: {e}")),
-    }
-}
-
 /// Binds this shard's listener to `addr` and keeps it on the shard until `serve`.
 pub fn bind(shard: &Shard, addr: SocketAddr) -> Result<SocketAddr, String> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
