@@ -40,6 +40,8 @@ enum Command {
     /// Cluster id, controller and brokers.
     #[command(subcommand)]
     Cluster(cli::cluster::ClusterCommand),
+    /// List the record batches of a partition directory, offline (kafka-dump-log).
+    DumpLog(cli::dump_log::DumpLogArgs),
 }
 
 #[derive(Parser)]
@@ -148,6 +150,7 @@ fn main() {
         Command::Consume(a) => cli::consume::run(a),
         Command::Group(c) => cli::group::run(c),
         Command::Cluster(c) => cli::cluster::run(c),
+        Command::DumpLog(a) => cli::dump_log::run(a),
     };
     if let Err(e) = result {
         eprintln!("runnel: {}", e.message);

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod consume;
+pub mod dump_log;
 pub mod group;
 pub mod produce;
 pub mod topic;

@@ -343,6 +343,9 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 /// port, cluster (Raft) port and data dir; every broker is a metadata voter.
 pub struct Cluster {
     pub brokers: Vec<Broker>,
+    /// `start_proxied`: (from, to) → the proxy `from` reaches `to`'s cluster port
+    /// through. Empty for `start`.
+    pub links: std::collections::HashMap<(i32, i32), NetProxy>,
 }
 
 impl Cluster {
@@ -367,7 +370,67 @@ impl Cluster {
                 Broker::start_on(kafka[i], o)
             })
             .collect();
-        Cluster { brokers }
+        Cluster {
+            brokers,
+            links: Default::default(),
+        }
+    }
+
+    /// Like `start`, but every broker reaches every other one's cluster port (Raft and
+    /// replication traffic) through a proxy of its own per direction, so a test can cut
+    /// the network between brokers (`isolate`, `heal`). Clients still reach every
+    /// broker's Kafka port directly.
+    pub fn start_proxied(n: usize, options: BrokerOptions) -> Cluster {
+        let ports = free_ports(2 * n);
+        let (kafka, raft) = ports.split_at(n);
+        let mut links = std::collections::HashMap::new();
+        for from in 1..=n as i32 {
+            for to in 1..=n as i32 {
+                if from != to {
+                    links.insert((from, to), NetProxy::start(raft[(to - 1) as usize]));
+                }
+            }
+        }
+        let brokers = (0..n)
+            .map(|i| {
+                let me = i as i32 + 1;
+                let voters: Vec<String> = (1..=n as i32)
+                    .map(|id| {
+                        let port = if id == me {
+                            raft[i]
+                        } else {
+                            links[&(me, id)].port()
+                        };
+                        format!("{id}@127.0.0.1:{port}")
+                    })
+                    .collect();
+                let mut o = options.clone();
+                o.extra_args.extend([
+                    "--node-id".to_string(),
+                    me.to_string(),
+                    "--controller-quorum-voters".to_string(),
+                    voters.join(","),
+                ]);
+                Broker::start_on(kafka[i], o)
+            })
+            .collect();
+        Cluster { brokers, links }
+    }
+
+    /// Cuts every link to and from broker `id` (both directions, all peers).
+    pub fn isolate(&self, id: i32) {
+        for ((from, to), link) in &self.links {
+            if *from == id || *to == id {
+                link.block();
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        for link in self.links.values() {
+            link.unblock();
+        }
     }
 
     /// The broker with Kafka node id `id`.
@@ -811,4 +874,155 @@ fn read_exact_or_close(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Resul
         }
     }
     Ok(true)
+}
+
+// ---------------------------------------------------------------------------
+// Network faults
+
+/// A TCP proxy on 127.0.0.1 in front of one port, which a test can cut. Blocking shuts
+/// every open connection down and then accepts new ones but forwards nothing (the
+/// peer sees a connect that succeeds and then silence, as behind a dropped route) until
+/// unblocked. Threads end when the proxy is dropped.
+pub struct NetProxy {
+    port: u16,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl NetProxy {
+    pub fn start(target: u16) -> NetProxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        use std::sync::{atomic::AtomicBool, Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().unwrap().port();
+        let blocked = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (b, st, op) = (blocked.clone(), stop.clone(), open.clone());
+        std::thread::spawn(move || {
+            while !st.load(SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let _ = client.set_nonblocking(false);
+                if b.load(SeqCst) {
+                    // Swallow: read and discard until unblocked or stopped.
+                    let (b, st) = (b.clone(), st.clone());
+                    std::thread::spawn(move || {
+                        let mut c = client;
+                        let _ = c.set_read_timeout(Some(Duration::from_millis(50)));
+                        let mut buf = [0u8; 4096];
+                        while b.load(SeqCst) && !st.load(SeqCst) {
+                            if let Ok(0) = c.read(&mut buf) {
+                                return;
+                            }
+                        }
+                    });
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect_timeout(
+                    &([127, 0, 0, 1], target).into(),
+                    Duration::from_secs(2),
+                ) else {
+                    continue;
+                };
+                let _ = server.set_nodelay(true);
+                let _ = client.set_nodelay(true);
+                {
+                    let mut o = op.lock().unwrap();
+                    o.retain(|s: &TcpStream| s.peer_addr().is_ok());
+                    o.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let b = b.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if b.load(SeqCst) || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        NetProxy {
+            port,
+            blocked,
+            stop,
+            open,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn block(&self) {
+        self.blocked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn unblock(&self) {
+        self.blocked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for NetProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.block();
+    }
+}
+
+/// The batches of `topic`-`partition` in a stopped broker's data dir, as `runnel
+/// dump-log --json` lists them: (base offset, last offset, leader epoch, crc).
+pub fn dump_partition(data_dir: &Path, topic: &str, partition: i32) -> Vec<(i64, i64, i64, u64)> {
+    let dir = data_dir.join("topics").join(format!("{topic}-{partition}"));
+    let out = Command::new(runnel_bin())
+        .arg("dump-log")
+        .arg("--json")
+        .arg(&dir)
+        .output()
+        .expect("run runnel dump-log");
+    assert!(
+        out.status.success(),
+        "dump-log {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("dump-log JSON");
+    v["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .map(|b| {
+            (
+                b["base_offset"].as_i64().unwrap(),
+                b["last_offset"].as_i64().unwrap(),
+                b["leader_epoch"].as_i64().unwrap(),
+                b["crc"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }
