@@ -5,101 +5,18 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 use common::*;
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{FetchRequest, MetadataRequest, ProduceRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{FetchRequest, ProduceRequest};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-/// Elections take 1–2 s of silence plus a loaded CI box's scheduling.
-const CLUSTER_TIMEOUT: Duration = Duration::from_secs(40);
-
-/// (partition → (leader, replicas, isr)) of one topic as one broker reports it.
-type TopicView = BTreeMap<i32, (i32, Vec<i32>, Vec<i32>)>;
-
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
-
-/// The topic as broker `bootstrap` itself reports it (raw Metadata v12 to exactly that
-/// broker; an rdkafka client may ask any broker it knows). `None` while unknown there.
-fn topic_view(bootstrap: &str, topic: &str) -> Option<TopicView> {
-    let mut wire = Wire::connect(bootstrap);
-    let req = MetadataRequest::default()
-        .with_topics(Some(vec![
-            MetadataRequestTopic::default().with_name(Some(name(topic)))
-        ]))
-        .with_allow_auto_topic_creation(false);
-    let resp = wire.call(&req, 12);
-    let t = &resp.topics[0];
-    if t.error_code != 0 {
-        return None;
-    }
-    Some(
-        t.partitions
-            .iter()
-            .map(|p| {
-                let ids = |v: &Vec<kafka_protocol::messages::BrokerId>| {
-                    v.iter().map(|b| b.0).collect::<Vec<i32>>()
-                };
-                (
-                    p.partition_index,
-                    (p.leader_id.0, ids(&p.replica_nodes), ids(&p.isr_nodes)),
-                )
-            })
-            .collect(),
-    )
-}
-
-/// Polls `f` until it returns `Some`, at most `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// CreateTopics through `bootstrap` with rdkafka's AdminClient. Retries while the
-/// cluster has no metadata leader (request timed out); returns the final outcome.
-fn create(bootstrap: &str, topic: &str, partitions: i32, rf: i32) -> Result<(), RDKafkaErrorCode> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let admin = admin(bootstrap);
-    let opts = AdminOptions::new()
-        .operation_timeout(Some(CLIENT_TIMEOUT))
-        .request_timeout(Some(CLIENT_TIMEOUT));
-    let deadline = Instant::now() + CLUSTER_TIMEOUT;
-    loop {
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(rf));
-        let results = rt
-            .block_on(admin.create_topics([&new], &opts))
-            .expect("create_topics request failed");
-        match &results[0] {
-            Ok(_) => return Ok(()),
-            Err((_, RDKafkaErrorCode::RequestTimedOut)) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err((_, code)) => return Err(*code),
-        }
-    }
-}
-
 /// One record batch (magic 2) with `n` small values.
 fn batch(n: usize) -> Bytes {
     let records: Vec<Record> = (0..n)
@@ -141,7 +58,7 @@ fn produce_and_fetch_codes(bootstrap: &str, topic: &str, partition: i32) -> (i16
         .with_acks(1)
         .with_timeout_ms(10_000)
         .with_topic_data(vec![TopicProduceData::default()
-            .with_name(name(topic))
+            .with_name(topic_name_of(topic))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(partition)
                 .with_records(Some(batch(3)))])]);
@@ -153,7 +70,7 @@ fn produce_and_fetch_codes(bootstrap: &str, topic: &str, partition: i32) -> (i16
         .with_max_bytes(1 << 20)
         .with_session_epoch(-1)
         .with_topics(vec![FetchTopic::default()
-            .with_topic(name(topic))
+            .with_topic(topic_name_of(topic))
             .with_partitions(vec![FetchPartition::default()
                 .with_partition(partition)
                 .with_fetch_offset(0)
@@ -191,7 +108,7 @@ fn three_brokers_agree_on_metadata_survive_losing_the_metadata_leader_and_catch_
 
     // An RF=3 topic created through broker 2 with a real client ...
     let topic = topic_name("replicated");
-    create(&addrs[1], &topic, 6, 3).expect("create an RF=3 topic");
+    create_replicated(&addrs[1], &topic, 6, 3).expect("create an RF=3 topic");
     // ... is reported identically by all three brokers.
     let view = wait_for("every broker to see the topic", CLUSTER_TIMEOUT, || {
         let views: Vec<_> = addrs.iter().map(|a| topic_view(a, &topic)).collect();
@@ -269,7 +186,7 @@ fn three_brokers_agree_on_metadata_survive_losing_the_metadata_leader_and_catch_
     assert_ne!(new_controller, controller);
     // ... and still change metadata, placing replicas on live brokers only.
     let after = topic_name("after-failover");
-    create(&survivors[0], &after, 4, 2).expect("create a topic after the leader died");
+    create_replicated(&survivors[0], &after, 4, 2).expect("create a topic after the leader died");
     let after_view = wait_for(
         "the survivors to agree on the new topic",
         CLUSTER_TIMEOUT,
@@ -285,7 +202,7 @@ fn three_brokers_agree_on_metadata_survive_losing_the_metadata_leader_and_catch_
         );
     }
     assert_eq!(
-        create(&survivors[1], &topic_name("too-wide"), 1, 3),
+        create_replicated(&survivors[1], &topic_name("too-wide"), 1, 3),
         Err(RDKafkaErrorCode::InvalidReplicationFactor),
         "RF=3 with two live brokers"
     );

@@ -14,7 +14,7 @@
 //!   `kafka-protocol` crate, for compatibility and malformed-input tests.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -24,7 +24,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{ApiKey, MetadataRequest, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -33,6 +34,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
 /// How long the broker may take from spawn to its ready line. Generous because
@@ -457,6 +459,104 @@ pub fn raw_cluster_view(bootstrap: &str) -> (i32, Vec<(i32, String, i32)>) {
         .map(|b| (b.node_id.0, b.host.to_string(), b.port))
         .collect();
     (resp.controller_id.0, brokers)
+}
+
+/// Elections take 1–2 s of silence plus a loaded CI box's scheduling.
+pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// (partition → (leader, replicas, isr)) of one topic as one broker reports it.
+pub type TopicView = BTreeMap<i32, (i32, Vec<i32>, Vec<i32>)>;
+
+pub fn topic_name_of(s: &str) -> kafka_protocol::messages::TopicName {
+    kafka_protocol::messages::TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// The topic as broker `bootstrap` itself reports it (raw Metadata v12 to exactly that
+/// broker; an rdkafka client may ask any broker it knows). `None` while unknown there.
+pub fn topic_view(bootstrap: &str, topic: &str) -> Option<TopicView> {
+    let mut wire = Wire::connect(bootstrap);
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name_of(topic)))
+        ]))
+        .with_allow_auto_topic_creation(false);
+    let resp = wire.call(&req, 12);
+    let t = &resp.topics[0];
+    if t.error_code != 0 {
+        return None;
+    }
+    Some(
+        t.partitions
+            .iter()
+            .map(|p| {
+                let ids = |v: &Vec<kafka_protocol::messages::BrokerId>| {
+                    v.iter().map(|b| b.0).collect::<Vec<i32>>()
+                };
+                (
+                    p.partition_index,
+                    (p.leader_id.0, ids(&p.replica_nodes), ids(&p.isr_nodes)),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Polls `f` until it returns `Some`, at most `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// CreateTopics through `bootstrap` with rdkafka's AdminClient. Retries while the
+/// cluster has no metadata leader (request timed out); returns the final outcome.
+pub fn create_replicated(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    rf: i32,
+) -> Result<(), RDKafkaErrorCode> {
+    create_replicated_with(bootstrap, topic, partitions, rf, &[])
+}
+
+/// `create_replicated` with topic configs.
+pub fn create_replicated_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    rf: i32,
+    configs: &[(&str, &str)],
+) -> Result<(), RDKafkaErrorCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = admin(bootstrap);
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(CLIENT_TIMEOUT))
+        .request_timeout(Some(CLIENT_TIMEOUT));
+    let deadline = Instant::now() + CLUSTER_TIMEOUT;
+    loop {
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(rf));
+        for (k, v) in configs {
+            new = new.set(k, v);
+        }
+        let results = rt
+            .block_on(admin.create_topics([&new], &opts))
+            .expect("create_topics request failed");
+        match &results[0] {
+            Ok(_) => return Ok(()),
+            Err((_, RDKafkaErrorCode::RequestTimedOut)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err((_, code)) => return Err(*code),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
