@@ -5,7 +5,7 @@
 //! the first line that is torn or fails its checksum (a crash mid-append) and the file is
 //! truncated there, so a half-written event is never applied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -85,6 +85,11 @@ pub struct BrokerMeta {
     /// Address clients connect to (the advertised listener).
     pub host: String,
     pub port: u16,
+    /// Random per process start: a registration with a new one tells the controller
+    /// the broker restarted (and lost its in-memory replication state), so it leaves
+    /// every in-sync set and leadership, as if it had died (Kafka's broker epoch).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -111,6 +116,12 @@ pub enum MetaEvent {
     RegisterBroker {
         broker: BrokerMeta,
     },
+    /// Cluster mode: the controller found a broker dead (not heard within the session
+    /// timeout; fenced) or alive again. Fenced brokers are not listed to clients.
+    SetBrokerFenced {
+        id: i32,
+        fenced: bool,
+    },
     /// Cluster mode: a partition's leader, epoch or in-sync set changed.
     ChangePartition {
         name: String,
@@ -125,6 +136,8 @@ pub struct Image {
     pub by_id: HashMap<u128, String>,
     /// Cluster mode: registered brokers by id. Empty on a single node.
     pub brokers: BTreeMap<i32, BrokerMeta>,
+    /// Cluster mode: registered brokers the controller last found dead.
+    pub fenced: BTreeSet<i32>,
     /// Count of events applied; shards use it to tell images apart.
     pub version: u64,
 }
@@ -163,6 +176,13 @@ impl Image {
             }
             MetaEvent::RegisterBroker { broker } => {
                 self.brokers.insert(broker.id, broker.clone());
+            }
+            MetaEvent::SetBrokerFenced { id, fenced } => {
+                if *fenced {
+                    self.fenced.insert(*id);
+                } else {
+                    self.fenced.remove(id);
+                }
             }
             MetaEvent::ChangePartition {
                 name,

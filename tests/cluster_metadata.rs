@@ -207,11 +207,16 @@ fn three_brokers_agree_on_metadata_survive_losing_the_metadata_leader_and_catch_
         "RF=3 with two live brokers"
     );
 
-    // The old leader comes back with its data dir and catches up from the new leader.
+    // The old leader comes back with its data dir and catches up from the new leader
+    // (the partitions it led have moved to other in-sync replicas meanwhile).
     cluster.node(controller).restart();
     let back = &addrs[(controller - 1) as usize];
     wait_for("the restarted broker to catch up", CLUSTER_TIMEOUT, || {
-        (topic_view(back, &after)? == after_view && topic_view(back, &topic)? == view).then_some(())
+        let now = topic_view(&survivors[0], &topic)?;
+        (topic_view(back, &after)? == after_view
+            && topic_view(back, &topic)? == now
+            && raw_cluster_view(back).1 == expected_brokers)
+            .then_some(())
     });
     let (c, brokers) = raw_cluster_view(back);
     assert_eq!(

@@ -5,6 +5,7 @@
 //! none of this runs, it leads every partition at epoch 0, and metadata stays in
 //! `data/meta/metadata.log`. Design and the choice of Raft crate: `README.md`.
 
+pub mod controller;
 pub mod placement;
 pub mod quorum;
 pub mod raft_log;

@@ -47,6 +47,8 @@ const LEADER_POLL: Duration = Duration::from_millis(20);
 /// A broker the leader has not heard from for this long gets no new replicas
 /// (Kafka's broker.session.timeout.ms, shorter: Raft heartbeats every 200 ms).
 pub const BROKER_SESSION_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the metadata leader looks for dead brokers and leaderless partitions.
+const FAILURE_CHECK: Duration = Duration::from_millis(500);
 /// How often a broker checks that its registration (advertised address) is current.
 const REGISTRATION_RETRY: Duration = Duration::from_millis(200);
 
@@ -199,6 +201,7 @@ impl Quorum {
         }
         glommio::spawn_local(serve(listener, quorum.clone(), shard.clone())).detach();
         glommio::spawn_local(register(quorum.clone(), shard.clone())).detach();
+        glommio::spawn_local(watch_brokers(quorum.clone(), shard.clone())).detach();
         Ok(quorum)
     }
 
@@ -224,6 +227,14 @@ impl Quorum {
         live.push(self.node_id);
         live.sort_unstable();
         live
+    }
+
+    /// Whether this broker has led for longer than the session timeout, so every live
+    /// broker has been heard from during its term.
+    fn knows_liveness(&self) -> bool {
+        self.leader_since
+            .get()
+            .is_some_and(|since| since.elapsed() > BROKER_SESSION_TIMEOUT)
     }
 
     /// Decides and commits `cmd` through the quorum (here if this broker leads,
@@ -282,6 +293,11 @@ impl Quorum {
         if !self.leader_ready.get() {
             return Err(not_leader());
         }
+        // A new leader has not yet heard from everyone: it would take live brokers
+        // for dead ones.
+        if matches!(cmd, MetaCommand::CheckBrokers) && !self.knows_liveness() {
+            return Ok((MetaReply::Done, self.applied.get()));
+        }
         let image = shard.image();
         let live = self.live_brokers(BROKER_SESSION_TIMEOUT);
         let eligible: Vec<i32> = image
@@ -290,9 +306,13 @@ impl Quorum {
             .copied()
             .filter(|b| live.contains(b))
             .collect();
+        let check = matches!(cmd, MetaCommand::CheckBrokers);
         let (events, reply) = cmd.decide(&image, Some(&eligible));
         if events.is_empty() {
             return Ok((reply, self.applied.get()));
+        }
+        if check {
+            log_failover(&events);
         }
         let id = rand::random::<u64>();
         let data = serde_json::to_vec(&Proposal { id, events }).map_err(|e| ForwardFailure {
@@ -676,6 +696,7 @@ async fn register(q: Rc<Quorum>, shard: Rc<Shard>) {
         id: shard.config.node_id,
         host: shard.config.advertised_host.clone(),
         port: shard.config.advertised_port,
+        incarnation: rand::random::<u64>() | 1,
     };
     loop {
         if shard.image().brokers.get(&me.id) == Some(&me) {
@@ -693,6 +714,51 @@ async fn register(q: Rc<Quorum>, shard: Rc<Shard>) {
             }
         }
         glommio::timer::sleep(REGISTRATION_RETRY).await;
+    }
+}
+
+fn log_failover(events: &[MetaEvent]) {
+    for e in events {
+        match e {
+            MetaEvent::SetBrokerFenced { id, fenced: true } => {
+                tracing::warn!(
+                    broker = id,
+                    "broker not heard from within the session timeout: fenced"
+                )
+            }
+            MetaEvent::SetBrokerFenced { id, fenced: false } => {
+                tracing::info!(broker = id, "broker heard from again: unfenced")
+            }
+            MetaEvent::ChangePartition {
+                name,
+                partition,
+                state,
+            } => tracing::info!(
+                topic = %name,
+                partition,
+                leader = state.leader,
+                leader_epoch = state.leader_epoch,
+                isr = ?state.isr,
+                "partition leadership or in-sync set changed"
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// On the metadata leader, every `FAILURE_CHECK`: fences brokers not heard from within
+/// the session timeout and moves their leaderships, unfences returning ones and gives
+/// offline partitions a leader again (`replication::controller`). Decided locally
+/// only: a forwarded check would be decided by a leader that may not know liveness.
+async fn watch_brokers(q: Rc<Quorum>, shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(FAILURE_CHECK).await;
+        if !q.leader_ready.get() || !q.knows_liveness() {
+            continue;
+        }
+        if let Err(f) = q.decide_and_commit(&shard, MetaCommand::CheckBrokers).await {
+            tracing::debug!(error = %f.message, "broker failure check not committed");
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metadata::{BrokerMeta, Image, MetaEvent, TopicMeta};
 use crate::net::error_code as ec;
-use crate::replication::placement;
+use crate::replication::{controller, placement};
 use crate::shard::partition::validate_topic_config;
 
 pub type Failure = (i16, String);
@@ -46,6 +46,8 @@ pub enum MetaCommand {
         validate_only: bool,
     },
     RegisterBroker(BrokerMeta),
+    /// The metadata leader's periodic failure check (`replication::controller`).
+    CheckBrokers,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -80,13 +82,28 @@ impl MetaCommand {
                 validate_only,
             } => set_configs(image, changes, replace, validate_only),
             MetaCommand::RegisterBroker(b) => {
-                let events = if image.brokers.get(&b.id) == Some(&b) {
-                    Vec::new()
-                } else {
-                    vec![MetaEvent::RegisterBroker { broker: b }]
-                };
+                let mut events = Vec::new();
+                match image.brokers.get(&b.id) {
+                    Some(old) if *old == b => {}
+                    // Restarted: out of every in-sync set and leadership it had.
+                    Some(old) if old.incarnation != b.incarnation => {
+                        let live: Vec<i32> = placement
+                            .unwrap_or(&[])
+                            .iter()
+                            .copied()
+                            .filter(|id| *id != b.id)
+                            .collect();
+                        events.extend(controller::partition_changes(image, &live));
+                        events.push(MetaEvent::RegisterBroker { broker: b });
+                    }
+                    _ => events.push(MetaEvent::RegisterBroker { broker: b }),
+                }
                 (events, MetaReply::Done)
             }
+            MetaCommand::CheckBrokers => (
+                controller::check_brokers(image, placement.unwrap_or(&[])),
+                MetaReply::Done,
+            ),
         }
     }
 }

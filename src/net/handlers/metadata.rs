@@ -35,7 +35,7 @@ pub const TOPIC_OPERATIONS_ALL: i32 =
 pub const CLUSTER_OPERATIONS_ALL: i32 =
     (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 
-pub fn topic_response(node_id: i32, t: &TopicMeta) -> MetadataResponseTopic {
+pub fn topic_response(node_id: i32, image: &Image, t: &TopicMeta) -> MetadataResponseTopic {
     let ids = |v: &[i32]| v.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
     let partitions = (0..t.owners.len() as i32)
         .map(|p| {
@@ -56,7 +56,14 @@ pub fn topic_response(node_id: i32, t: &TopicMeta) -> MetadataResponseTopic {
                     .with_leader_id(BrokerId(r.leader))
                     .with_leader_epoch(r.leader_epoch)
                     .with_replica_nodes(ids(&r.replicas))
-                    .with_isr_nodes(ids(&r.isr)),
+                    .with_isr_nodes(ids(&r.isr))
+                    .with_offline_replicas(
+                        r.replicas
+                            .iter()
+                            .filter(|b| image.fenced.contains(b))
+                            .map(|b| BrokerId(*b))
+                            .collect(),
+                    ),
             }
         })
         .collect();
@@ -77,7 +84,12 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
     };
     let mut topics = Vec::new();
     if all {
-        topics.extend(image.topics.values().map(|t| topic_response(node_id, t)));
+        topics.extend(
+            image
+                .topics
+                .values()
+                .map(|t| topic_response(node_id, &image, t)),
+        );
     } else {
         let auto_create =
             shard.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
@@ -88,7 +100,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
                 None => image.topic_by_id(rt.topic_id.as_u128()),
             };
             match (found, &rt.name) {
-                (Some(t), _) => topics.push(topic_response(node_id, t)),
+                (Some(t), _) => topics.push(topic_response(node_id, &image, t)),
                 (None, Some(n)) if auto_create => missing.push(n.0.to_string()),
                 (None, name) => topics.push(
                     MetadataResponseTopic::default()
@@ -110,10 +122,10 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
                 .collect();
             for (name, outcome) in create_topics(shard, wanted, false).await {
                 match outcome {
-                    Ok(t) => topics.push(topic_response(node_id, &t)),
+                    Ok(t) => topics.push(topic_response(node_id, &image, &t)),
                     // Created concurrently by another request: report what exists now.
                     Err((ec::TOPIC_ALREADY_EXISTS, _)) => match shard.image().topic(&name) {
-                        Some(t) => topics.push(topic_response(node_id, t)),
+                        Some(t) => topics.push(topic_response(node_id, &image, t)),
                         None => topics.push(error_topic(&name, ec::LEADER_NOT_AVAILABLE)),
                     },
                     Err((code, msg)) => {
@@ -153,18 +165,24 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
         .with_topics(topics)
 }
 
-/// The brokers clients may connect to: the registered ones in a cluster (this broker
-/// included even before its registration commits), this one on a single node.
+/// The brokers clients may connect to: in a cluster the registered ones the controller
+/// has not fenced (this broker always: it is answering), this one on a single node.
 pub fn brokers(shard: &Shard, image: &Image) -> Vec<BrokerMeta> {
     let me = BrokerMeta {
         id: shard.config.node_id,
         host: shard.config.advertised_host.clone(),
         port: shard.config.advertised_port,
+        incarnation: 0,
     };
     if shard.config.cluster.is_none() {
         return vec![me];
     }
-    let mut out: Vec<BrokerMeta> = image.brokers.values().cloned().collect();
+    let mut out: Vec<BrokerMeta> = image
+        .brokers
+        .values()
+        .filter(|b| b.id == me.id || !image.fenced.contains(&b.id))
+        .cloned()
+        .collect();
     if !image.brokers.contains_key(&me.id) {
         out.push(me);
         out.sort_by_key(|b| b.id);
