@@ -422,7 +422,11 @@ fn create_topics(args: &Args, topics: &[String]) -> Result<(), String> {
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
-            let mut new = NewTopic::new(t, args.partitions, TopicReplication::Fixed(1));
+            let mut new = NewTopic::new(
+                t,
+                args.partitions,
+                TopicReplication::Fixed(args.replication_factor),
+            );
             for kv in &args.topic_config {
                 if let Some((k, v)) = kv.split_once('=') {
                     new = new.set(k, v);

@@ -57,6 +57,9 @@ pub struct Args {
     /// Partitions per topic.
     #[arg(long, default_value_t = 1)]
     pub partitions: i32,
+    /// Replication factor of the topics the bench creates (a cluster: 3 for RF=3).
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: i32,
     /// Message size: `N` bytes, `MIN..MAX` (uniform) or `exp:MEAN` (exponential, capped
     /// at 8 × MEAN).
     #[arg(long, default_value = "1024")]
@@ -323,6 +326,9 @@ fn validate(args: &Args) -> Result<(), String> {
         if !(d.is_finite() && d > 0.0) {
             return Err("--duration-s must be positive".into());
         }
+    }
+    if args.replication_factor < 1 {
+        return Err("--replication-factor must be at least 1".into());
     }
     if !matches!(args.payload.as_str(), "random" | "text") {
         return Err("--payload must be random or text".into());
