@@ -26,6 +26,15 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// A replicated batch does not continue the log: its base offset is not the next
+    /// offset (a gap or an overlap with what the follower has). Internal to replication
+    /// (a follower's fetcher), never answered to a client. UNKNOWN_SERVER_ERROR.
+    #[error("replicated batch starts at offset {found}, the log continues at {expected}")]
+    NonContiguous { expected: i64, found: i64 },
+    /// The log is being truncated (its leadership changed): appends and maintenance
+    /// wait for the next leader. NOT_LEADER_OR_FOLLOWER, so producers refresh metadata.
+    #[error("partition log is being truncated")]
+    Truncating,
     /// The log was closed or deleted (the partition left this shard). NOT_LEADER_OR_FOLLOWER,
     /// so clients refresh metadata and retry elsewhere.
     #[error("partition log is closed")]
@@ -39,7 +48,8 @@ impl StorageError {
             StorageError::BatchTooLarge { .. } => 10,
             StorageError::OffsetOutOfRange { .. } => 1,
             StorageError::Io { .. } => 56,
-            StorageError::Closed => 6,
+            StorageError::NonContiguous { .. } => -1,
+            StorageError::Truncating | StorageError::Closed => 6,
         }
     }
 
@@ -82,6 +92,11 @@ impl StorageError {
                 path: path.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
+            StorageError::NonContiguous { expected, found } => StorageError::NonContiguous {
+                expected: *expected,
+                found: *found,
+            },
+            StorageError::Truncating => StorageError::Truncating,
             StorageError::Closed => StorageError::Closed,
         }
     }
@@ -118,5 +133,14 @@ mod tests {
         assert_eq!(io.kafka_error_code(), 56);
         assert_eq!(io.duplicate().kafka_error_code(), 56);
         assert_eq!(StorageError::Closed.kafka_error_code(), 6);
+        assert_eq!(StorageError::Truncating.kafka_error_code(), 6);
+        assert_eq!(
+            StorageError::NonContiguous {
+                expected: 1,
+                found: 2
+            }
+            .kafka_error_code(),
+            -1
+        );
     }
 }

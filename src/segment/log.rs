@@ -33,11 +33,12 @@ use futures::channel::oneshot;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use super::batch::{
-    claimed_len, patch_batch, BatchHeader, PatchedBatch, ValidBatch, BATCH_HEADER_LEN,
+    claimed_len, patch_batch, split_batches, validate_batch, BatchHeader, PatchedBatch, ValidBatch,
+    BATCH_HEADER_LEN,
 };
 use super::compact;
 use super::error::StorageError;
-use super::recovery::{recover_segment, BATCH_BYTES_MAX};
+use super::recovery::{recover_segment, scan, BATCH_BYTES_MAX};
 use super::segment::{align_down, align_up, sync_dir, write_replace_durable, Segment, BLOCK_BYTES};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +151,18 @@ pub struct AppendInfo {
     /// How long `append_valid` waited for a flush (the durability asked for, or
     /// backpressure); `None` when it did not wait. The rest of its time was the append.
     pub flush_wait: Option<std::time::Duration>,
+}
+
+/// What `append_replicated` stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicatedAppend {
+    /// Base offset of the first batch: the log end before the call.
+    pub first_offset: i64,
+    /// The log end after the call (the next offset to fetch); all below it is durable.
+    pub log_end_offset: i64,
+    pub batches: usize,
+    /// Records counted from the batch headers.
+    pub records: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -448,6 +461,8 @@ pub struct PartitionLog {
     clean_end: Cell<i64>,
     /// A compaction pass is running (one at a time per log).
     compacting: Cell<bool>,
+    /// A truncation is running: appends and maintenance are refused (`Truncating`).
+    truncating: Cell<bool>,
 }
 
 /// What one compaction pass did.
@@ -648,6 +663,7 @@ impl PartitionLog {
             read_copied_bytes: Cell::new(0),
             clean_end: Cell::new(clean_end),
             compacting: Cell::new(false),
+            truncating: Cell::new(false),
         });
         log.persist_sealed_indexes();
         // A crash between the checkpoint and the deletions leaves segments below the
@@ -695,6 +711,9 @@ impl PartitionLog {
     fn check_usable(&self) -> Result<(), StorageError> {
         if self.closed.get() {
             return Err(StorageError::Closed);
+        }
+        if self.truncating.get() {
+            return Err(StorageError::Truncating);
         }
         if let Some(e) = self.failed.borrow().as_ref() {
             return Err(e.duplicate());
@@ -781,6 +800,95 @@ impl PartitionLog {
         Ok(info)
     }
 
+    /// A follower's append: `batches` are the leader's batches laid end to end (a fetch
+    /// response's records), stored exactly as received: offsets, timestamps and leader
+    /// epochs kept, nothing patched. Every batch is checked like a produced one
+    /// (length, magic, CRC32C) and their offsets must continue the log densely: the
+    /// first base offset is the log end, each next one follows the previous batch's
+    /// last offset. Any failure refuses the whole set with a typed error
+    /// (`CorruptBatch` / `InvalidBatch` / `BatchTooLarge` / `NonContiguous`) and nothing
+    /// is written. `max.message.bytes` is the leader's to enforce, not a follower's.
+    ///
+    /// Resolves once the batches are written and fdatasync'd: a follower's next fetch
+    /// offset is its durable log end. Same ordering contract as `append` (placed before
+    /// the first `.await`); concurrent calls for one log are the caller's to avoid (the
+    /// second would fail `NonContiguous`).
+    pub async fn append_replicated(
+        &self,
+        batches: Bytes,
+    ) -> Result<ReplicatedAppend, StorageError> {
+        let appended = self.append_replicated_now(&batches)?;
+        if appended.batches > 0 {
+            self.submit_ready();
+            self.flush_to(appended.log_end_offset, true).await?;
+        }
+        Ok(appended)
+    }
+
+    /// The synchronous part of `append_replicated`: check all, then place all.
+    fn append_replicated_now(&self, batches: &Bytes) -> Result<ReplicatedAppend, StorageError> {
+        self.check_usable()?;
+        let first_offset = self.log_end.get();
+        let parts = split_batches(batches)?;
+        let mut checked = Vec::with_capacity(parts.len());
+        let mut next = first_offset;
+        for bytes in parts {
+            if bytes.len() as u64 > BATCH_BYTES_MAX {
+                // Recovery would take a longer batch for a lying length and cut it off.
+                return Err(StorageError::BatchTooLarge {
+                    size: bytes.len(),
+                    max: BATCH_BYTES_MAX as usize,
+                });
+            }
+            let h = validate_batch(&bytes)?;
+            if h.base_offset != next {
+                return Err(StorageError::NonContiguous {
+                    expected: next,
+                    found: h.base_offset,
+                });
+            }
+            if h.last_offset() >= OFFSET_MAX {
+                return Err(StorageError::InvalidBatch(format!(
+                    "last offset {} is beyond any real log",
+                    h.last_offset()
+                )));
+            }
+            next = h.last_offset() + 1;
+            checked.push((bytes, h));
+        }
+        let config = self.config.borrow().clone();
+        let now = now_ms();
+        let mut records = 0i64;
+        let count = checked.len();
+        for (bytes, h) in checked {
+            self.maybe_roll(&config, bytes.len(), h.last_offset(), now);
+            let batch = PatchedBatch {
+                header: bytes.slice(..BATCH_HEADER_LEN),
+                body: bytes.slice(BATCH_HEADER_LEN..),
+            };
+            self.place(
+                &config,
+                batch,
+                h.base_offset,
+                h.last_offset(),
+                h.max_timestamp,
+                h.records_count,
+            );
+            records += i64::from(h.records_count.max(0));
+        }
+        assert_eq!(
+            self.log_end.get(),
+            next,
+            "placed exactly the checked batches"
+        );
+        Ok(ReplicatedAppend {
+            first_offset,
+            log_end_offset: next,
+            batches: count,
+            records,
+        })
+    }
+
     /// The synchronous part of append: validate, roll, assign offsets, copy.
     fn append_now(&self, valid: &ValidBatch) -> Result<AppendInfo, StorageError> {
         let (batch, header) = (valid.bytes(), *valid.header());
@@ -801,15 +909,49 @@ impl PartitionLog {
             )));
         }
         let now = now_ms();
-        let len = batch.len();
-        self.maybe_roll(&config, len, now);
+        let last_offset = self.log_end.get() + i64::from(header.last_offset_delta);
+        self.maybe_roll(&config, batch.len(), last_offset, now);
         let base_offset = self.log_end.get();
-        let last_offset = base_offset + i64::from(header.last_offset_delta);
         let append_time =
             (config.message_timestamp_type == TimestampType::LogAppendTime).then_some(now);
         let patched = patch_batch(batch, base_offset, append_time);
         let max_timestamp = append_time.unwrap_or(header.max_timestamp);
+        self.place(
+            &config,
+            patched,
+            base_offset,
+            last_offset,
+            max_timestamp,
+            header.records_count,
+        );
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            log_append_time_ms: append_time.unwrap_or(-1),
+            log_start_offset: self.log_start.get(),
+            flush_wait: None,
+        })
+    }
 
+    /// Copies a batch whose offsets are final into the active segment's write buffer,
+    /// indexes and caches it, and moves the log end past it. Synchronous; the caller
+    /// rolled the segment first.
+    fn place(
+        &self,
+        config: &LogConfig,
+        batch: PatchedBatch,
+        base_offset: i64,
+        last_offset: i64,
+        max_timestamp: i64,
+        records: i32,
+    ) {
+        assert_eq!(
+            base_offset,
+            self.log_end.get(),
+            "batches are placed at the log end"
+        );
+        assert!(last_offset >= base_offset);
+        let len = batch.len();
         let seg = self
             .segments
             .borrow()
@@ -817,7 +959,7 @@ impl PartitionLog {
             .expect("active segment")
             .clone();
         let pos = seg.size.get();
-        self.appender.borrow_mut().copy_in(&seg, pos, &patched);
+        self.appender.borrow_mut().copy_in(&seg, pos, &batch);
         seg.on_batch(
             base_offset,
             last_offset,
@@ -833,7 +975,7 @@ impl PartitionLog {
                 base_offset,
                 last_offset,
                 max_timestamp,
-                batch: patched,
+                batch,
                 seg,
                 end_pos: pos + len as u64,
             });
@@ -841,20 +983,13 @@ impl PartitionLog {
         }
         self.log_end.set(last_offset + 1);
         self.unsynced_messages
-            .set(self.unsynced_messages.get() + i64::from(header.records_count));
-        Ok(AppendInfo {
-            base_offset,
-            last_offset,
-            log_append_time_ms: append_time.unwrap_or(-1),
-            log_start_offset: self.log_start.get(),
-            flush_wait: None,
-        })
+            .set(self.unsynced_messages.get() + i64::from(records.max(0)));
     }
 
     /// Rolls to a new segment when the batch would overflow `segment.bytes` or the
     /// active segment is older than `segment.ms`. Synchronous: the new file is created
     /// by the flusher before its first write.
-    fn maybe_roll(&self, config: &LogConfig, len: usize, now: i64) {
+    fn maybe_roll(&self, config: &LogConfig, len: usize, last_offset: i64, now: i64) {
         let active = self
             .segments
             .borrow()
@@ -864,7 +999,10 @@ impl PartitionLog {
         if active.size.get() == 0 {
             return;
         }
-        let full = active.size.get() + len as u64 > config.segment_bytes;
+        // Index entries hold offsets relative to the segment base as u32; replicated
+        // batches (compacted ones) may advance offsets much faster than bytes.
+        let full = active.size.get() + len as u64 > config.segment_bytes
+            || last_offset - active.base_offset > i64::from(i32::MAX);
         let old = now.saturating_sub(active.created_ms.get()) > config.segment_ms;
         if !full && !old {
             return;
@@ -918,6 +1056,9 @@ impl PartitionLog {
             if let Some(e) = self.failed.borrow().as_ref() {
                 return Err(e.duplicate());
             }
+            // A truncation may have cut the log below `target` meanwhile: what is left
+            // of it is all there is to flush.
+            let target = target.min(self.log_end.get());
             let done = if sync {
                 self.durable_offset.get()
             } else {
@@ -1495,6 +1636,326 @@ impl PartitionLog {
         Ok(self.log_start.get())
     }
 
+    /// Drops every batch at and after `offset` (a follower's or deposed leader's
+    /// divergent tail, KIP-101): the segments after the one holding `offset`, that
+    /// segment's tail, their index entries and cached batches. A batch straddling
+    /// `offset` goes whole, so the log end becomes its base offset (truncation points
+    /// from OffsetForLeaderEpoch are batch boundaries). `offset >= log end` does
+    /// nothing. Below the first segment the log is emptied and restarts at `offset`
+    /// (`truncate_fully_and_start_at`); below the log start but inside the first
+    /// segment the log start moves back to the new end (Kafka's `truncateTo`).
+    ///
+    /// Durable before returning: a crash afterwards cannot bring the dropped batches
+    /// back. While it runs, appends and maintenance are refused (`Truncating`) and
+    /// flushes wait; a read racing with it may still return batches being dropped.
+    /// A failure part-way poisons the log (`Io` until reopened, recovery decides).
+    pub async fn truncate_to(&self, offset: i64) -> Result<(), StorageError> {
+        self.check_usable()?;
+        let (start, end) = (self.log_start.get(), self.log_end.get());
+        if offset < 0 {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset >= end {
+            return Ok(());
+        }
+        let first_base = self
+            .segments
+            .borrow()
+            .front()
+            .expect("a segment")
+            .base_offset;
+        if offset < first_base {
+            return self.truncate_fully_and_start_at(offset).await;
+        }
+        let guard = self.begin_exclusive().await?;
+        let result = self.truncate_tail(offset, &guard).await;
+        if let Err(e) = &result {
+            if guard.io_pending.replace(false) {
+                // Memory and disk disagree: only recovery can tell what is left.
+                self.failed.borrow_mut().get_or_insert(e.duplicate());
+            }
+        }
+        drop(guard);
+        result
+    }
+
+    /// Deletes the whole log and restarts it, empty, at `offset` (log start = log end =
+    /// `offset`): for a follower whose log end is below the leader's log start, and for
+    /// `truncate_to` below the first segment. Durable before returning; a crash part-way
+    /// leaves the old log or an empty one starting at the old log start (a follower
+    /// then fetches from there and lands here again).
+    pub async fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), StorageError> {
+        self.check_usable()?;
+        if !(0..OFFSET_MAX).contains(&offset) {
+            let (start, end) = (self.log_start.get(), self.log_end.get());
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        let guard = self.begin_exclusive().await?;
+        // Memory first, in one synchronous step; then the disk follows.
+        let seg = Rc::new(Segment::new(&self.dir, offset, now_ms()));
+        let old: Vec<Rc<Segment>> = std::mem::replace(
+            &mut *self.segments.borrow_mut(),
+            VecDeque::from([seg.clone()]),
+        )
+        .into();
+        self.appender.borrow_mut().cur = WriteBuf {
+            seg,
+            file_pos: 0,
+            buf: glommio::allocate_dma_buffer(BLOCK_BYTES as usize),
+            len: 0,
+            dirty: false,
+        };
+        *self.cache.borrow_mut() = BatchCache::default();
+        self.unsynced.borrow_mut().clear();
+        self.unsynced_messages.set(0);
+        for cell in [
+            &self.log_start,
+            &self.log_end,
+            &self.written_offset,
+            &self.durable_offset,
+            &self.clean_end,
+        ] {
+            cell.set(offset);
+        }
+        guard.io_pending.set(true);
+        let result = async {
+            for seg in &old {
+                self.remove_segment_files(seg).await;
+            }
+            sync_dir(&self.dir)?;
+            write_replace_durable(
+                &self.dir.join(LOG_START_CHECKPOINT),
+                format!("{offset}\n").as_bytes(),
+            )?;
+            super::segment::write_replace(
+                &self.dir.join(CLEANER_CHECKPOINT),
+                format!("{offset}\n").as_bytes(),
+            )
+        }
+        .await;
+        if let Err(e) = &result {
+            self.failed.borrow_mut().get_or_insert(e.duplicate());
+        }
+        guard.io_pending.set(false);
+        result
+    }
+
+    /// The part of `truncate_to` for `first segment base <= offset < log end`, run
+    /// with the log to itself (nothing unwritten, nothing in flight, no flush round).
+    async fn truncate_tail(&self, offset: i64, guard: &Exclusive<'_>) -> Result<(), StorageError> {
+        let interval = u64::from(self.config.borrow().index_interval_bytes);
+        // Reads first (the file is fully written): where the cut falls, the kept part
+        // of that segment re-indexed, and the block the next write starts in.
+        let cut_seg = {
+            let segs = self.segments.borrow();
+            let i = segs.partition_point(|s| s.base_offset <= offset).max(1) - 1;
+            segs[i].clone()
+        };
+        let (cut_pos, new_end) = self.find_batch(&cut_seg, offset).await?;
+        let (kept, scan_from) = cut_seg.prefix_before(cut_pos);
+        let kept = Rc::new(kept);
+        let file = cut_seg.file.borrow().clone();
+        let mut tail = glommio::allocate_dma_buffer(BLOCK_BYTES as usize);
+        let tail_pos = align_down(cut_pos);
+        let tail_len = (cut_pos - tail_pos) as usize;
+        if let Some(file) = &file {
+            let end = scan(&kept, file, cut_pos, scan_from, interval).await?;
+            if end != cut_pos || kept.next_offset.get() != new_end {
+                return Err(StorageError::CorruptBatch(format!(
+                    "{:?}: rescan before a truncation at {offset} ended at byte {end} \
+                     offset {}, expected byte {cut_pos} offset {new_end}",
+                    cut_seg.path("log"),
+                    kept.next_offset.get()
+                )));
+            }
+            if tail_len > 0 {
+                let data = file
+                    .read_at(tail_pos, tail_len)
+                    .await
+                    .map_err(|e| StorageError::io("read", cut_seg.path("log"), e))?;
+                if data.len() != tail_len {
+                    return Err(StorageError::io(
+                        "read",
+                        cut_seg.path("log"),
+                        std::io::Error::other("short read of tail block"),
+                    ));
+                }
+                tail.as_bytes_mut()[..tail_len].copy_from_slice(&data);
+            }
+        } else {
+            assert_eq!(cut_pos, 0, "a segment with bytes has a file");
+        }
+        // Memory, in one synchronous step: from here readers see the shorter log.
+        assert!(self.truncating.get() && self.flushing.get());
+        kept.written.set(cut_pos);
+        kept.allocated.set(align_up(cut_pos));
+        kept.trimmed.set(true);
+        kept.sealed.set(false);
+        kept.index_dirty.set(true);
+        *kept.file.borrow_mut() = file.clone();
+        let dropped: Vec<Rc<Segment>> = {
+            let mut segs = self.segments.borrow_mut();
+            let i = segs
+                .iter()
+                .position(|s| Rc::ptr_eq(s, &cut_seg))
+                .expect("no other task changes segments while truncating");
+            let dropped = segs.split_off(i + 1).into();
+            *segs.back_mut().expect("the cut segment") = kept.clone();
+            dropped
+        };
+        {
+            let mut cache = self.cache.borrow_mut();
+            while cache
+                .entries
+                .back()
+                .is_some_and(|e| e.base_offset >= new_end)
+            {
+                let e = cache.entries.pop_back().expect("back exists");
+                cache.bytes -= e.batch.len();
+            }
+            for e in cache
+                .entries
+                .iter_mut()
+                .filter(|e| Rc::ptr_eq(&e.seg, &cut_seg))
+            {
+                e.seg = kept.clone();
+            }
+        }
+        {
+            let mut unsynced = self.unsynced.borrow_mut();
+            let had_cut = unsynced.iter().any(|u| Rc::ptr_eq(u, &cut_seg));
+            unsynced
+                .retain(|u| !Rc::ptr_eq(u, &cut_seg) && !dropped.iter().any(|d| Rc::ptr_eq(u, d)));
+            if had_cut {
+                unsynced.push(kept.clone());
+            }
+        }
+        self.appender.borrow_mut().cur = WriteBuf {
+            seg: kept.clone(),
+            file_pos: tail_pos,
+            buf: tail,
+            len: tail_len,
+            dirty: false,
+        };
+        self.log_end.set(new_end);
+        self.written_offset
+            .set(self.written_offset.get().min(new_end));
+        self.durable_offset
+            .set(self.durable_offset.get().min(new_end));
+        let clean_end = self.clean_end.get();
+        self.clean_end.set(clean_end.min(new_end));
+        let log_start = self.log_start.get();
+        self.log_start.set(log_start.min(new_end));
+        // Then the disk: later segments' names, stale index files, the tail.
+        guard.io_pending.set(true);
+        for seg in &dropped {
+            self.remove_segment_files(seg).await;
+        }
+        for ext in ["index", "timeindex"] {
+            let _ = std::fs::remove_file(kept.path(ext));
+        }
+        sync_dir(&self.dir)?;
+        if let Some(file) = &file {
+            repair_tail(file, cut_pos, &kept.path("log")).await?;
+        }
+        if new_end < log_start {
+            write_replace_durable(
+                &self.dir.join(LOG_START_CHECKPOINT),
+                format!("{new_end}\n").as_bytes(),
+            )?;
+        }
+        if new_end < clean_end {
+            super::segment::write_replace(
+                &self.dir.join(CLEANER_CHECKPOINT),
+                format!("{new_end}\n").as_bytes(),
+            )?;
+        }
+        guard.io_pending.set(false);
+        Ok(())
+    }
+
+    /// Position and base offset of the batch holding `offset` in a fully written
+    /// segment; (size, next offset) when `offset` is past its last batch.
+    async fn find_batch(&self, seg: &Rc<Segment>, offset: i64) -> Result<(u64, i64), StorageError> {
+        if offset >= seg.next_offset.get() {
+            return Ok((seg.size.get(), seg.next_offset.get()));
+        }
+        let file = seg.file.borrow().clone();
+        let Some(file) = file else {
+            return Ok((0, seg.base_offset)); // nothing written: an empty segment
+        };
+        let corrupt = |pos: u64, what: &str| {
+            StorageError::CorruptBatch(format!("{:?} at {pos}: {what}", seg.path("log")))
+        };
+        let (mut pos, _) = seg.lookup(offset);
+        let limit = seg.size.get();
+        while pos < limit {
+            let data = file
+                .read_at(pos, BATCH_HEADER_LEN)
+                .await
+                .map_err(|e| StorageError::io("read", seg.path("log"), e))?;
+            let h = BatchHeader::parse(&data)?;
+            if (h.total_len() as u64) < BATCH_HEADER_LEN as u64 || h.last_offset() < h.base_offset {
+                return Err(corrupt(pos, "bad batch header"));
+            }
+            if h.last_offset() >= offset {
+                return Ok((pos, h.base_offset));
+            }
+            pos += h.total_len() as u64;
+        }
+        Err(corrupt(
+            pos,
+            "no batch holds an offset below the segment end",
+        ))
+    }
+
+    /// Unlinks a segment no longer in the list and closes its file (readers may still
+    /// hold it; the last `Rc` closes it then). The caller syncs the directory.
+    async fn remove_segment_files(&self, seg: &Rc<Segment>) {
+        let file = seg.file.borrow_mut().take();
+        seg.remove_files();
+        if let Some(file) = file {
+            if let Ok(f) = Rc::try_unwrap(file) {
+                let _ = f.close().await;
+            }
+        }
+    }
+
+    /// Takes the log for a truncation: refuses appends, waits until everything
+    /// appended is written and no write or flush round is in flight, then holds the
+    /// flusher role (flushes wait) until the guard drops.
+    async fn begin_exclusive(&self) -> Result<Exclusive<'_>, StorageError> {
+        if self.truncating.replace(true) {
+            return Err(StorageError::Truncating);
+        }
+        let guard = Exclusive {
+            log: self,
+            flusher: Cell::new(false),
+            io_pending: Cell::new(false),
+        };
+        loop {
+            self.flush_to(self.log_end.get(), false).await?;
+            self.wait_submitted().await?;
+            if self.flushing.get() {
+                let (tx, rx) = oneshot::channel();
+                self.flush_waiters.borrow_mut().push(tx);
+                let _ = rx.await;
+                continue;
+            }
+            let idle = {
+                let app = self.appender.borrow();
+                let t = self.tracker.borrow();
+                app.queue.is_empty() && !app.cur.dirty && t.in_flight.is_empty()
+            };
+            if idle && self.written_offset.get() >= self.log_end.get() {
+                break;
+            }
+        }
+        self.flushing.set(true);
+        guard.flusher.set(true);
+        Ok(guard)
+    }
+
     fn set_log_start(&self, offset: i64) -> Result<(), StorageError> {
         assert!(
             offset >= self.log_start.get() && offset <= self.log_end.get(),
@@ -1553,6 +2014,9 @@ impl PartitionLog {
     /// the rest still exceeds `retention.bytes`, or whose newest batch is older than
     /// `retention.ms`. Never the active segment. Call periodically.
     pub async fn enforce_retention(&self) -> Result<(), StorageError> {
+        if self.truncating.get() {
+            return Ok(()); // the next period retries
+        }
         self.check_usable()?;
         let config = self.config.borrow().clone();
         if !config.cleanup_delete {
@@ -1596,6 +2060,9 @@ impl PartitionLog {
     /// the old file; a crash leaves either the old or the new file whole, and
     /// `open` deletes a leftover `.cleaned`.
     pub async fn compact(&self) -> Result<CompactStats, StorageError> {
+        if self.truncating.get() {
+            return Ok(CompactStats::default()); // the next period retries
+        }
         self.check_usable()?;
         let config = self.config.borrow().clone();
         if !config.cleanup_compact || self.compacting.replace(true) {
@@ -1653,6 +2120,8 @@ impl PartitionLog {
                 None => stats.bytes_after += seg.size.get(),
             }
         }
+        // A truncation during the pass may have cut the log below `dirty_end`.
+        let dirty_end = dirty_end.min(self.log_end.get());
         self.clean_end.set(dirty_end);
         // Not fsync'd: a stale checkpoint only makes the next pass do more work.
         super::segment::write_replace(
@@ -1843,6 +2312,36 @@ impl PartitionLog {
         let _ = self.close().await;
         self.closed.set(true);
         std::fs::remove_dir_all(&self.dir).map_err(|e| StorageError::io("remove dir", &self.dir, e))
+    }
+}
+
+/// Held while a truncation has the log to itself (`PartitionLog::begin_exclusive`).
+/// Dropping it (also when the truncating future is dropped) gives the log back; if
+/// the disk part was interrupted, memory and disk disagree and the log is poisoned.
+struct Exclusive<'a> {
+    log: &'a PartitionLog,
+    flusher: Cell<bool>,
+    io_pending: Cell<bool>,
+}
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        let log = self.log;
+        if self.io_pending.get() {
+            log.failed.borrow_mut().get_or_insert(StorageError::io(
+                "truncate",
+                &log.dir,
+                std::io::Error::other("truncation interrupted"),
+            ));
+        }
+        log.truncating.set(false);
+        if self.flusher.get() {
+            log.flushing.set(false);
+            let waiters = std::mem::take(&mut *log.flush_waiters.borrow_mut());
+            for w in waiters {
+                let _ = w.send(None);
+            }
+        }
     }
 }
 

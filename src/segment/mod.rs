@@ -31,6 +31,10 @@
 //! offset), both ending in a CRC32C; `log-start-offset` (DeleteRecords / retention
 //! checkpoint, written atomically and fsync'd).
 //!
+//! Replication: a follower stores the leader's batches as they are with
+//! `append_replicated` (offsets kept, must continue the log) and cuts a divergent tail
+//! with `truncate_to` (or restarts the log with `truncate_fully_and_start_at`).
+//!
 //! Modules: `batch` (v2 header, CRC32C, offset patching), `compact` (record-level
 //! compaction of batches; `PartitionLog::compact` swaps compacted segments in), `log` (appender, group
 //! commit, cache, reads, retention), `segment` (one segment and its indexes),
@@ -49,5 +53,5 @@ pub use batch::{BatchHeader, ValidBatch, BATCH_HEADER_LEN};
 pub use error::StorageError;
 pub use log::{
     AppendInfo, CompactStats, Durability, FlushStats, LogConfig, PartitionLog, ReadResult,
-    TimestampType,
+    ReplicatedAppend, TimestampType,
 };

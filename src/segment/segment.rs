@@ -204,6 +204,33 @@ impl Segment {
         }
     }
 
+    /// A fresh copy of this segment cut before byte `pos` (a batch boundary), for a
+    /// truncation: the index entries of batches starting below `pos`, positioned (like
+    /// recovery from a loaded index) just before the last kept entry's batch. Returns
+    /// the copy and the position the caller scans from, up to `pos`, to finish it.
+    pub fn prefix_before(&self, pos: u64) -> (Segment, u64) {
+        let copy = Segment::new(&self.dir, self.base_offset, self.created_ms.get());
+        let index: Vec<IndexEntry> = self
+            .index
+            .borrow()
+            .iter()
+            .take_while(|e| u64::from(e.pos) < pos)
+            .copied()
+            .collect();
+        let last_rel = index.last().map(|e| e.rel_offset);
+        let time: Vec<TimeEntry> = self
+            .time_index
+            .borrow()
+            .iter()
+            .take_while(|e| last_rel.is_some_and(|last| e.rel_offset <= last))
+            .copied()
+            .collect();
+        *copy.index.borrow_mut() = index;
+        *copy.time_index.borrow_mut() = time;
+        let (start, _) = copy.resume_at_last_entry();
+        (copy, start)
+    }
+
     /// Writes both index files (tmp + rename). Blocking std I/O on the shard: a sealed
     /// segment's index is at most ~segment.bytes/index.interval.bytes * 8 bytes (2 MiB
     /// at the defaults) and this happens once per roll. Not fsync'd: recovery
