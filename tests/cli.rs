@@ -832,3 +832,35 @@ fn dump_log_lists_every_batch_of_a_stopped_broker_and_stops_at_a_torn_tail() {
     );
     assert!(out.stderr.contains("CRC32C mismatch"), "{}", out.stderr);
 }
+
+/// A second broker started on a port the first one holds must refuse to start: the
+/// listeners use SO_REUSEPORT, and without a check the two would silently split the
+/// clients' connections between them.
+#[test]
+fn serve_refuses_a_port_another_broker_listens_on() {
+    let first = Broker::start();
+    let data = tempfile::tempdir().unwrap();
+    let second = run_program(
+        runnel_bin().to_str().unwrap(),
+        &[
+            "serve",
+            "--listen",
+            &first.bootstrap(),
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--cores",
+            "1",
+            "--admin-listen",
+            "off",
+        ],
+        b"",
+    );
+    assert_ne!(second.code, 0, "second broker started: {}", second.stdout);
+    assert!(
+        second.stderr.contains("already in use"),
+        "stderr: {}",
+        second.stderr
+    );
+    assert!(!second.stdout.contains("runnel: ready"));
+    assert_broker_serves(&first.bootstrap());
+}

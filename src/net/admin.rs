@@ -63,6 +63,12 @@ fn snapshot(s: &Shard) -> Snapshot {
 
 /// Binds the admin listener; a failure is logged and the broker runs without it.
 pub fn start(shard: &Rc<Shard>, addr: SocketAddr) -> Option<SocketAddr> {
+    // glommio binds with SO_REUSEPORT: without this check a second broker's admin
+    // port would share the first one's and answer half of its scrapes.
+    if let Err(e) = super::listener::ensure_port_free(addr) {
+        tracing::warn!(%addr, error = %e, "admin HTTP not started (metrics unavailable); set --admin-listen");
+        return None;
+    }
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
         Err(e) => {

@@ -8,6 +8,80 @@ use glommio::net::TcpListener;
 
 use crate::shard::Shard;
 
+/// Refuses a port another socket already listens on. glommio binds with SO_REUSEPORT,
+/// which would let a second broker (same user) bind it too and silently split the
+/// connections between the two. A probe bind cannot tell that apart from connections
+/// a killed broker left behind on the port (they make a plain bind fail too), so this
+/// looks for a socket in LISTEN state on the port in /proc/net/tcp{,6}. Port 0 needs no
+/// check; without /proc nothing is refused.
+pub fn ensure_port_free(addr: SocketAddr) -> Result<(), String> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let listening = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .any(|table| listens_on(&table, addr));
+    if listening {
+        return Err(format!(
+            "cannot listen on {addr}: the port is already in use by another process \
+             listening on it (another broker?); stop it or choose another port",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a /proc/net/tcp{,6} table has a LISTEN socket on `addr`'s port whose
+/// address overlaps `addr` (the same address, or either side a wildcard).
+fn listens_on(table: &str, addr: SocketAddr) -> bool {
+    const TCP_LISTEN: &str = "0A";
+    table.lines().skip(1).any(|line| {
+        let mut f = line.split_whitespace();
+        let (Some(local), Some(_remote), Some(state)) = (f.nth(1), f.next(), f.next()) else {
+            return false;
+        };
+        let Some((ip_hex, port_hex)) = local.split_once(':') else {
+            return false;
+        };
+        if state != TCP_LISTEN || u16::from_str_radix(port_hex, 16).ok() != Some(addr.port()) {
+            return false;
+        }
+        // Addresses are the kernel's in-memory words: all zeros is the wildcard.
+        let wildcard = ip_hex.bytes().all(|b| b == b'0');
+        if wildcard || addr.ip().is_unspecified() {
+            return true;
+        }
+        match addr.ip() {
+            std::net::IpAddr::V4(v4) if ip_hex.len() == 8 => {
+                u32::from_str_radix(ip_hex, 16).ok() == Some(u32::from_ne_bytes(v4.octets()))
+            }
+            // An IPv6 socket (v4-mapped or not) on the port: treat as overlapping.
+            _ => ip_hex.len() == 32,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listens_on;
+
+    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:2384 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:2384 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:1F91 0100007F:D2F1 08 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 20 4 30 10 -1
+";
+
+    #[test]
+    fn only_a_listening_socket_on_the_port_counts() {
+        // 0x2384 = 9092 listening on 127.0.0.1.
+        assert!(listens_on(TABLE, "127.0.0.1:9092".parse().unwrap()));
+        assert!(listens_on(TABLE, "0.0.0.0:9092".parse().unwrap()));
+        assert!(!listens_on(TABLE, "127.0.0.2:9092".parse().unwrap()));
+        // 0x1F91 = 8081: only a connection a killed broker left (CLOSE_WAIT), no listener.
+        assert!(!listens_on(TABLE, "127.0.0.1:8081".parse().unwrap()));
+    }
+}
+
 /// Binds this shard's listener to `addr` and keeps it on the shard until `serve`.
 pub fn bind(shard: &Shard, addr: SocketAddr) -> Result<SocketAddr, String> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;

@@ -167,7 +167,9 @@ async fn shard_main(
             "metadata replayed, partition logs open"
         );
         // Bind shard 0 first so that a port of 0 picks one port, which the rest share.
-        let addr = match net::listener::bind(&shard, config.listen) {
+        let addr = match net::listener::ensure_port_free(config.listen)
+            .and_then(|()| net::listener::bind(&shard, config.listen))
+        {
             Ok(a) => a,
             Err(e) => crate::fatal(&e),
         };
