@@ -3,7 +3,8 @@
 //! replica with a higher leader epoch within seconds; a partition whose only in-sync
 //! replica died goes offline (LEADER_NOT_AVAILABLE) instead of electing out of the
 //! in-sync set, and comes back when that broker does; the killed broker is listed again
-//! after its restart.
+//! after its restart. A consumer group's coordinator is the leader of its offsets
+//! partition and moves with it.
 
 mod common;
 
@@ -12,10 +13,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{MetadataRequest, TopicName};
+use kafka_protocol::messages::{
+    FindCoordinatorRequest, GroupId, MetadataRequest, OffsetFetchRequest, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
 
 /// Elections, the 3 s broker session timeout and a loaded CI box.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(40);
@@ -231,4 +236,171 @@ fn killed_leader_is_replaced_from_the_isr_with_a_higher_epoch_and_rejoins_after_
     let (_, v) = agreed(&addrs, &replicated).expect("agreement holds");
     assert_eq!(v[&0].leader, new.leader);
     assert_eq!(v[&0].epoch, new.epoch);
+}
+
+/// (error, node id, port) FindCoordinator (v3) answers on exactly `bootstrap` for `group`.
+fn find_coordinator(bootstrap: &str, group: &str) -> (i16, i32, i32) {
+    let mut wire = Wire::connect(bootstrap);
+    let req = FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_string(group.to_string()))
+        .with_key_type(0);
+    let r = wire.call(&req, 3);
+    (r.error_code, r.node_id.0, r.port)
+}
+
+/// The group-level error of OffsetFetch (v5) for `group` on exactly `bootstrap`.
+fn offset_fetch_error(bootstrap: &str, group: &str, topic: &str) -> i16 {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let mut wire = Wire::connect(bootstrap);
+    let req = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_indexes(vec![0])]));
+    wire.call(&req, 5).error_code
+}
+
+/// Commits `offset` for partition 0 of `topic` as `group` through a client that knows
+/// `bootstrap`, retrying while the coordinator moves.
+fn commit(bootstrap: &str, group: &str, topic: &str, offset: i64) {
+    let c = consumer(bootstrap, &[("group.id", group)]);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset))
+        .unwrap();
+    wait_for("a commit through the coordinator", CLUSTER_TIMEOUT, || {
+        c.commit(&tpl, CommitMode::Sync).ok()
+    });
+}
+
+/// The committed offset of partition 0 of `topic` for `group` (`None`: nothing).
+fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
+    let c = consumer(bootstrap, &[("group.id", group)]);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = wait_for(
+        "committed offsets from the coordinator",
+        CLUSTER_TIMEOUT,
+        || c.committed_offsets(tpl.clone(), CLIENT_TIMEOUT).ok(),
+    );
+    match got
+        .find_partition(topic, 0)
+        .expect("asked partition")
+        .offset()
+    {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+#[test]
+fn group_coordinator_moves_with_the_offsets_partition_leader() {
+    const NOT_COORDINATOR: i16 = 16;
+    let mut cluster = Cluster::start(3, BrokerOptions::default());
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.bootstrap()).collect();
+    let ports: Vec<i32> = cluster.brokers.iter().map(|b| b.port() as i32).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    wait_for("all three brokers registered", CLUSTER_TIMEOUT, || {
+        addrs
+            .iter()
+            .all(|a| raw_cluster_view(a).1.len() == 3 && raw_cluster_view(a).0 > 0)
+            .then_some(())
+    });
+    let topic = topic_name("coordinated");
+    create(&rt, &addrs[0], &topic, 1, 3);
+    let group = topic_name("group");
+
+    // Every broker names the same coordinator: the leader of the group's partition of
+    // the offsets topic, created on first use with three replicas.
+    let coordinator = wait_for(
+        "one coordinator named by every broker",
+        CLUSTER_TIMEOUT,
+        || {
+            let answers: Vec<_> = addrs.iter().map(|a| find_coordinator(a, &group)).collect();
+            let first = answers[0];
+            (first.0 == 0 && answers.iter().all(|a| *a == first)).then_some(first.1)
+        },
+    );
+    assert_eq!(
+        find_coordinator(&addrs[0], &group).2,
+        ports[(coordinator - 1) as usize]
+    );
+    let (_, offsets) = wait_for("the offsets topic everywhere", CLUSTER_TIMEOUT, || {
+        agreed(&addrs, "__consumer_offsets")
+    });
+    for p in offsets.values() {
+        assert_eq!(p.replicas.len(), 3, "offsets topic replication: {p:?}");
+    }
+    assert!(offsets.values().any(|p| p.leader == coordinator));
+    let old_isr = offsets
+        .values()
+        .find(|p| p.leader == coordinator)
+        .unwrap()
+        .isr
+        .clone();
+
+    commit(&cluster.bootstrap_all(), &group, &topic, 42);
+    assert_eq!(
+        committed(&cluster.bootstrap_all(), &group, &topic),
+        Some(42)
+    );
+    // Only the coordinator serves the group.
+    for id in (1..=3).filter(|id| *id != coordinator) {
+        assert_eq!(
+            offset_fetch_error(&addrs[(id - 1) as usize], &group, &topic),
+            NOT_COORDINATOR,
+            "broker {id} is not the coordinator"
+        );
+    }
+    assert_eq!(
+        offset_fetch_error(&addrs[(coordinator - 1) as usize], &group, &topic),
+        0
+    );
+
+    // Kill the coordinator: the offsets partition gets a new leader from its ISR, which
+    // loads the group's partition and coordinates it.
+    cluster.node(coordinator).kill();
+    let survivors: Vec<String> = (1..=3)
+        .filter(|id| *id != coordinator)
+        .map(|id| addrs[(id - 1) as usize].clone())
+        .collect();
+    let moved = wait_for("a new coordinator", FAILOVER_TIMEOUT, || {
+        let a = find_coordinator(&survivors[0], &group);
+        (a.0 == 0 && a.1 != coordinator && find_coordinator(&survivors[1], &group) == a)
+            .then_some(a.1)
+    });
+    assert!(
+        old_isr.contains(&moved),
+        "{moved} not from the ISR {old_isr:?}"
+    );
+    let survivors_bootstrap = survivors.join(",");
+    commit(&survivors_bootstrap, &group, &topic, 43);
+    assert_eq!(committed(&survivors_bootstrap, &group, &topic), Some(43));
+    let not_moved = (1..=3)
+        .find(|id| *id != coordinator && *id != moved)
+        .unwrap();
+    assert_eq!(
+        offset_fetch_error(&addrs[(not_moved - 1) as usize], &group, &topic),
+        NOT_COORDINATOR
+    );
+
+    // The old coordinator comes back as a follower: it does not take the group back.
+    cluster.node(coordinator).restart();
+    wait_for("the restarted broker listed again", CLUSTER_TIMEOUT, || {
+        (raw_cluster_view(&addrs[0]).1.len() == 3).then_some(())
+    });
+    assert_eq!(
+        find_coordinator(&addrs[(coordinator - 1) as usize], &group).1,
+        moved
+    );
+    assert_eq!(
+        offset_fetch_error(&addrs[(coordinator - 1) as usize], &group, &topic),
+        NOT_COORDINATOR
+    );
+    assert_eq!(
+        committed(&cluster.bootstrap_all(), &group, &topic),
+        Some(43)
+    );
 }

@@ -7,6 +7,7 @@
 //! (see `store`), replayed on the shard's first group request after a start. Group
 //! membership itself is in memory only: after a restart members simply rejoin.
 
+pub mod cluster;
 pub mod state;
 pub mod store;
 
@@ -82,6 +83,8 @@ pub struct Coordinator {
     /// Offsets replayed from `__consumer_offsets` (once per process start).
     loaded: Cell<bool>,
     load_lock: glommio::sync::Semaphore,
+    /// Cluster mode: the offsets partitions whose groups this shard holds.
+    cluster: cluster::Leadership,
 }
 
 impl Default for Coordinator {
@@ -96,6 +99,7 @@ impl Coordinator {
             groups: RefCell::default(),
             loaded: Cell::new(false),
             load_lock: glommio::sync::Semaphore::new(1),
+            cluster: Default::default(),
         }
     }
 }
@@ -116,7 +120,13 @@ async fn ready(shard: &Rc<Shard>) -> Result<(), i16> {
         return Ok(());
     }
     let mut records = Vec::new();
-    if let Err(e) = store::replay(shard, |r| records.push(r)).await {
+    // In a cluster, groups load per offsets partition this broker leads (`cluster`).
+    let partitions = if shard.config.cluster.is_some() {
+        Vec::new()
+    } else {
+        store::partitions_for_shard(shard)
+    };
+    if let Err(e) = store::replay(shard, &partitions, |r| records.push(r)).await {
         tracing::warn!(shard = shard.id, error = %e, "replaying committed offsets failed");
         return Err(codes::COORDINATOR_LOAD_IN_PROGRESS);
     }

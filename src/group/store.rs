@@ -21,6 +21,8 @@ use crate::segment::Durability;
 use crate::shard::Shard;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Replicas of the offsets topic in a cluster (at most the live brokers).
+pub const OFFSETS_TOPIC_REPLICATION_FACTOR: i16 = 3;
 /// Bytes read per hop while replaying the offsets topic.
 const REPLAY_READ_BYTES: usize = 1 << 20;
 
@@ -35,9 +37,16 @@ pub async fn ensure_topic(shard: &Rc<Shard>) -> Result<Vec<u32>, String> {
         ("cleanup.policy".to_string(), "compact".to_string()),
         ("segment.bytes".to_string(), "104857600".to_string()),
     ]);
-    let created = crate::net::handlers::create_topics::create_topics(
+    // In a cluster: Kafka's offsets.topic.replication.factor (3), capped at the live
+    // brokers when it is decided.
+    let rf = if shard.config.cluster.is_some() {
+        OFFSETS_TOPIC_REPLICATION_FACTOR
+    } else {
+        -1
+    };
+    let created = crate::net::handlers::create_topics::create_topics_rf(
         shard,
-        vec![(OFFSETS_TOPIC.to_string(), shard.nshards as i32, configs)],
+        vec![(OFFSETS_TOPIC.to_string(), shard.nshards as i32, configs, rf)],
         false,
     )
     .await;
@@ -158,6 +167,16 @@ pub async fn append(
     let owner = shard
         .owner_of(&owners, partition)
         .ok_or(super::codes::COORDINATOR_NOT_AVAILABLE)?;
+    // In a cluster only the partition's leader writes it (a follower's copy is the
+    // leader's log); leadership may have moved since the request was admitted.
+    let me = shard.config.node_id;
+    if shard
+        .image()
+        .topic(OFFSETS_TOPIC)
+        .is_some_and(|t| t.leader(partition, me) != Some(me))
+    {
+        return Err(super::cluster::NOT_COORDINATOR);
+    }
     let now = crate::now_ms();
     let recs: Vec<Record> = records
         .into_iter()
@@ -214,21 +233,34 @@ pub async fn append(
 /// One replayed record: (log offset, key, value or tombstone).
 pub type Replayed = (i64, Bytes, Option<Bytes>);
 
-/// Reads every record of `__consumer_offsets` partitions that can hold groups owned by
-/// `shard`, in log order. An absent topic has nothing to replay.
-pub async fn replay(shard: &Rc<Shard>, mut apply: impl FnMut(Replayed)) -> Result<(), String> {
-    let Some(topic) = shard.image().topic(OFFSETS_TOPIC).cloned() else {
-        return Ok(());
+/// Partitions of `__consumer_offsets` that can hold groups coordinated by `shard`.
+/// Empty when the topic does not exist yet.
+pub fn partitions_for_shard(shard: &Shard) -> Vec<i32> {
+    let image = shard.image();
+    let Some(topic) = image.topic(OFFSETS_TOPIC) else {
+        return Vec::new();
     };
     let partitions = topic.owners.len();
     // With one partition per shard, group → shard and group → partition use the same
     // modulus, so a shard's groups all sit in its own partition.
-    let wanted: Vec<i32> = if partitions == shard.nshards {
+    if partitions == shard.nshards {
         vec![shard.id as i32]
     } else {
         (0..partitions as i32).collect()
+    }
+}
+
+/// Reads every record of the given `__consumer_offsets` partitions, in log order per
+/// partition. An absent topic has nothing to replay.
+pub async fn replay(
+    shard: &Rc<Shard>,
+    partitions: &[i32],
+    mut apply: impl FnMut(Replayed),
+) -> Result<(), String> {
+    let Some(topic) = shard.image().topic(OFFSETS_TOPIC).cloned() else {
+        return Ok(());
     };
-    for p in wanted {
+    for &p in partitions {
         let Some(owner) = shard.owner_of(&topic.owners, p) else {
             continue;
         };

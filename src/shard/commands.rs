@@ -141,6 +141,12 @@ fn create_topics(
             continue;
         }
         if let Some(ids) = placement {
+            // The offsets topic takes what the cluster has (at most its factor).
+            let rf = if t.name == crate::group::store::OFFSETS_TOPIC && rf as usize > ids.len() {
+                ids.len().max(1) as i16
+            } else {
+                rf
+            };
             if rf < 1 || rf as usize > ids.len() {
                 out.push((
                     t.name.clone(),

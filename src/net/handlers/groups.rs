@@ -87,8 +87,9 @@ pub async fn find_coordinator(
         KEY_TYPE_GROUP
     };
     let (code, message) = match key_type {
-        // This broker coordinates every group; the offsets topic must exist first so the
-        // first commit does not pay for its creation.
+        // The offsets topic must exist first: its partitions' leaders coordinate the
+        // groups (this broker on a single node), and the first commit does not pay for
+        // its creation.
         KEY_TYPE_GROUP => match group::store::ensure_topic(shard).await {
             Ok(_) => (ec::NONE, None),
             Err(e) => {
@@ -105,15 +106,33 @@ pub async fn find_coordinator(
             Some(format!("unknown coordinator key type {other}")),
         ),
     };
-    let cfg = &shard.config;
-    let (node_id, host, port) = if code == ec::NONE {
-        (
-            cfg.node_id,
-            cfg.advertised_host.as_str(),
-            i32::from(cfg.advertised_port),
-        )
-    } else {
-        (-1, "", -1)
+    let image = shard.image();
+    // (code, message, node id, host, port) for one group id.
+    let answer = |key: &str| -> (i16, Option<String>, i32, String, i32) {
+        if code != ec::NONE {
+            return (code, message.clone(), -1, String::new(), -1);
+        }
+        let cfg = &shard.config;
+        if cfg.cluster.is_none() {
+            return (
+                code,
+                None,
+                cfg.node_id,
+                cfg.advertised_host.clone(),
+                i32::from(cfg.advertised_port),
+            );
+        }
+        // In a cluster: the leader of the group's offsets partition.
+        match group::cluster::coordinator(&image, key) {
+            Ok(b) => (ec::NONE, None, b.id, b.host, i32::from(b.port)),
+            Err(code) => (
+                code,
+                Some("the group's offsets partition has no leader".to_string()),
+                -1,
+                String::new(),
+                -1,
+            ),
+        }
     };
     let mut resp = FindCoordinatorResponse::default();
     if version >= 4 {
@@ -122,19 +141,21 @@ pub async fn find_coordinator(
             .coordinator_keys
             .iter()
             .map(|k| {
+                let (code, message, node_id, host, port) = answer(k.as_str());
                 Coordinator::default()
                     .with_key(k.clone())
                     .with_node_id(BrokerId(node_id))
-                    .with_host(str_bytes(host))
+                    .with_host(str_bytes(&host))
                     .with_port(port)
                     .with_error_code(code)
                     .with_error_message(message.as_deref().map(str_bytes))
             })
             .collect();
     } else {
+        let (code, message, node_id, host, port) = answer(req.key.as_str());
         resp.error_code = code;
         resp.node_id = BrokerId(node_id);
-        resp.host = str_bytes(host);
+        resp.host = str_bytes(&host);
         resp.port = port;
         if version >= 1 {
             resp.error_message = message.as_deref().map(str_bytes);
@@ -229,6 +250,9 @@ pub async fn join_group(
     let target = owner(shard, &group_id);
     let reply = shard
         .invoke_on(target, move |s| async move {
+            if let Err(code) = group::cluster::ensure(&s, &group_id).await {
+                return JoinReply::error(code, &join.member_id);
+            }
             group::join(&s, group_id, join).await
         })
         .await;
@@ -257,6 +281,9 @@ pub async fn sync_group(
     let target = owner(shard, &group_id);
     let r = shard
         .invoke_on(target, move |s| async move {
+            if let Err(code) = group::cluster::ensure(&s, &group_id).await {
+                return group::SyncReply::error(code);
+            }
             group::sync(
                 &s,
                 group_id,
@@ -291,9 +318,11 @@ pub async fn heartbeat(shard: &Rc<Shard>, req: HeartbeatRequest) -> HeartbeatRes
     let target = owner(shard, &group_id);
     let code = shard
         .invoke_on(target, move |s| async move {
-            group::heartbeat(&s, group_id, member_id, instance_id, generation).await
+            group::cluster::ensure(&s, &group_id).await?;
+            Ok::<_, i16>(group::heartbeat(&s, group_id, member_id, instance_id, generation).await)
         })
-        .await;
+        .await
+        .unwrap_or_else(|code| code);
     HeartbeatResponse::default().with_error_code(code)
 }
 
@@ -319,6 +348,7 @@ pub async fn leave_group(
     let target = owner(shard, &group_id);
     let result = shard
         .invoke_on(target, move |s| async move {
+            group::cluster::ensure(&s, &group_id).await?;
             group::leave(&s, group_id, members).await
         })
         .await;
@@ -395,6 +425,9 @@ pub async fn offset_commit(
         let target = owner(shard, &group_id);
         shard
             .invoke_on(target, move |s| async move {
+                if let Err(code) = group::cluster::ensure(&s, &group_id).await {
+                    return vec![code; entries.len()];
+                }
                 group::commit(&s, group_id, member_id, instance_id, generation, entries).await
             })
             .await
@@ -432,6 +465,7 @@ async fn fetch_group(
     let target = owner(shard, &group_id);
     shard
         .invoke_on(target, move |s| async move {
+            group::cluster::ensure(&s, &group_id).await?;
             group::fetch_offsets(&s, group_id, topics).await
         })
         .await
@@ -590,10 +624,10 @@ pub async fn describe_groups(
                 Err(codes::INVALID_GROUP_ID)
             } else {
                 shard
-                    .invoke_on(
-                        target,
-                        move |s| async move { group::describe(&s, gid).await },
-                    )
+                    .invoke_on(target, move |s| async move {
+                        group::cluster::ensure(&s, &gid).await?;
+                        group::describe(&s, gid).await
+                    })
                     .await
             };
             (id, r)
@@ -653,6 +687,9 @@ pub async fn delete_groups(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> Delet
             } else {
                 shard
                     .invoke_on(owner(shard, &id), move |s| async move {
+                        if let Err(code) = group::cluster::ensure(&s, &gid).await {
+                            return code;
+                        }
                         group::delete(&s, gid).await
                     })
                     .await
@@ -696,6 +733,7 @@ pub async fn offset_delete(shard: &Rc<Shard>, req: OffsetDeleteRequest) -> Offse
     let target = owner(shard, &group_id);
     let results = shard
         .invoke_on(target, move |s| async move {
+            group::cluster::ensure(&s, &group_id).await?;
             group::delete_offsets(&s, group_id, wanted).await
         })
         .await;
