@@ -404,3 +404,68 @@ fn group_coordinator_moves_with_the_offsets_partition_leader() {
         Some(43)
     );
 }
+
+#[test]
+fn subscribed_consumer_follows_its_coordinator_to_another_broker() {
+    let options = BrokerOptions {
+        extra_args: vec!["--group-initial-rebalance-delay-ms".into(), "0".into()],
+        ..BrokerOptions::default()
+    };
+    let mut cluster = Cluster::start(3, options);
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.bootstrap()).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    wait_for("all three brokers registered", CLUSTER_TIMEOUT, || {
+        addrs
+            .iter()
+            .all(|a| raw_cluster_view(a).1.len() == 3 && raw_cluster_view(a).0 > 0)
+            .then_some(())
+    });
+    let topic = topic_name("subscribed");
+    create(&rt, &addrs[0], &topic, 1, 3);
+    let group = topic_name("members");
+    let c = consumer(
+        &cluster.bootstrap_all(),
+        &[
+            ("group.id", &group),
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "500"),
+        ],
+    );
+    c.subscribe(&[&topic]).unwrap();
+    // Commits need a live membership in the current generation; retried while the
+    // member (re)joins.
+    let commit_as_member = |offset: i64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(offset))
+            .unwrap();
+        wait_for("a commit as a group member", CLUSTER_TIMEOUT, || {
+            let _ = c.poll(Duration::from_millis(100));
+            let assigned = c.assignment().ok()?.count() == 1;
+            (assigned && c.commit(&tpl, CommitMode::Sync).is_ok()).then_some(())
+        })
+    };
+    commit_as_member(5);
+    let coordinator = find_coordinator(&addrs[0], &group).1;
+    assert_eq!(committed(&cluster.bootstrap_all(), &group, &topic), Some(5));
+
+    cluster.node(coordinator).kill();
+    // The member finds the new coordinator, rejoins (its membership was in the old
+    // one's memory) and commits again.
+    commit_as_member(6);
+    let survivors: Vec<String> = (1..=3)
+        .filter(|id| *id != coordinator)
+        .map(|id| addrs[(id - 1) as usize].clone())
+        .collect();
+    let moved = find_coordinator(&survivors[0], &group);
+    assert_eq!(moved.0, 0);
+    assert_ne!(moved.1, coordinator);
+    assert_eq!(committed(&survivors.join(","), &group, &topic), Some(6));
+    assert_eq!(
+        c.assignment().unwrap().count(),
+        1,
+        "still assigned the partition"
+    );
+}
