@@ -59,6 +59,9 @@ pub struct BrokerConfig {
     /// `replica.lag.time.max.ms`: a follower that has not caught up for this long
     /// leaves the in-sync set.
     pub replica_lag_time_max_ms: u64,
+    /// `offsets.topic.replication.factor`: replicas of `__consumer_offsets` in a
+    /// cluster, capped at the live brokers when it is created.
+    pub offsets_topic_replication_factor: i16,
 }
 
 /// How log lines are written to stderr.
@@ -209,6 +212,12 @@ impl BrokerConfig {
                 ));
             }
         }
+        if self.offsets_topic_replication_factor < 1 {
+            return Err(format!(
+                "offsets.topic.replication.factor={}: must be at least 1",
+                self.offsets_topic_replication_factor
+            ));
+        }
         if self.default_replication_factor < 1 {
             return Err(format!(
                 "default.replication.factor={}: must be at least 1",
@@ -257,6 +266,10 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     ("cluster.listen", "cluster-listen"),
     ("default.replication.factor", "default-replication-factor"),
     ("replica.lag.time.max.ms", "replica-lag-time-max-ms"),
+    (
+        "offsets.topic.replication.factor",
+        "offsets-topic-replication-factor",
+    ),
 ];
 
 /// Reads a TOML settings file into (flag, value) pairs. Dotted keys may be written
@@ -343,8 +356,11 @@ pub fn render_toml(c: &BrokerConfig) -> String {
 
 fn render_cluster(c: &BrokerConfig) -> String {
     let mut out = format!(
-        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n",
-        c.advertised_port, c.default_replication_factor, c.replica_lag_time_max_ms
+        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n",
+        c.advertised_port,
+        c.default_replication_factor,
+        c.replica_lag_time_max_ms,
+        c.offsets_topic_replication_factor
     );
     // A single node prints both empty, so the output reads back as a settings file.
     let (voters, listen) = match &c.cluster {

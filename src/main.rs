@@ -127,6 +127,13 @@ struct ServeArgs {
     /// replica.lag.time.max.ms
     #[arg(long, env = "RUNNEL_REPLICA_LAG_TIME_MAX_MS", default_value_t = 30_000)]
     replica_lag_time_max_ms: u64,
+    /// offsets.topic.replication.factor (capped at the live brokers when created)
+    #[arg(
+        long,
+        env = "RUNNEL_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        default_value_t = 3
+    )]
+    offsets_topic_replication_factor: i16,
 }
 
 fn main() {
@@ -331,6 +338,7 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         cluster,
         default_replication_factor: a.default_replication_factor,
         replica_lag_time_max_ms: a.replica_lag_time_max_ms,
+        offsets_topic_replication_factor: a.offsets_topic_replication_factor,
     };
     config.validate()?;
     Ok(config)

@@ -408,7 +408,12 @@ fn group_coordinator_moves_with_the_offsets_partition_leader() {
 #[test]
 fn subscribed_consumer_follows_its_coordinator_to_another_broker() {
     let options = BrokerOptions {
-        extra_args: vec!["--group-initial-rebalance-delay-ms".into(), "0".into()],
+        extra_args: vec![
+            "--group-initial-rebalance-delay-ms".into(),
+            "0".into(),
+            "--offsets-topic-replication-factor".into(),
+            "2".into(),
+        ],
         ..BrokerOptions::default()
     };
     let mut cluster = Cluster::start(3, options);
@@ -449,6 +454,14 @@ fn subscribed_consumer_follows_its_coordinator_to_another_broker() {
     };
     commit_as_member(5);
     let coordinator = find_coordinator(&addrs[0], &group).1;
+    let (_, offsets) = agreed(&addrs, "__consumer_offsets").expect("offsets topic everywhere");
+    for p in offsets.values() {
+        assert_eq!(
+            p.replicas.len(),
+            2,
+            "offsets.topic.replication.factor=2: {p:?}"
+        );
+    }
     assert_eq!(committed(&cluster.bootstrap_all(), &group, &topic), Some(5));
 
     cluster.node(coordinator).kill();

@@ -21,8 +21,6 @@ use crate::segment::Durability;
 use crate::shard::Shard;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
-/// Replicas of the offsets topic in a cluster (at most the live brokers).
-pub const OFFSETS_TOPIC_REPLICATION_FACTOR: i16 = 3;
 /// Bytes read per hop while replaying the offsets topic.
 const REPLAY_READ_BYTES: usize = 1 << 20;
 
@@ -37,10 +35,10 @@ pub async fn ensure_topic(shard: &Rc<Shard>) -> Result<Vec<u32>, String> {
         ("cleanup.policy".to_string(), "compact".to_string()),
         ("segment.bytes".to_string(), "104857600".to_string()),
     ]);
-    // In a cluster: Kafka's offsets.topic.replication.factor (3), capped at the live
-    // brokers when it is decided.
+    // In a cluster: offsets.topic.replication.factor, capped at the live brokers when
+    // it is decided.
     let rf = if shard.config.cluster.is_some() {
-        OFFSETS_TOPIC_REPLICATION_FACTOR
+        shard.config.offsets_topic_replication_factor
     } else {
         -1
     };
