@@ -322,6 +322,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_restarted_broker_leaves_isrs_and_leaderships_when_it_registers_again() {
+        use crate::metadata::PartitionState;
+        let b = |incarnation| BrokerMeta {
+            id: 1,
+            host: "h".into(),
+            port: 9092,
+            incarnation,
+        };
+        let mut image = Image::default();
+        image.apply(&MetaEvent::RegisterBroker { broker: b(5) });
+        let mut t = crate::shard::runtime::new_topic(1, "t", 1, BTreeMap::new());
+        t.replicas = vec![PartitionState {
+            replicas: vec![1, 2],
+            leader: 1,
+            leader_epoch: 3,
+            isr: vec![1, 2],
+        }];
+        image.apply(&MetaEvent::CreateTopic { topic: t });
+        let (same, _) = MetaCommand::RegisterBroker(b(5)).decide(&image, Some(&[1, 2]));
+        assert!(same.is_empty(), "same process: nothing to change");
+        let (events, _) = MetaCommand::RegisterBroker(b(6)).decide(&image, Some(&[1, 2]));
+        for e in &events {
+            image.apply(e);
+        }
+        let p = &image.topic("t").unwrap().replicas[0];
+        assert_eq!((p.leader, p.leader_epoch, p.isr.clone()), (2, 4, vec![2]));
+        assert_eq!(image.brokers[&1].incarnation, 6);
+    }
+
+    #[test]
     fn commands_and_replies_survive_json() {
         let cmd = MetaCommand::DeleteTopics {
             wanted: vec![(None, format!("{:032x}", u128::MAX - 5))],
