@@ -739,6 +739,26 @@ impl ConsumerJob {
                 None => {}
             }
         }
+        let target = self.acked_total.load(Ordering::Acquire);
+        if target != u64::MAX && self.consumed_total.load(Ordering::Relaxed) < target {
+            // Fell short: say where each partition stopped, against the broker's ends.
+            if let Ok(pos) = consumer.position() {
+                for e in pos.elements() {
+                    let ends = consumer
+                        .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+                        .map_or_else(
+                            |err| format!("unknown ({err})"),
+                            |(lo, hi)| format!("{lo}..{hi}"),
+                        );
+                    eprintln!(
+                        "runnel-bench: {}/{} consumer position {:?}, log {ends}",
+                        e.topic(),
+                        e.partition(),
+                        e.offset()
+                    );
+                }
+            }
+        }
         Ok(last_record.duration_since(started).as_secs_f64())
     }
 }

@@ -184,6 +184,12 @@ pub(crate) struct ReadBatch {
     pub chunks: [Option<Bytes>; 2],
 }
 
+impl ReadBatch {
+    fn len(&self) -> usize {
+        self.chunks.iter().flatten().map(|c| c.len()).sum()
+    }
+}
+
 struct CacheEntry {
     base_offset: i64,
     last_offset: i64,
@@ -1490,10 +1496,26 @@ impl PartitionLog {
         let mut next = offset;
         for seg in segs {
             let found = self.read_segment(&seg, next, max_bytes).await?;
-            let Some(last) = found.last() else { continue };
+            let Some(last) = found.last() else {
+                if next < seg.next_offset.get() && seg.written.get() < seg.size.get() {
+                    // Its next batch is not all on disk yet; it is in the cache (never
+                    // evicted unwritten), not in a later segment.
+                    self.extend_from_cache(&mut out, next, max_bytes);
+                    break;
+                }
+                continue;
+            };
             next = last.last_offset + 1;
             let only_empty = found.iter().all(|b| b.empty);
             out.extend(found);
+            if next < seg.next_offset.get() && seg.written.get() < seg.size.get() {
+                // Stopped at the written end: the rest is in the cache.
+                let left = max_bytes.saturating_sub(out.iter().map(|b| b.len()).sum());
+                if left > 0 || only_empty {
+                    self.extend_from_cache(&mut out, next, left);
+                }
+                break;
+            }
             if !only_empty || next < seg.next_offset.get() {
                 break;
             }
@@ -1507,6 +1529,25 @@ impl PartitionLog {
             }
         }
         Ok(out)
+    }
+
+    /// Appends the cached batches from `offset` (up to `max_bytes`) if the cache starts
+    /// at or below it; into an empty `out` at least one.
+    /// Only whole batches within `max_bytes` go after others already in `out`.
+    fn extend_from_cache(&self, out: &mut Vec<ReadBatch>, offset: i64, max_bytes: usize) {
+        let cache = self.cache.borrow();
+        if !cache.first_offset().is_some_and(|first| first <= offset) {
+            return;
+        }
+        let mut left = max_bytes;
+        for (i, b) in cache.read(offset, max_bytes).into_iter().enumerate() {
+            let len = b.len();
+            if len > left && !(i == 0 && out.is_empty()) {
+                break;
+            }
+            left = left.saturating_sub(len);
+            out.push(b);
+        }
     }
 
     /// DMA-reads whole batches of `seg` from the batch containing `offset`. The data is
@@ -1588,6 +1629,13 @@ impl PartitionLog {
                 need = claimed_len(&data).map_or(window + 1, |l| l as usize);
                 if need <= window {
                     return Err(corrupt(pos, "truncated batch"));
+                }
+                if pos + need as u64 > limit {
+                    // Its tail is not written yet (it is still in the write path and the
+                    // cache): stop at the written end. Re-reading the same window until
+                    // `limit` (fixed for this read) grew was an endless loop that hung
+                    // the fetch, and with it the consumer's connection.
+                    break;
                 }
             }
             pos += p as u64;
