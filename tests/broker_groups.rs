@@ -18,7 +18,9 @@ use kafka_protocol::messages::{
     JoinGroupRequest, OffsetFetchRequest,
 };
 use kafka_protocol::protocol::StrBytes;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, Rebalance,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -29,6 +31,16 @@ const REBALANCE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// A subscribing group member with short heartbeats so rebalances are noticed fast.
 fn member(bootstrap: &str, group: &str, topic: &str, extra: &[(&str, &str)]) -> BaseConsumer {
+    member_with(bootstrap, group, topic, extra, DefaultConsumerContext)
+}
+
+fn member_with<C: ConsumerContext>(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    extra: &[(&str, &str)],
+    context: C,
+) -> BaseConsumer<C> {
     let mut c = base_config(bootstrap);
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -40,14 +52,16 @@ fn member(bootstrap: &str, group: &str, topic: &str, extra: &[(&str, &str)]) -> 
     for (k, v) in extra {
         c.set(*k, *v);
     }
-    let consumer: BaseConsumer = c.create().expect("create group consumer");
+    let consumer: BaseConsumer<C> = c
+        .create_with_context(context)
+        .expect("create group consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     consumer
 }
 
 /// Closes a group member (LeaveGroup), failing the test if librdkafka's close does
 /// not finish in time: its drop loops until the group says goodbye.
-fn close(c: BaseConsumer) {
+fn close<C: ConsumerContext + 'static>(c: BaseConsumer<C>) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         drop(c);
@@ -57,7 +71,7 @@ fn close(c: BaseConsumer) {
         .expect("consumer close did not finish");
 }
 
-fn assigned(c: &BaseConsumer) -> BTreeSet<i32> {
+fn assigned<C: ConsumerContext>(c: &BaseConsumer<C>) -> BTreeSet<i32> {
     c.assignment()
         .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
         .unwrap_or_default()
@@ -65,7 +79,11 @@ fn assigned(c: &BaseConsumer) -> BTreeSet<i32> {
 
 /// Polls every consumer (driving its group protocol) until `done` holds for their
 /// assignments. Panics with the last assignments on timeout.
-fn poll_until(consumers: &[&BaseConsumer], what: &str, done: impl Fn(&[BTreeSet<i32>]) -> bool) {
+fn poll_until<C: ConsumerContext>(
+    consumers: &[&BaseConsumer<C>],
+    what: &str,
+    done: impl Fn(&[BTreeSet<i32>]) -> bool,
+) {
     let deadline = Instant::now() + REBALANCE_TIMEOUT;
     loop {
         for c in consumers {
@@ -198,6 +216,159 @@ fn committed_offsets_survive_a_broker_sigkill_and_the_group_resumes_exactly() {
         .all(|m| m.offset() >= 3 + m.partition() as i64 && m.offset() < 10));
     let distinct: BTreeSet<(i32, i64)> = msgs.iter().map(|m| (m.partition(), m.offset())).collect();
     assert_eq!(distinct.len(), want, "no duplicates");
+}
+
+/// Counts the rebalance callbacks (revoke or assign) a consumer goes through.
+#[derive(Default)]
+struct Rebalances(std::sync::atomic::AtomicUsize);
+
+impl rdkafka::ClientContext for Rebalances {}
+
+impl ConsumerContext for Rebalances {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn rebalances(c: &BaseConsumer<Rebalances>) -> usize {
+    c.context().0.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Polls every consumer until `seen` holds `distinct` different (partition, offset)
+/// pairs; every delivery is recorded, so duplicates stay visible.
+fn consume_distinct<C: ConsumerContext>(
+    consumers: &[&BaseConsumer<C>],
+    seen: &mut Vec<(i32, i64)>,
+    distinct: usize,
+) {
+    let deadline = Instant::now() + CONSUME_TIMEOUT;
+    loop {
+        let have: BTreeSet<&(i32, i64)> = seen.iter().collect();
+        if have.len() >= distinct {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumed {} of {distinct} distinct records within {CONSUME_TIMEOUT:?}",
+            have.len()
+        );
+        for c in consumers {
+            match c.poll(Duration::from_millis(20)) {
+                None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Ok(m)) => seen.push((m.partition(), m.offset())),
+                Some(Err(e)) => eprintln!("consumer event while consuming: {e:?}"),
+            }
+        }
+    }
+}
+
+/// DescribeGroups over the wire: state and (member id, client id, assignment) sorted.
+fn describe_group(bootstrap: &str, group: &str) -> (String, Vec<(String, String, bytes::Bytes)>) {
+    let mut wire = Wire::connect(bootstrap);
+    let d = wire.call(
+        &DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group))]),
+        5,
+    );
+    let g = &d.groups[0];
+    assert_eq!(g.error_code, 0, "DescribeGroups error");
+    let mut members: Vec<(String, String, bytes::Bytes)> = g
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.member_id.to_string(),
+                m.client_id.to_string(),
+                m.member_assignment.clone(),
+            )
+        })
+        .collect();
+    members.sort();
+    (g.group_state.to_string(), members)
+}
+
+/// Heartbeat error code for `member` claiming `generation` (0: it is that generation's
+/// member; 22 ILLEGAL_GENERATION; 25 UNKNOWN_MEMBER_ID).
+fn heartbeat_code(bootstrap: &str, group: &str, member: &str, generation: i32) -> i16 {
+    let mut wire = Wire::connect(bootstrap);
+    wire.call(
+        &HeartbeatRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_generation_id(generation)
+            .with_member_id(s(member)),
+        3,
+    )
+    .error_code
+}
+
+/// Issue 4: group metadata (generation, members, assignments) is stored in
+/// `__consumer_offsets` and loaded on start, so after a SIGKILL + restart of the broker
+/// the members keep heartbeating into the same generation: no UNKNOWN_MEMBER_ID, no
+/// rebalance, and consumption continues from the consumers' positions (the committed
+/// offsets lag on purpose: a rebalance would redeliver from them and show duplicates).
+#[test]
+fn a_stable_group_keeps_its_generation_and_members_across_a_broker_sigkill() {
+    let mut broker = Broker::start_with(BrokerOptions::default().cores(2));
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("groups-persist");
+    let group = topic_name("g-persist");
+    create_topic_blocking(&bootstrap, &topic, 4);
+    produce_per_partition(&bootstrap, &topic, 4, 10);
+
+    let a = member_with(&bootstrap, &group, &topic, &[], Rebalances::default());
+    let b = member_with(&bootstrap, &group, &topic, &[], Rebalances::default());
+    poll_until(&[&a, &b], "two members split 4 partitions", |s| {
+        split_exactly(s, 4)
+    });
+    let mut seen = Vec::new();
+    consume_distinct(&[&a, &b], &mut seen, 40);
+    // Commit offset 5 everywhere though 10 were read.
+    for c in [&a, &b] {
+        let mut tpl = TopicPartitionList::new();
+        for p in assigned(c) {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(5))
+                .unwrap();
+        }
+        c.commit(&tpl, CommitMode::Sync).expect("commit");
+    }
+    let before = describe_group(&bootstrap, &group);
+    assert_eq!(before.0, "Stable");
+    assert_eq!(before.1.len(), 2);
+    let probe = &before.1[0].0;
+    // The generation is not in DescribeGroups: find it by Heartbeat (bounded probe).
+    let generation = (1..=20)
+        .find(|g| heartbeat_code(&bootstrap, &group, probe, *g) == 0)
+        .expect("a generation in 1..=20 accepts the member's heartbeat");
+    let rebalances_before = (rebalances(&a), rebalances(&b));
+
+    broker.restart();
+
+    let after = describe_group(&bootstrap, &group);
+    assert_eq!(
+        after, before,
+        "same state, members and assignments after restart"
+    );
+    for (id, _, _) in &before.1 {
+        assert_eq!(
+            heartbeat_code(&bootstrap, &group, id, generation),
+            0,
+            "member {id} is still in generation {generation}"
+        );
+    }
+    produce_per_partition(&bootstrap, &topic, 4, 10);
+    consume_distinct(&[&a, &b], &mut seen, 80);
+    let distinct: BTreeSet<(i32, i64)> = seen.iter().copied().collect();
+    assert_eq!(distinct.len(), seen.len(), "no record delivered twice");
+    let want: BTreeSet<(i32, i64)> = (0..4).flat_map(|p| (0..20).map(move |o| (p, o))).collect();
+    assert_eq!(distinct, want);
+    assert_eq!(
+        (rebalances(&a), rebalances(&b)),
+        rebalances_before,
+        "no rebalance after the restart"
+    );
+    assert_eq!(describe_group(&bootstrap, &group), before);
+    assert_eq!(heartbeat_code(&bootstrap, &group, probe, generation), 0);
+    close(a);
+    close(b);
 }
 
 fn s(v: &str) -> StrBytes {

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::codes;
 use super::store::{self, OFFSETS_TOPIC};
-use super::{codes, coordinator_shard, Committed, Group};
 use crate::metadata::{BrokerMeta, Image};
 use crate::shard::Shard;
 
@@ -130,45 +130,13 @@ pub async fn ensure(shard: &Rc<Shard>, group: &str) -> Result<(), i16> {
 /// Replays partition `p` (this broker's replica) into this shard's groups, replacing
 /// whatever of that partition was in memory. Returns how many groups it holds.
 async fn load(shard: &Rc<Shard>, p: i32) -> Result<usize, String> {
-    let mut offsets: HashMap<String, HashMap<(String, i32), Committed>> = HashMap::new();
-    store::replay(shard, &[p], |(log_offset, key, value)| {
-        let Some((group, topic, partition)) = store::decode_offset_key(key) else {
-            return;
-        };
-        if coordinator_shard(&group, shard.nshards) != shard.id {
-            return;
-        }
-        let g = offsets.entry(group).or_default();
-        match value.and_then(store::decode_offset_value) {
-            Some((offset, leader_epoch, metadata, commit_ms)) => {
-                g.insert(
-                    (topic, partition),
-                    Committed {
-                        offset,
-                        leader_epoch,
-                        metadata,
-                        commit_ms,
-                        log_offset,
-                    },
-                );
-            }
-            None => {
-                g.remove(&(topic, partition));
-            }
-        }
-    })
-    .await?;
+    let found = super::read_groups(shard, &[p]).await?;
     drop_partition(shard, p);
-    let mut groups = shard.groups.groups.borrow_mut();
-    for (id, o) in offsets {
-        if o.is_empty() {
-            continue;
-        }
-        let mut g = Group::new(&id);
-        g.offsets = o.into_iter().collect();
-        groups.insert(id, g);
-    }
-    Ok(groups
+    super::install_groups(shard, found);
+    Ok(shard
+        .groups
+        .groups
+        .borrow()
         .keys()
         .filter(|id| in_partition(shard, id, p))
         .count())

@@ -3,16 +3,20 @@
 //! Each group is owned by exactly one shard, `coordinator_shard(group)`; handlers on any
 //! shard reach it with `Shard::invoke_on`. The owning shard keeps the group's state in
 //! its `Coordinator` (no locks: one executor touches it) and drives timeouts with a
-//! glommio timer tick. Committed offsets are durable records in `__consumer_offsets`
-//! (see `store`), replayed on the shard's first group request after a start. Group
-//! membership itself is in memory only: after a restart members simply rejoin.
+//! glommio timer tick. Committed offsets and each group's metadata (generation,
+//! members, assignments) are durable records in `__consumer_offsets` (see `store`),
+//! replayed on the shard's first group request after a start (`load_groups`): a
+//! stable group's members keep heartbeating into the same generation across a broker
+//! restart. The metadata record is written when a rebalance completes (the leader's
+//! SyncGroup is answered only once it is durable), when the group becomes Empty, when a
+//! static member takes a new id, and a tombstone when the group goes away.
 
 pub mod cluster;
 pub mod state;
 pub mod store;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -85,6 +89,11 @@ pub struct Coordinator {
     load_lock: glommio::sync::Semaphore,
     /// Cluster mode: the offsets partitions whose groups this shard holds.
     cluster: cluster::Leadership,
+    /// Serializes group metadata writes so that the last record in the log is the
+    /// latest state (each write snapshots the group after taking it).
+    store_lock: glommio::sync::Semaphore,
+    /// Groups removed from memory whose metadata record still needs its tombstone.
+    removed: RefCell<HashSet<String>>,
 }
 
 impl Default for Coordinator {
@@ -100,8 +109,176 @@ impl Coordinator {
             loaded: Cell::new(false),
             load_lock: glommio::sync::Semaphore::new(1),
             cluster: Default::default(),
+            store_lock: glommio::sync::Semaphore::new(1),
+            removed: RefCell::default(),
         }
     }
+
+    /// Drops groups with nothing left to keep; the persisted ones get a tombstone.
+    fn drop_dead(&self, groups: &mut HashMap<String, Group>) {
+        let mut removed = self.removed.borrow_mut();
+        groups.retain(|id, g| {
+            if !g.is_dead() {
+                return true;
+            }
+            if g.persisted {
+                removed.insert(id.clone());
+            }
+            false
+        });
+    }
+
+    fn needs_store(&self, group_id: &str) -> bool {
+        self.groups
+            .borrow()
+            .get(group_id)
+            .is_some_and(|g| g.store_needed)
+            || self.removed.borrow().contains(group_id)
+    }
+}
+
+/// Writes the group's metadata record as the group is now (or its tombstone once it
+/// is gone) and waits until it is durable. Writes of one shard are serialized, and
+/// each snapshots the group after its turn comes, so the log's last record for a group
+/// is never older than a write that finished before.
+async fn store_group(shard: &Rc<Shard>, group_id: &str) -> Result<(), i16> {
+    let c = &shard.groups;
+    let _permit = c
+        .store_lock
+        .acquire_permit(1)
+        .await
+        .map_err(|_| codes::COORDINATOR_NOT_AVAILABLE)?;
+    let value = {
+        let mut groups = c.groups.borrow_mut();
+        match groups.get_mut(group_id) {
+            Some(g) => {
+                g.store_needed = false;
+                match g.metadata(crate::now_ms()) {
+                    Some(md) => Some(store::group_value(&md)),
+                    // Mid-rebalance: the last stored generation stands, unless the group
+                    // was removed and created again since (its old record must go).
+                    None if c.removed.borrow().contains(group_id) => None,
+                    None => return Ok(()),
+                }
+            }
+            None if c.removed.borrow().contains(group_id) => None,
+            None => return Ok(()),
+        }
+    };
+    let tombstone = value.is_none();
+    let result = store::append(shard, group_id, vec![(store::group_key(group_id), value)]).await;
+    let mut groups = c.groups.borrow_mut();
+    let group = groups.get_mut(group_id);
+    match result {
+        Ok(_) => {
+            c.removed.borrow_mut().remove(group_id);
+            if let Some(g) = group {
+                g.persisted = !tombstone;
+            }
+            Ok(())
+        }
+        Err(code) => {
+            tracing::warn!(group = group_id, code, "storing group metadata failed");
+            // Retried by the tick, except an assignment: its SyncGroup gets the error.
+            if let Some(g) = group {
+                if !tombstone && g.state != GroupState::CompletingRebalance {
+                    g.store_needed = true;
+                }
+            }
+            Err(code)
+        }
+    }
+}
+
+/// Stores the group's metadata if a transition asked for it. Failures are logged and
+/// left to the tick's retry: the calls that trigger this already took effect in memory.
+async fn persist_if_needed(shard: &Rc<Shard>, group_id: &str) {
+    if shard.groups.needs_store(group_id) {
+        let _ = store_group(shard, group_id).await;
+    }
+}
+
+/// Loads the groups stored in the given `__consumer_offsets` partitions that `shard`
+/// coordinates: committed offsets and the last metadata record of each group, which
+/// come back Stable in their stored generation with fresh session timers. Groups
+/// already in memory with the same id are replaced. Returns how many groups loaded.
+/// Called on the shard's first group request; a broker taking over a partition's
+/// coordination can call it for that partition.
+pub async fn load_groups(shard: &Rc<Shard>, partitions: &[i32]) -> Result<usize, String> {
+    let found = read_groups(shard, partitions).await?;
+    Ok(install_groups(shard, found))
+}
+
+/// Groups read back from `__consumer_offsets`: last metadata record (if any) and the
+/// committed offsets of each.
+pub type StoredGroups = HashMap<String, (Option<store::GroupMetadata>, StoredOffsets)>;
+pub type StoredOffsets = HashMap<(String, i32), Committed>;
+
+/// Replays the partitions and collects the groups `shard` coordinates (no change to
+/// what is in memory).
+pub async fn read_groups(shard: &Rc<Shard>, partitions: &[i32]) -> Result<StoredGroups, String> {
+    let mut found = StoredGroups::new();
+    store::replay(shard, partitions, |(log_offset, key, value)| {
+        if let Some((group, topic, partition)) = store::decode_offset_key(key.clone()) {
+            if coordinator_shard(&group, shard.nshards) != shard.id {
+                return;
+            }
+            let offsets = &mut found.entry(group).or_default().1;
+            match value.and_then(store::decode_offset_value) {
+                Some((offset, leader_epoch, metadata, commit_ms)) => {
+                    offsets.insert(
+                        (topic, partition),
+                        Committed {
+                            offset,
+                            leader_epoch,
+                            metadata,
+                            commit_ms,
+                            log_offset,
+                        },
+                    );
+                }
+                None => {
+                    offsets.remove(&(topic, partition));
+                }
+            }
+        } else if let Some(group) = store::decode_group_key(key) {
+            if coordinator_shard(&group, shard.nshards) != shard.id {
+                return;
+            }
+            let md = match value {
+                Some(v) => match store::decode_group_value(v) {
+                    Some(md) => Some(md),
+                    None => {
+                        tracing::warn!(group = %group, log_offset, "undecodable group metadata record skipped");
+                        return;
+                    }
+                },
+                None => None,
+            };
+            found.entry(group).or_default().0 = md;
+        }
+    })
+    .await?;
+    Ok(found)
+}
+
+/// Puts read groups in memory, replacing groups with the same id; restored members'
+/// session timers start now. Returns how many groups there were.
+pub fn install_groups(shard: &Shard, found: StoredGroups) -> usize {
+    let now = Instant::now();
+    let c = &shard.groups;
+    let mut groups = c.groups.borrow_mut();
+    let count = found.len();
+    for (id, (md, offsets)) in found {
+        let mut g = match md {
+            Some(md) => Group::restore(&id, md, now),
+            None => Group::new(&id),
+        };
+        g.offsets = offsets.into_iter().collect();
+        groups.insert(id, g);
+    }
+    c.drop_dead(&mut groups);
+    count
 }
 
 /// Makes `shard`'s coordinator usable: replays committed offsets and starts the timer
@@ -119,67 +296,44 @@ async fn ready(shard: &Rc<Shard>) -> Result<(), i16> {
     if c.loaded.get() {
         return Ok(());
     }
-    let mut records = Vec::new();
     // In a cluster, groups load per offsets partition this broker leads (`cluster`).
     let partitions = if shard.config.cluster.is_some() {
         Vec::new()
     } else {
         store::partitions_for_shard(shard)
     };
-    if let Err(e) = store::replay(shard, &partitions, |r| records.push(r)).await {
-        tracing::warn!(shard = shard.id, error = %e, "replaying committed offsets failed");
-        return Err(codes::COORDINATOR_LOAD_IN_PROGRESS);
-    }
-    let mut loaded = 0usize;
-    {
-        let mut groups = c.groups.borrow_mut();
-        for (log_offset, key, value) in records {
-            let Some((group, topic, partition)) = store::decode_offset_key(key) else {
-                continue;
-            };
-            if coordinator_shard(&group, shard.nshards) != shard.id {
-                continue;
-            }
-            let g = groups
-                .entry(group.clone())
-                .or_insert_with(|| Group::new(&group));
-            match value.and_then(store::decode_offset_value) {
-                Some((offset, leader_epoch, metadata, commit_ms)) => {
-                    g.offsets.insert(
-                        (topic, partition),
-                        Committed {
-                            offset,
-                            leader_epoch,
-                            metadata,
-                            commit_ms,
-                            log_offset,
-                        },
-                    );
-                }
-                None => {
-                    g.offsets.remove(&(topic, partition));
-                }
-            }
-            loaded += 1;
+    match load_groups(shard, &partitions).await {
+        Ok(n) => tracing::info!(shard = shard.id, groups = n, "consumer groups loaded"),
+        Err(e) => {
+            tracing::warn!(shard = shard.id, error = %e, "loading consumer groups failed");
+            return Err(codes::COORDINATOR_LOAD_IN_PROGRESS);
         }
-        groups.retain(|_, g| !g.is_dead());
     }
-    tracing::info!(
-        shard = shard.id,
-        records = loaded,
-        "committed offsets loaded"
-    );
     c.loaded.set(true);
     let ticker = shard.clone();
     glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(TICK_INTERVAL).await;
             let now = Instant::now();
-            let mut groups = ticker.groups.groups.borrow_mut();
-            for g in groups.values_mut() {
-                g.tick(now);
+            let due: Vec<String> = {
+                let c = &ticker.groups;
+                let mut groups = c.groups.borrow_mut();
+                for g in groups.values_mut() {
+                    g.tick(now);
+                }
+                c.drop_dead(&mut groups);
+                let mut due: Vec<String> = groups
+                    .values()
+                    .filter(|g| g.store_needed)
+                    .map(|g| g.id.clone())
+                    .collect();
+                due.extend(c.removed.borrow().iter().cloned());
+                due
+            };
+            // Expiries and retries of failed writes; calls write their own changes.
+            for id in due {
+                persist_if_needed(&ticker, &id).await;
             }
-            groups.retain(|_, g| !g.is_dead());
         }
     })
     .detach();
@@ -201,6 +355,7 @@ pub async fn join(shard: &Rc<Shard>, group_id: String, req: JoinRequest) -> Join
             Duration::from_millis(shard.config.group_initial_rebalance_delay_ms);
         g.join(req, Instant::now())
     };
+    persist_if_needed(shard, &group_id).await;
     match step {
         Step::Reply(r) => r,
         // Every parked join is answered by the state machine; a dropped sender means the
@@ -225,21 +380,34 @@ pub async fn sync(
     if let Err(code) = ready(shard).await {
         return SyncReply::error(code);
     }
-    let step = {
+    let (step, store) = {
         let mut groups = shard.groups.groups.borrow_mut();
         match groups.get_mut(&group_id) {
-            None => Step::Reply(SyncReply::error(codes::UNKNOWN_MEMBER_ID)),
-            Some(g) => g.sync(
-                &member_id,
-                instance_id.as_deref(),
-                generation,
-                protocol_type.as_deref(),
-                protocol_name.as_deref(),
-                assignments,
-                Instant::now(),
+            None => (
+                Step::Reply(SyncReply::error(codes::UNKNOWN_MEMBER_ID)),
+                false,
             ),
+            Some(g) => {
+                let step = g.sync(
+                    &member_id,
+                    instance_id.as_deref(),
+                    generation,
+                    protocol_type.as_deref(),
+                    protocol_name.as_deref(),
+                    assignments,
+                    Instant::now(),
+                );
+                (step, g.store_needed)
+            }
         }
     };
+    if store {
+        // The leader's assignment: durable before anyone gets it.
+        let result = store_group(shard, &group_id).await;
+        if let Some(g) = shard.groups.groups.borrow_mut().get_mut(&group_id) {
+            g.assignment_stored(generation, result, Instant::now());
+        }
+    }
     match step {
         Step::Reply(r) => r,
         Step::Wait(rx) => rx
@@ -277,20 +445,23 @@ pub async fn leave(
     members: Vec<(String, Option<String>)>,
 ) -> Result<Vec<i16>, i16> {
     ready(shard).await?;
-    let mut groups = shard.groups.groups.borrow_mut();
-    let Some(g) = groups.get_mut(&group_id) else {
-        return Ok(vec![codes::UNKNOWN_MEMBER_ID; members.len()]);
+    let results = {
+        let c = &shard.groups;
+        let mut groups = c.groups.borrow_mut();
+        let Some(g) = groups.get_mut(&group_id) else {
+            return Ok(vec![codes::UNKNOWN_MEMBER_ID; members.len()]);
+        };
+        let results: Vec<i16> = members
+            .iter()
+            .map(|(id, instance)| g.leave(id, instance.as_deref()))
+            .collect();
+        if results.iter().any(|c| *c == codes::NONE) {
+            g.members_changed(Instant::now());
+        }
+        c.drop_dead(&mut groups);
+        results
     };
-    let results: Vec<i16> = members
-        .iter()
-        .map(|(id, instance)| g.leave(id, instance.as_deref()))
-        .collect();
-    if results.iter().any(|c| *c == codes::NONE) {
-        g.members_changed(Instant::now());
-    }
-    if g.is_dead() {
-        groups.remove(&group_id);
-    }
+    persist_if_needed(shard, &group_id).await;
     Ok(results)
 }
 
@@ -471,21 +642,23 @@ pub async fn delete_offsets(
         .collect();
     let base = store::append(shard, &group_id, records).await?;
     let tombstone_last = base + doomed.len() as i64 - 1;
-    let mut groups = shard.groups.groups.borrow_mut();
-    if let Some(g) = groups.get_mut(&group_id) {
-        for key in &doomed {
-            // A commit that landed after the tombstone survives it, as on replay.
-            if g.offsets
-                .get(key)
-                .is_some_and(|c| c.log_offset <= tombstone_last)
-            {
-                g.offsets.remove(key);
+    {
+        let c = &shard.groups;
+        let mut groups = c.groups.borrow_mut();
+        if let Some(g) = groups.get_mut(&group_id) {
+            for key in &doomed {
+                // A commit that landed after the tombstone survives it, as on replay.
+                if g.offsets
+                    .get(key)
+                    .is_some_and(|c| c.log_offset <= tombstone_last)
+                {
+                    g.offsets.remove(key);
+                }
             }
         }
-        if g.is_dead() && g.state == GroupState::Empty {
-            groups.remove(&group_id);
-        }
+        c.drop_dead(&mut groups);
     }
+    persist_if_needed(shard, &group_id).await;
     Ok(codes_out)
 }
 
@@ -613,12 +786,19 @@ pub async fn delete(shard: &Rc<Shard>, group_id: String) -> i16 {
             Err(code) => return code,
         }
     }
-    let mut groups = shard.groups.groups.borrow_mut();
-    if let Some(g) = groups.get_mut(&group_id) {
-        // A commit that landed after the tombstones survives them, as on replay.
-        g.offsets.retain(|_, c| c.log_offset > tombstone_last);
-        if g.is_dead() {
-            groups.remove(&group_id);
+    {
+        let c = &shard.groups;
+        let mut groups = c.groups.borrow_mut();
+        if let Some(g) = groups.get_mut(&group_id) {
+            // A commit that landed after the tombstones survives them, as on replay.
+            g.offsets.retain(|_, c| c.log_offset > tombstone_last);
+        }
+        c.drop_dead(&mut groups);
+    }
+    // The group's metadata record goes too (a tombstone), before DeleteGroups answers.
+    if shard.groups.needs_store(&group_id) {
+        if let Err(code) = store_group(shard, &group_id).await {
+            return code;
         }
     }
     codes::NONE

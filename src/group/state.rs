@@ -12,6 +12,7 @@ use futures::channel::oneshot;
 use indexmap::IndexMap;
 
 use super::codes;
+use super::store::{GroupMetadata, MemberMetadata};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupState {
@@ -159,6 +160,14 @@ pub struct Group {
     pub initial_rebalance_delay: std::time::Duration,
     /// The join phase may not complete before this (the initial delay).
     join_not_before: Option<Instant>,
+    /// A transition happened that the group's metadata record must reflect: the caller
+    /// (or the timer tick) writes `metadata()` to `__consumer_offsets`.
+    pub store_needed: bool,
+    /// The leader's assignment for this generation is set on the members but the group
+    /// only becomes Stable (and answers SyncGroup) once its record is durable.
+    awaiting_store: Option<i32>,
+    /// A metadata record of this group is in the log and not tombstoned.
+    pub persisted: bool,
 }
 
 impl Group {
@@ -177,6 +186,138 @@ impl Group {
             offsets: BTreeMap::new(),
             initial_rebalance_delay: std::time::Duration::ZERO,
             join_not_before: None,
+            store_needed: false,
+            awaiting_store: None,
+            persisted: false,
+        }
+    }
+
+    /// A group as its last metadata record left it (broker start, or a coordinator
+    /// taking over the partition). Members are Stable in the stored generation with
+    /// fresh session timers: they keep heartbeating without a rebalance, and the ones
+    /// that died with the broker expire after their session timeout.
+    pub fn restore(id: &str, md: GroupMetadata, now: Instant) -> Group {
+        let mut g = Group::new(id);
+        g.generation = md.generation;
+        g.persisted = true;
+        if !md.protocol_type.is_empty() {
+            g.protocol_type = Some(md.protocol_type);
+        }
+        let Some(protocol) = md.protocol.filter(|_| !md.members.is_empty()) else {
+            return g;
+        };
+        let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
+        for m in md.members {
+            if let Some(instance) = &m.instance_id {
+                g.statics.insert(instance.clone(), m.member_id.clone());
+            }
+            let session_timeout = ms(m.session_timeout_ms);
+            g.members.insert(
+                m.member_id.clone(),
+                Member {
+                    id: m.member_id,
+                    instance_id: m.instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    session_timeout,
+                    rebalance_timeout: ms(m.rebalance_timeout_ms),
+                    // Only the chosen protocol is stored (as Kafka does): a member that
+                    // joins later must support it.
+                    protocols: vec![(protocol.clone(), m.subscription)],
+                    assignment: m.assignment,
+                    expires: now + session_timeout,
+                    join_tx: None,
+                    sync_tx: None,
+                },
+            );
+        }
+        g.leader = md
+            .leader
+            .filter(|l| g.members.contains_key(l))
+            .or_else(|| g.members.keys().next().cloned());
+        g.protocol = Some(protocol);
+        g.state = GroupState::Stable;
+        g
+    }
+
+    /// The record to store for the group as it is now: the generation with every
+    /// member's assignment once the leader has synced, no members once Empty. `None`
+    /// in the middle of a rebalance: the last stored generation stands until the next
+    /// one completes.
+    pub fn metadata(&self, now_ms: i64) -> Option<GroupMetadata> {
+        let with_members = match self.state {
+            GroupState::Stable => true,
+            GroupState::CompletingRebalance if self.awaiting_store == Some(self.generation) => true,
+            GroupState::Empty => false,
+            GroupState::CompletingRebalance | GroupState::PreparingRebalance => return None,
+        };
+        let protocol = self.protocol.clone().unwrap_or_default();
+        let ms = |d: Duration| d.as_millis().min(i32::MAX as u128) as i32;
+        Some(GroupMetadata {
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            generation: self.generation,
+            protocol: self.protocol.clone().filter(|_| with_members),
+            leader: self.leader.clone().filter(|_| with_members),
+            state_ms: now_ms,
+            members: if with_members {
+                self.members
+                    .values()
+                    .map(|m| MemberMetadata {
+                        member_id: m.id.clone(),
+                        instance_id: m.instance_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        rebalance_timeout_ms: ms(m.rebalance_timeout),
+                        session_timeout_ms: ms(m.session_timeout),
+                        subscription: m.metadata_for(&protocol),
+                        assignment: m.assignment.clone(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// The write of the leader's assignment for `generation` finished. On success the
+    /// group becomes Stable and every member waiting in SyncGroup gets its assignment;
+    /// on failure they get the error and the group rebalances (Kafka's rule: an
+    /// assignment that is not durable is not handed out). Ignored if the group moved on
+    /// meanwhile (a member left or joined: they were told to rejoin).
+    pub fn assignment_stored(&mut self, generation: i32, result: Result<(), i16>, now: Instant) {
+        if self.state != GroupState::CompletingRebalance
+            || self.generation != generation
+            || self.awaiting_store != Some(generation)
+        {
+            return;
+        }
+        self.awaiting_store = None;
+        match result {
+            Ok(()) => {
+                self.state = GroupState::Stable;
+                self.phase_deadline = None;
+                let replies: Vec<(String, Bytes)> = self
+                    .members
+                    .values()
+                    .map(|m| (m.id.clone(), m.assignment.clone()))
+                    .collect();
+                for (id, a) in replies {
+                    let reply = self.sync_reply(a);
+                    if let Some(tx) = self.members.get_mut(&id).and_then(|m| m.sync_tx.take()) {
+                        let _ = tx.send(reply);
+                    }
+                }
+            }
+            Err(code) => {
+                for m in self.members.values_mut() {
+                    m.assignment = Bytes::new();
+                    if let Some(tx) = m.sync_tx.take() {
+                        let _ = tx.send(SyncReply::error(code));
+                    }
+                }
+                self.prepare_rebalance(now);
+                self.maybe_complete_join(now);
+            }
         }
     }
 
@@ -321,6 +462,8 @@ impl Group {
         // The point of static membership: a follower's restart costs no rebalance. The
         // leader must run the assignor again, so it gets a rebalance.
         if self.state == GroupState::Stable && unchanged && !was_leader {
+            // The new id must survive a restart, or the member is fenced by its old one.
+            self.store_needed = true;
             return Step::Reply(self.current_join_reply(&id));
         }
         self.rejoin(
@@ -413,6 +556,7 @@ impl Group {
             }
             m.assignment = Bytes::new();
         }
+        self.awaiting_store = None;
         let timeout = self
             .members
             .values()
@@ -453,6 +597,8 @@ impl Group {
             self.protocol = None;
             self.leader = None;
             self.phase_deadline = None;
+            // The stored generation's members are gone: record the empty generation.
+            self.store_needed = true;
             return;
         }
         let leader = match &self.leader {
@@ -554,7 +700,9 @@ impl Group {
                 if let Some(old) = m.sync_tx.replace(tx) {
                     let _ = old.send(SyncReply::error(codes::REBALANCE_IN_PROGRESS));
                 }
-                if self.leader.as_deref() == Some(member_id) {
+                // A retried leader sync while its assignment is being stored changes
+                // nothing: the store's outcome answers it.
+                if self.leader.as_deref() == Some(member_id) && self.awaiting_store.is_none() {
                     for m in self.members.values_mut() {
                         m.assignment = Bytes::new();
                     }
@@ -564,19 +712,9 @@ impl Group {
                             m.assignment = a;
                         }
                     }
-                    self.state = GroupState::Stable;
-                    self.phase_deadline = None;
-                    let replies: Vec<(String, Bytes)> = self
-                        .members
-                        .values()
-                        .map(|m| (m.id.clone(), m.assignment.clone()))
-                        .collect();
-                    for (id, a) in replies {
-                        let reply = self.sync_reply(a);
-                        if let Some(tx) = self.members.get_mut(&id).and_then(|m| m.sync_tx.take()) {
-                            let _ = tx.send(reply);
-                        }
-                    }
+                    // Stable (and the answers) once the caller has stored the record.
+                    self.awaiting_store = Some(self.generation);
+                    self.store_needed = true;
                 }
                 Step::Wait(rx)
             }
@@ -839,5 +977,75 @@ mod tests {
             codes::ILLEGAL_GENERATION
         );
         assert_eq!(g.heartbeat(&a, None, r.generation, now), codes::NONE);
+    }
+
+    /// A one-member group through join and the leader's sync, its store still pending.
+    fn synced_but_not_stored() -> (Group, String, oneshot::Receiver<SyncReply>) {
+        let mut g = Group::new("g");
+        let now = Instant::now();
+        let a = ready(g.join(join_req("", &["range"]), now)).member_id;
+        let r = ready(g.join(join_req(&a, &["range"]), now));
+        let assignment = vec![(a.clone(), Bytes::from_static(b"asg"))];
+        let Step::Wait(rx) = g.sync(&a, None, r.generation, None, None, assignment, now) else {
+            panic!("the leader waits for its assignment to be stored");
+        };
+        (g, a, rx)
+    }
+
+    #[test]
+    fn assignment_is_handed_out_only_once_stored() {
+        let (mut g, a, mut rx) = synced_but_not_stored();
+        assert!(g.store_needed);
+        assert!(
+            rx.try_recv().unwrap().is_none(),
+            "not answered before the store"
+        );
+        assert_eq!(g.state, GroupState::CompletingRebalance);
+        let md = g.metadata(5).expect("a synced generation is storable");
+        assert_eq!(md.members[0].assignment, Bytes::from_static(b"asg"));
+        g.assignment_stored(g.generation, Ok(()), Instant::now());
+        assert_eq!(g.state, GroupState::Stable);
+        let reply = rx.try_recv().unwrap().expect("answered after the store");
+        assert_eq!(
+            (reply.error, reply.assignment),
+            (codes::NONE, Bytes::from_static(b"asg"))
+        );
+        assert_eq!(
+            g.heartbeat(&a, None, g.generation, Instant::now()),
+            codes::NONE
+        );
+    }
+
+    #[test]
+    fn a_failed_store_answers_the_error_and_rebalances() {
+        let (mut g, _a, mut rx) = synced_but_not_stored();
+        g.assignment_stored(
+            g.generation,
+            Err(codes::COORDINATOR_NOT_AVAILABLE),
+            Instant::now(),
+        );
+        let reply = rx.try_recv().unwrap().expect("answered");
+        assert_eq!(reply.error, codes::COORDINATOR_NOT_AVAILABLE);
+        assert_eq!(g.state, GroupState::PreparingRebalance);
+        assert!(g.metadata(0).is_none(), "nothing to store mid-rebalance");
+    }
+
+    #[test]
+    fn a_restored_group_is_stable_in_its_stored_generation() {
+        let (mut g, a, _rx) = synced_but_not_stored();
+        g.assignment_stored(g.generation, Ok(()), Instant::now());
+        let md = g.metadata(7).unwrap();
+        let now = Instant::now();
+        let mut r = Group::restore("g", md.clone(), now);
+        assert_eq!(r.state, GroupState::Stable);
+        assert_eq!(r.generation, g.generation);
+        assert_eq!(r.leader.as_deref(), Some(a.as_str()));
+        assert_eq!(r.metadata(7), Some(md));
+        assert_eq!(r.heartbeat(&a, None, g.generation, now), codes::NONE);
+        // Its session timer restarted at load: silence expires it.
+        r.tick(now + Duration::from_secs(11));
+        assert!(r.members.is_empty());
+        assert_eq!(r.state, GroupState::Empty);
+        assert!(r.store_needed, "the empty generation is stored");
     }
 }

@@ -4,9 +4,17 @@
 //! - key v1 (offset commit): `i16 version=1, string group, string topic, i32 partition`
 //! - value v3: `i16 version=3, i64 offset, i32 leader epoch, string metadata,
 //!   i64 commit timestamp`; a null value (tombstone) deletes the key.
+//! - key v2 (group metadata): `i16 version=2, string group`
+//! - value v3 (Kafka's `GroupMetadataValue` v3, the last non-flexible one):
+//!   `i16 version=3, string protocol type, i32 generation, nullable string protocol,
+//!   nullable string leader, i64 current state timestamp, [member]` with member =
+//!   `string member id, nullable string group instance id, string client id,
+//!   string client host, i32 rebalance timeout ms, i32 session timeout ms,
+//!   bytes subscription, bytes assignment`; a tombstone deletes the group.
 //!
-//! Strings are `i16 length + UTF-8`. Records go into v2 record batches, appended
-//! durably on the partition's owning shard. Replay keeps the last value per key.
+//! Strings are `i16 length + UTF-8` (-1: null), bytes `i32 length`, arrays `i32 count`.
+//! Records go into v2 record batches, appended durably on the partition's owning
+//! shard. Replay keeps the last value per key.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -105,6 +113,197 @@ pub fn offset_value(offset: i64, leader_epoch: i32, metadata: &str, commit_ms: i
     put_str(&mut out, metadata);
     out.put_i64(commit_ms);
     out.freeze()
+}
+
+/// A group as its metadata record stores it: the generation in force and its members
+/// with their subscription (of the chosen protocol) and assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMetadata {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    pub state_ms: i64,
+    pub members: Vec<MemberMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberMetadata {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub session_timeout_ms: i32,
+    pub subscription: Bytes,
+    pub assignment: Bytes,
+}
+
+/// Bound on a stored group's member count when decoding: a corrupt count must not
+/// become a huge allocation (each member takes at least 24 bytes anyway).
+const GROUP_MEMBERS_MAX: usize = 100_000;
+
+fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => put_str(out, s),
+        None => out.put_i16(-1),
+    }
+}
+
+fn get_opt_str(b: &mut Bytes) -> Option<Option<String>> {
+    if b.remaining() < 2 {
+        return None;
+    }
+    if i16::from_be_bytes([b[0], b[1]]) < 0 {
+        b.advance(2);
+        return Some(None);
+    }
+    get_str(b).map(Some)
+}
+
+fn put_bytes(out: &mut BytesMut, v: &[u8]) {
+    out.put_i32(v.len() as i32);
+    out.put_slice(v);
+}
+
+fn get_bytes(b: &mut Bytes) -> Option<Bytes> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let len = b.get_i32();
+    if len < 0 {
+        return Some(Bytes::new());
+    }
+    let len = len as usize;
+    if b.remaining() < len {
+        return None;
+    }
+    Some(b.split_to(len))
+}
+
+pub fn group_key(group: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(4 + group.len());
+    out.put_i16(2);
+    put_str(&mut out, group);
+    out.freeze()
+}
+
+/// The group of a group-metadata key; `None` for other record kinds or garbage.
+pub fn decode_group_key(mut b: Bytes) -> Option<String> {
+    if b.remaining() < 2 || b.get_i16() != 2 {
+        return None;
+    }
+    get_str(&mut b)
+}
+
+pub fn group_value(g: &GroupMetadata) -> Bytes {
+    let members_len: usize = g
+        .members
+        .iter()
+        .map(|m| {
+            40 + m.member_id.len()
+                + m.instance_id.as_ref().map_or(0, String::len)
+                + m.client_id.len()
+                + m.client_host.len()
+                + m.subscription.len()
+                + m.assignment.len()
+        })
+        .sum();
+    let mut out = BytesMut::with_capacity(32 + g.protocol_type.len() + members_len);
+    out.put_i16(3);
+    put_str(&mut out, &g.protocol_type);
+    out.put_i32(g.generation);
+    put_opt_str(&mut out, g.protocol.as_deref());
+    put_opt_str(&mut out, g.leader.as_deref());
+    out.put_i64(g.state_ms);
+    out.put_i32(g.members.len() as i32);
+    for m in &g.members {
+        put_str(&mut out, &m.member_id);
+        put_opt_str(&mut out, m.instance_id.as_deref());
+        put_str(&mut out, &m.client_id);
+        put_str(&mut out, &m.client_host);
+        out.put_i32(m.rebalance_timeout_ms);
+        out.put_i32(m.session_timeout_ms);
+        put_bytes(&mut out, &m.subscription);
+        put_bytes(&mut out, &m.assignment);
+    }
+    out.freeze()
+}
+
+/// Group metadata values v0..v3 (v4+ are flexible: `None`, like garbage, so a record
+/// written by a newer Kafka is skipped rather than misread).
+pub fn decode_group_value(mut b: Bytes) -> Option<GroupMetadata> {
+    if b.remaining() < 2 {
+        return None;
+    }
+    let version = b.get_i16();
+    if !(0..=3).contains(&version) {
+        return None;
+    }
+    let protocol_type = get_str(&mut b)?;
+    if b.remaining() < 4 {
+        return None;
+    }
+    let generation = b.get_i32();
+    let protocol = get_opt_str(&mut b)?;
+    let leader = get_opt_str(&mut b)?;
+    let state_ms = if version >= 2 {
+        if b.remaining() < 8 {
+            return None;
+        }
+        b.get_i64()
+    } else {
+        -1
+    };
+    if b.remaining() < 4 {
+        return None;
+    }
+    let count = b.get_i32().max(0) as usize;
+    if count > GROUP_MEMBERS_MAX {
+        return None;
+    }
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        let member_id = get_str(&mut b)?;
+        let instance_id = if version >= 3 {
+            get_opt_str(&mut b)?
+        } else {
+            None
+        };
+        let client_id = get_str(&mut b)?;
+        let client_host = get_str(&mut b)?;
+        let need = if version >= 1 { 8 } else { 4 };
+        if b.remaining() < need {
+            return None;
+        }
+        let rebalance_timeout_ms = if version >= 1 { b.get_i32() } else { -1 };
+        let session_timeout_ms = b.get_i32();
+        let subscription = get_bytes(&mut b)?;
+        let assignment = get_bytes(&mut b)?;
+        members.push(MemberMetadata {
+            member_id,
+            instance_id,
+            client_id,
+            client_host,
+            // v0 has no rebalance timeout: Kafka took the session timeout.
+            rebalance_timeout_ms: if rebalance_timeout_ms < 0 {
+                session_timeout_ms
+            } else {
+                rebalance_timeout_ms
+            },
+            session_timeout_ms,
+            subscription,
+            assignment,
+        });
+    }
+    Some(GroupMetadata {
+        protocol_type,
+        generation,
+        protocol,
+        leader,
+        state_ms,
+        members,
+    })
 }
 
 /// (group, topic, partition) of an offset-commit key; `None` for other record kinds
@@ -221,7 +420,7 @@ pub async fn append(
     match outcome {
         Ok(o) if o.error_code == ec::NONE => Ok(o.base_offset),
         Ok(o) => {
-            tracing::warn!(code = o.error_code, msg = ?o.error_message, "offset commit append failed");
+            tracing::warn!(code = o.error_code, msg = ?o.error_message, "__consumer_offsets append failed");
             Err(o.error_code)
         }
         Err(()) => Err(super::codes::COORDINATOR_NOT_AVAILABLE),
@@ -349,5 +548,60 @@ mod tests {
             None
         );
         assert_eq!(decode_offset_value(Bytes::from_static(b"\x00")), None);
+        assert_eq!(
+            decode_group_key(Bytes::from_static(b"\x00\x02\x00\x09g")),
+            None
+        );
+        assert_eq!(
+            decode_group_value(Bytes::from_static(b"\x00\x03\x00")),
+            None
+        );
+    }
+
+    #[test]
+    fn group_metadata_round_trips_and_is_not_an_offset_key() {
+        let g = GroupMetadata {
+            protocol_type: "consumer".into(),
+            generation: 7,
+            protocol: Some("range".into()),
+            leader: Some("m1".into()),
+            state_ms: 1234,
+            members: vec![
+                MemberMetadata {
+                    member_id: "m1".into(),
+                    instance_id: None,
+                    client_id: "c1".into(),
+                    client_host: "/127.0.0.1".into(),
+                    rebalance_timeout_ms: 300_000,
+                    session_timeout_ms: 45_000,
+                    subscription: Bytes::from_static(b"sub"),
+                    assignment: Bytes::from_static(b"asg"),
+                },
+                MemberMetadata {
+                    member_id: "m2".into(),
+                    instance_id: Some("i2".into()),
+                    client_id: "c2".into(),
+                    client_host: String::new(),
+                    rebalance_timeout_ms: 1,
+                    session_timeout_ms: 2,
+                    subscription: Bytes::new(),
+                    assignment: Bytes::new(),
+                },
+            ],
+        };
+        assert_eq!(decode_group_value(group_value(&g)), Some(g));
+        let empty = GroupMetadata {
+            protocol_type: String::new(),
+            generation: 3,
+            protocol: None,
+            leader: None,
+            state_ms: -1,
+            members: vec![],
+        };
+        assert_eq!(decode_group_value(group_value(&empty)), Some(empty));
+        let k = group_key("g");
+        assert_eq!(decode_group_key(k.clone()), Some("g".into()));
+        assert_eq!(decode_offset_key(k), None);
+        assert_eq!(decode_group_key(offset_key("g", "t", 0)), None);
     }
 }
