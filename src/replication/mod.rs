@@ -6,6 +6,7 @@
 //! `data/meta/metadata.log`. Design and the choice of Raft crate: `README.md`.
 
 pub mod controller;
+pub mod fetcher;
 pub mod placement;
 pub mod quorum;
 pub mod raft_log;

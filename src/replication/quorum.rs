@@ -30,7 +30,7 @@ use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 
 use super::raft_log::RaftLog;
-use super::transport::{self, PeerLink, KIND_FORWARD, KIND_FORWARD_REPLY, KIND_RAFT};
+use super::transport::{self, PeerLink, KIND_FORWARD, KIND_FORWARD_REPLY, KIND_KAFKA, KIND_RAFT};
 use crate::config::ClusterConfig;
 use crate::metadata::{BrokerMeta, Image, MetaEvent};
 use crate::shard::commands::{MetaCommand, MetaReply};
@@ -631,6 +631,16 @@ async fn serve(listener: glommio::net::TcpListener, q: Rc<Quorum>, shard: Rc<Sha
         let (q, shard) = (q.clone(), shard.clone());
         glommio::spawn_local(async move {
             use futures::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = stream;
+            let Some(first) = transport::read_frame(&mut stream).await else {
+                return;
+            };
+            if first.0 == KIND_KAFKA {
+                // A replica fetcher: the rest of the connection is Kafka requests.
+                crate::net::connection::handle(shard, stream).await;
+                return;
+            }
+            let mut first = Some(first);
             let (mut reader, mut writer) = stream.split();
             let (reply_tx, reply_rx) = local_channel::new_bounded::<Bytes>(transport::PEER_QUEUE_FRAMES_MAX);
             let reply_tx = Rc::new(reply_tx);
@@ -641,7 +651,12 @@ async fn serve(listener: glommio::net::TcpListener, q: Rc<Quorum>, shard: Rc<Sha
                     }
                 }
             });
-            while let Some((kind, payload)) = transport::read_frame(&mut reader).await {
+            loop {
+                let next = match first.take() {
+                    Some(f) => Some(f),
+                    None => transport::read_frame(&mut reader).await,
+                };
+                let Some((kind, payload)) = next else { break };
                 match kind {
                     KIND_RAFT => match Message::parse_from_bytes(&payload) {
                         Ok(m) => {

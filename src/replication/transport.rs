@@ -18,6 +18,9 @@ use glommio::net::TcpStream;
 pub const KIND_RAFT: u8 = 1;
 pub const KIND_FORWARD: u8 = 2;
 pub const KIND_FORWARD_REPLY: u8 = 3;
+/// First frame of a replica fetcher's connection: the rest of it is the Kafka protocol
+/// (`replication::fetcher`), served like a client connection.
+pub const KIND_KAFKA: u8 = 4;
 
 /// Frames queued per peer before new ones are dropped.
 pub const PEER_QUEUE_FRAMES_MAX: usize = 1024;

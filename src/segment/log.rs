@@ -1450,7 +1450,21 @@ impl PartitionLog {
     /// Returns whole batches starting at the batch containing `offset`, at least one
     /// batch even if it exceeds `max_bytes`. `offset == log_end_offset` gives no batches.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, StorageError> {
-        let batches = self.read_batches(offset, max_bytes).await?;
+        self.read_below(offset, max_bytes, i64::MAX).await
+    }
+
+    /// `read`, without batches whose last offset is at or past `limit` (a replicated
+    /// partition's consumers see only what is below the high watermark).
+    pub async fn read_below(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        limit: i64,
+    ) -> Result<ReadResult, StorageError> {
+        let mut batches = self.read_batches(offset, max_bytes).await?;
+        if let Some(cut) = batches.iter().position(|b| b.last_offset >= limit) {
+            batches.truncate(cut);
+        }
         let mut chunks = Vec::with_capacity(batches.len() * 2);
         for b in batches {
             chunks.extend(b.chunks.into_iter().flatten());

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::{BrokerMeta, Image, MetaEvent, TopicMeta};
+use crate::metadata::{BrokerMeta, Image, MetaEvent, PartitionState, TopicMeta};
 use crate::net::error_code as ec;
 use crate::replication::{controller, placement};
 use crate::shard::partition::validate_topic_config;
@@ -48,6 +48,15 @@ pub enum MetaCommand {
     RegisterBroker(BrokerMeta),
     /// The metadata leader's periodic failure check (`replication::controller`).
     CheckBrokers,
+    /// A partition leader asks to change the in-sync set (Kafka's AlterPartition):
+    /// refused unless `leader` still leads at `leader_epoch`.
+    AlterPartition {
+        topic: String,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        isr: Vec<i32>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,6 +66,8 @@ pub enum MetaReply {
     DeleteTopics(Vec<(Option<String>, String, i16)>),
     CreatePartitions(Vec<(String, Result<(), Failure>)>),
     SetConfigs(Vec<(i8, String, i16, Option<String>)>),
+    /// The partition's state after the change.
+    AlterPartition(Result<PartitionState, Failure>),
     Done,
 }
 
@@ -104,8 +115,57 @@ impl MetaCommand {
                 controller::check_brokers(image, placement.unwrap_or(&[])),
                 MetaReply::Done,
             ),
+            MetaCommand::AlterPartition {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                isr,
+            } => alter_partition(image, topic, partition, leader, leader_epoch, isr),
         }
     }
+}
+
+fn alter_partition(
+    image: &Image,
+    topic: String,
+    partition: i32,
+    leader: i32,
+    leader_epoch: i32,
+    isr: Vec<i32>,
+) -> (Vec<MetaEvent>, MetaReply) {
+    let state = image
+        .topic(&topic)
+        .and_then(|t| t.replicas.get(usize::try_from(partition).ok()?));
+    let r = match state {
+        None => Err((
+            ec::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("no replicated partition {topic}-{partition}"),
+        )),
+        Some(st) if st.leader != leader || st.leader_epoch != leader_epoch => Err((
+            ec::FENCED_LEADER_EPOCH,
+            format!(
+                "{topic}-{partition} is led by {} at epoch {}, not {leader} at {leader_epoch}",
+                st.leader, st.leader_epoch
+            ),
+        )),
+        Some(st) if !isr.contains(&leader) || isr.iter().any(|r| !st.replicas.contains(r)) => {
+            Err((
+                ec::INVALID_REQUEST,
+                format!("in-sync set {isr:?} must hold the leader and only replicas"),
+            ))
+        }
+        Some(st) => Ok(PartitionState { isr, ..st.clone() }),
+    };
+    let events = match (&r, state) {
+        (Ok(new), Some(old)) if new != old => vec![MetaEvent::ChangePartition {
+            name: topic,
+            partition,
+            state: new.clone(),
+        }],
+        _ => Vec::new(),
+    };
+    (events, MetaReply::AlterPartition(r))
 }
 
 fn create_topics(
@@ -349,6 +409,48 @@ mod tests {
         let p = &image.topic("t").unwrap().replicas[0];
         assert_eq!((p.leader, p.leader_epoch, p.isr.clone()), (2, 4, vec![2]));
         assert_eq!(image.brokers[&1].incarnation, 6);
+    }
+
+    #[test]
+    fn alter_partition_is_refused_for_a_stale_leader_epoch() {
+        let mut image = Image::default();
+        let st = PartitionState {
+            replicas: vec![1, 2, 3],
+            leader: 1,
+            leader_epoch: 4,
+            isr: vec![1, 2, 3],
+        };
+        image.apply(&MetaEvent::CreateTopic {
+            topic: TopicMeta {
+                name: "t".into(),
+                id: 9,
+                owners: vec![0],
+                configs: BTreeMap::new(),
+                internal: false,
+                replicas: vec![st.clone()],
+            },
+        });
+        let alter = |leader, leader_epoch, isr: Vec<i32>| MetaCommand::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader,
+            leader_epoch,
+            isr,
+        };
+        let (events, reply) = alter(1, 4, vec![1, 3]).decide(&image, Some(&[1, 2, 3]));
+        assert_eq!(events.len(), 1);
+        match reply {
+            MetaReply::AlterPartition(Ok(s)) => assert_eq!(s.isr, vec![1, 3]),
+            other => panic!("{other:?}"),
+        }
+        for (leader, epoch, isr) in [(1, 3, vec![1]), (2, 4, vec![2]), (1, 4, vec![2, 3])] {
+            let (events, reply) = alter(leader, epoch, isr).decide(&image, None);
+            assert!(events.is_empty());
+            assert!(
+                matches!(reply, MetaReply::AlterPartition(Err(_))),
+                "{reply:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! A partition as its owning shard holds it: the log, the idempotent-producer state and
 //! the waiters of long-polling fetches. Lives on exactly one shard; never `Send`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -31,6 +31,65 @@ pub struct Partition {
     pub log: Rc<PartitionLog>,
     producers: RefCell<HashMap<i64, ProducerState>>,
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Cluster mode: this broker's role and, while it leads, what it knows of the
+    /// followers. `None` on a single node (and for partitions without a replica
+    /// table), where the high watermark is the log end.
+    repl: RefCell<Option<Replication>>,
+    /// acks=all requests waiting for the high watermark to pass their offset; sent
+    /// false when this broker stops leading.
+    hw_waiters: RefCell<Vec<(i64, oneshot::Sender<bool>)>>,
+    /// A sync of the leader's log, started because followers are ahead of its durable
+    /// end, is running.
+    syncing: Cell<bool>,
+    me: Weak<Partition>,
+}
+
+/// What this broker is for a replicated partition, per the metadata image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower(i32),
+    /// No leader (every in-sync replica is down), or not a replica here any more.
+    Offline,
+}
+
+/// What a leader knows of one follower (Kafka's replica state on the leader).
+struct FollowerState {
+    id: i32,
+    /// Its last fetch offset: everything below is durable on it. -1: not fetched yet
+    /// in this leader epoch.
+    fetch_offset: i64,
+    /// When it last fetched, and the leader's log end then.
+    prev_fetch: Option<(Instant, i64)>,
+    /// When its fetch offset last reached the leader's log end (Kafka's
+    /// lastCaughtUpTime): too long ago and it leaves the in-sync set.
+    last_caught_up: Instant,
+}
+
+/// Replication state of one partition in cluster mode.
+struct Replication {
+    role: Role,
+    leader_epoch: i32,
+    replicas: Vec<i32>,
+    /// The committed in-sync set (the image's).
+    isr: Vec<i32>,
+    /// Leader: the in-sync set an AlterPartition in flight asks for.
+    pending_isr: Option<Vec<i32>>,
+    /// Leader: every other replica.
+    followers: Vec<FollowerState>,
+    /// Leader: min of its durable end and the fetch offsets of the maximal in-sync set;
+    /// never decreases while it leads. Follower: the leader's, as last fetched.
+    high_watermark: i64,
+}
+
+/// What applying a new partition state changed (the caller starts or stops fetching).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Unchanged,
+    BecameLeader,
+    /// Follow this leader at this epoch (new leader or new epoch: truncate first).
+    Follow(i32, i32),
+    Offline,
 }
 
 /// Result of appending one partition's records.
@@ -41,6 +100,9 @@ pub struct ProduceOutcome {
     pub log_append_time_ms: i64,
     pub log_start_offset: i64,
     pub error_message: Option<String>,
+    /// The offset after the last batch answered (appended or a duplicate): what
+    /// acks=all waits for the high watermark to reach. -1 on error.
+    pub end_offset: i64,
 }
 
 impl ProduceOutcome {
@@ -51,6 +113,7 @@ impl ProduceOutcome {
             log_append_time_ms: -1,
             log_start_offset: -1,
             error_message: Some(message.into()),
+            end_offset: -1,
         }
     }
 }
@@ -62,11 +125,317 @@ enum SequenceCheck {
 }
 
 impl Partition {
-    pub fn new(log: Rc<PartitionLog>) -> Self {
-        Partition {
+    pub fn new(log: Rc<PartitionLog>) -> Rc<Self> {
+        Rc::new_cyclic(|me| Partition {
             log,
             producers: RefCell::default(),
             waiters: RefCell::default(),
+            repl: RefCell::default(),
+            hw_waiters: RefCell::default(),
+            syncing: Cell::new(false),
+            me: me.clone(),
+        })
+    }
+
+    /// Whether this partition is replicated (cluster mode, with a replica table).
+    #[inline]
+    pub fn is_replicated(&self) -> bool {
+        self.repl.borrow().is_some()
+    }
+
+    /// `None` on a single node.
+    pub fn role(&self) -> Option<Role> {
+        self.repl.borrow().as_ref().map(|r| r.role)
+    }
+
+    /// The leader epoch of the image's state (0 on a single node).
+    pub fn leader_epoch(&self) -> i32 {
+        self.repl.borrow().as_ref().map_or(0, |r| r.leader_epoch)
+    }
+
+    /// Offsets below this are on every in-sync replica, durably: what consumers may
+    /// read. On a single node, the log end.
+    #[inline]
+    pub fn high_watermark(&self) -> i64 {
+        match self.repl.borrow().as_ref() {
+            None => self.log.log_end_offset(),
+            Some(r) => r.high_watermark.min(self.log.log_end_offset()),
+        }
+    }
+
+    /// The committed in-sync set's size (1 on a single node).
+    pub fn isr_len(&self) -> usize {
+        self.repl.borrow().as_ref().map_or(1, |r| r.isr.len())
+    }
+
+    /// Applies the image's state of this partition (`node`: this broker).
+    pub fn apply_state(&self, node: i32, st: &crate::metadata::PartitionState) -> Transition {
+        let role = if st.leader == node {
+            Role::Leader
+        } else if st.leader >= 0 && st.replicas.contains(&node) {
+            Role::Follower(st.leader)
+        } else {
+            Role::Offline
+        };
+        let mut guard = self.repl.borrow_mut();
+        let now = Instant::now();
+        let fresh_followers = || {
+            st.replicas
+                .iter()
+                .filter(|id| **id != node)
+                .map(|id| FollowerState {
+                    id: *id,
+                    fetch_offset: -1,
+                    prev_fetch: None,
+                    last_caught_up: now,
+                })
+                .collect::<Vec<_>>()
+        };
+        let (old_role, old_epoch) = guard
+            .as_ref()
+            .map_or((None, -1), |r| (Some(r.role), r.leader_epoch));
+        let r = guard.get_or_insert_with(|| Replication {
+            role: Role::Offline,
+            leader_epoch: -1,
+            replicas: Vec::new(),
+            isr: Vec::new(),
+            pending_isr: None,
+            followers: Vec::new(),
+            high_watermark: 0,
+        });
+        let changed = old_role != Some(role) || old_epoch != st.leader_epoch;
+        r.replicas = st.replicas.clone();
+        r.isr = st.isr.clone();
+        r.role = role;
+        r.leader_epoch = st.leader_epoch;
+        if !changed {
+            drop(guard);
+            if role == Role::Leader {
+                // An ISR change can move the high watermark.
+                self.update_high_watermark();
+            }
+            return Transition::Unchanged;
+        }
+        r.pending_isr = None;
+        r.followers = if role == Role::Leader {
+            fresh_followers()
+        } else {
+            Vec::new()
+        };
+        drop(guard);
+        if role != Role::Leader {
+            // Deposed: whoever waits for acks=all here is told to go to the new leader.
+            for (_, tx) in self.hw_waiters.borrow_mut().drain(..) {
+                let _ = tx.send(false);
+            }
+        }
+        self.wake_waiters();
+        match role {
+            Role::Leader => {
+                self.update_high_watermark();
+                Transition::BecameLeader
+            }
+            Role::Follower(l) => Transition::Follow(l, st.leader_epoch),
+            Role::Offline => Transition::Offline,
+        }
+    }
+
+    /// Leader: follower `id` fetched from `offset` at leader epoch `epoch` (-1: not
+    /// given). Returns an error code for a fetch this leader must refuse.
+    pub fn follower_fetch(&self, id: i32, offset: i64, epoch: i32) -> Result<(), i16> {
+        let end = self.log.log_end_offset();
+        {
+            let mut guard = self.repl.borrow_mut();
+            let Some(r) = guard.as_mut() else {
+                return Err(ec::NOT_LEADER_OR_FOLLOWER);
+            };
+            if r.role != Role::Leader {
+                return Err(ec::NOT_LEADER_OR_FOLLOWER);
+            }
+            if epoch >= 0 && epoch < r.leader_epoch {
+                return Err(ec::FENCED_LEADER_EPOCH);
+            }
+            if epoch > r.leader_epoch {
+                return Err(ec::UNKNOWN_LEADER_EPOCH);
+            }
+            let Some(f) = r.followers.iter_mut().find(|f| f.id == id) else {
+                return Err(ec::NOT_LEADER_OR_FOLLOWER);
+            };
+            if offset > end {
+                return Err(ec::OFFSET_OUT_OF_RANGE);
+            }
+            let now = Instant::now();
+            if offset >= end {
+                f.last_caught_up = now;
+            } else if let Some((at, prev_end)) = f.prev_fetch {
+                // Caught up with what the leader had at its previous fetch: under a
+                // steady stream a follower is never exactly at the end.
+                if offset >= prev_end {
+                    f.last_caught_up = f.last_caught_up.max(at);
+                }
+            }
+            f.prev_fetch = Some((now, end));
+            f.fetch_offset = offset;
+        }
+        self.update_high_watermark();
+        Ok(())
+    }
+
+    /// Follower: the leader's high watermark as its fetch response said.
+    pub fn set_follower_high_watermark(&self, hw: i64) {
+        if let Some(r) = self.repl.borrow_mut().as_mut() {
+            if r.role != Role::Leader {
+                r.high_watermark = hw.min(self.log.log_end_offset());
+            }
+        }
+    }
+
+    /// Leader: recomputes the high watermark from the maximal in-sync set (committed
+    /// plus a pending expansion); wakes acks=all waiters and consumers it passes.
+    fn update_high_watermark(&self) {
+        let (hw, advanced, sync_to) = {
+            let mut guard = self.repl.borrow_mut();
+            let Some(r) = guard.as_mut().filter(|r| r.role == Role::Leader) else {
+                return;
+            };
+            let end = self.log.log_end_offset();
+            let in_max_isr = |id: i32| {
+                r.isr.contains(&id) || r.pending_isr.as_ref().is_some_and(|p| p.contains(&id))
+            };
+            let followers_min = r
+                .followers
+                .iter()
+                .filter(|f| in_max_isr(f.id))
+                .map(|f| f.fetch_offset)
+                .min();
+            let (candidate, sync_to) = match followers_min {
+                // Alone in sync: what it has written, as on a single node.
+                None => (end, None),
+                Some(m) => {
+                    let durable = self.log.durable_offset();
+                    // Followers hold data the leader has not synced yet (acks=1
+                    // writes): sync it so the high watermark can move.
+                    let sync = (m > durable).then_some(m);
+                    (m.min(durable), sync)
+                }
+            };
+            let advanced = candidate > r.high_watermark;
+            if advanced {
+                r.high_watermark = candidate;
+            }
+            (r.high_watermark, advanced, sync_to)
+        };
+        if let Some(target) = sync_to {
+            self.start_sync(target);
+        }
+        // Only a move wakes anyone: waking long-polling followers on every fetch would
+        // have two followers wake each other in a loop.
+        if !advanced {
+            return;
+        }
+        {
+            let mut waiters = self.hw_waiters.borrow_mut();
+            let mut i = 0;
+            while i < waiters.len() {
+                if waiters[i].0 <= hw {
+                    let (_, tx) = waiters.swap_remove(i);
+                    let _ = tx.send(true);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.wake_waiters();
+    }
+
+    fn start_sync(&self, target: i64) {
+        if self.syncing.get() {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        self.syncing.set(true);
+        glommio::spawn_local(async move {
+            if let Err(e) = me.log.sync_to(target).await {
+                tracing::warn!(dir = %me.log.dir().display(), error = %e, "leader log sync failed");
+            }
+            me.syncing.set(false);
+            me.update_high_watermark();
+        })
+        .detach();
+    }
+
+    /// acks=all: resolves `Ok` once the high watermark reaches `offset`; `Err` with
+    /// the error code when this broker stops leading or `timeout` passes first.
+    pub async fn wait_high_watermark(
+        &self,
+        offset: i64,
+        timeout: std::time::Duration,
+    ) -> Result<(), i16> {
+        if !self.is_replicated() {
+            return Ok(());
+        }
+        self.update_high_watermark();
+        if self.role() != Some(Role::Leader) {
+            return Err(ec::NOT_LEADER_OR_FOLLOWER);
+        }
+        if self.high_watermark() >= offset {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.hw_waiters.borrow_mut().push((offset, tx));
+        match crate::replication::quorum::with_timeout(timeout, rx).await {
+            Some(Ok(true)) => Ok(()),
+            Some(Ok(false)) | Some(Err(_)) => Err(ec::NOT_LEADER_OR_FOLLOWER),
+            None => Err(ec::REQUEST_TIMED_OUT),
+        }
+    }
+
+    /// Leader: the in-sync set to ask the controller for, if it should change now —
+    /// followers not caught up within `lag` leave, followers at the high watermark
+    /// join. `None` while a change is in flight or nothing changes. Replica order.
+    pub fn isr_change(&self, node: i32, lag: std::time::Duration) -> Option<(i32, Vec<i32>)> {
+        let guard = self.repl.borrow();
+        let r = guard.as_ref().filter(|r| r.role == Role::Leader)?;
+        if r.pending_isr.is_some() {
+            return None;
+        }
+        let now = Instant::now();
+        let hw = r.high_watermark;
+        let keep = |id: i32| -> bool {
+            if id == node {
+                return true;
+            }
+            let Some(f) = r.followers.iter().find(|f| f.id == id) else {
+                return false;
+            };
+            if r.isr.contains(&id) {
+                now.duration_since(f.last_caught_up) <= lag
+            } else {
+                f.fetch_offset >= 0 && f.fetch_offset >= hw
+            }
+        };
+        let wanted: Vec<i32> = r.replicas.iter().copied().filter(|id| keep(*id)).collect();
+        let mut current = r.isr.clone();
+        current.sort_unstable();
+        let mut sorted = wanted.clone();
+        sorted.sort_unstable();
+        (sorted != current).then_some((r.leader_epoch, wanted))
+    }
+
+    /// Leader: an AlterPartition for `isr` is (`Some`) or is no longer (`None`) in flight.
+    pub fn set_pending_isr(&self, isr: Option<Vec<i32>>) {
+        if let Some(r) = self.repl.borrow_mut().as_mut() {
+            r.pending_isr = isr;
+        }
+        self.update_high_watermark();
+    }
+
+    /// A leader's idempotent-producer state must be its own log's: a follower's was
+    /// never built (replicated appends skip it), a former leader's is stale.
+    pub async fn reset_producer_state(&self) {
+        self.producers.borrow_mut().clear();
+        if let Err(e) = self.rebuild_producer_state().await {
+            tracing::warn!(dir = %self.log.dir().display(), error = %e, "producer state not rebuilt; idempotent retries may duplicate");
         }
     }
 
@@ -89,6 +458,7 @@ impl Partition {
         let mut appended = false;
         // End of the last batch answered as a duplicate of one already in the log.
         let mut duplicate_end: Option<i64> = None;
+        let mut end_offset: i64 = -1;
         let count = valid.len();
         for (i, batch) in valid.into_iter().enumerate() {
             let h = *batch.header();
@@ -102,12 +472,14 @@ impl Partition {
                 SequenceCheck::Append => {}
                 SequenceCheck::Duplicate(offset) => {
                     duplicate_end = Some(offset + i64::from(h.last_offset_delta) + 1);
+                    end_offset = end_offset.max(offset + i64::from(h.last_offset_delta) + 1);
                     first.get_or_insert(ProduceOutcome {
                         error_code: ec::NONE,
                         base_offset: offset,
                         log_append_time_ms: -1,
                         log_start_offset: self.log.log_start_offset(),
                         error_message: None,
+                        end_offset: -1,
                     });
                     continue;
                 }
@@ -139,12 +511,14 @@ impl Partition {
                         metrics::record_stage(StagedApi::Produce, Stage::Flush, flush);
                     }
                     appended = true;
+                    end_offset = end_offset.max(info.last_offset + 1);
                     first.get_or_insert(ProduceOutcome {
                         error_code: ec::NONE,
                         base_offset: info.base_offset,
                         log_append_time_ms: info.log_append_time_ms,
                         log_start_offset: info.log_start_offset,
                         error_message: None,
+                        end_offset: -1,
                     });
                 }
                 Err(e) => {
@@ -164,6 +538,9 @@ impl Partition {
         }
         if appended {
             self.wake_waiters();
+            if self.is_replicated() {
+                self.update_high_watermark();
+            }
         }
         if let (Some(end), Durability::Durable) = (duplicate_end, durability) {
             // A retried batch is acknowledged with the same promise as the first try:
@@ -173,7 +550,12 @@ impl Partition {
                 return ProduceOutcome::error(e.kafka_error_code(), e.to_string());
             }
         }
-        first.unwrap_or_else(|| ProduceOutcome::error(ec::UNKNOWN_SERVER_ERROR, "no batch"))
+        let mut out =
+            first.unwrap_or_else(|| ProduceOutcome::error(ec::UNKNOWN_SERVER_ERROR, "no batch"));
+        if out.error_code == ec::NONE {
+            out.end_offset = end_offset;
+        }
+        out
     }
 
     fn check_sequence(&self, h: &segment::BatchHeader, base_offset: i64) -> SequenceCheck {
@@ -294,9 +676,15 @@ impl Partition {
         }
     }
 
-    /// Resolves when the log end passes `offset`, or after `wait_ms`.
-    pub async fn wait_for_data(&self, offset: i64, wait_ms: u64) {
-        if self.log.log_end_offset() > offset || wait_ms == 0 {
+    /// Resolves when the log end (with `consumer`, the high watermark) passes
+    /// `offset`, or after `wait_ms`.
+    pub async fn wait_for_data(&self, offset: i64, wait_ms: u64, consumer: bool) {
+        let end = if consumer {
+            self.high_watermark()
+        } else {
+            self.log.log_end_offset()
+        };
+        if end > offset || wait_ms == 0 {
             return;
         }
         let (tx, rx) = oneshot::channel();

@@ -236,6 +236,9 @@ async fn shard_main(
         })
     };
     retention.detach();
+    if config.cluster.is_some() {
+        glommio::spawn_local(crate::replication::fetcher::isr_task(shard.clone())).detach();
+    }
     if id == 0 {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -326,7 +329,8 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
             .borrow_mut()
             .remove(t.as_str())
             .unwrap_or_default();
-        for (_, p) in parts {
+        for (i, p) in parts {
+            crate::replication::fetcher::unfollow(&t, i);
             if let Err(e) = p.log.delete().await {
                 tracing::warn!(topic = %t, error = %e, "deleting partition log failed");
             }
@@ -351,6 +355,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
                 if configs_changed {
                     existing.log.set_config(log_config);
                 }
+                apply_partition_state(shard, topic, p, &existing, false).await;
                 continue;
             }
             let dir = shard
@@ -360,7 +365,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
                 .join(format!("{}-{}", topic.name, p));
             match PartitionLog::open(dir.clone(), log_config).await {
                 Ok(log) => {
-                    let partition = Rc::new(Partition::new(log));
+                    let partition = Partition::new(log);
                     if let Err(e) = partition.rebuild_producer_state().await {
                         tracing::warn!(dir = %dir.display(), error = %e, "producer state not rebuilt; idempotent retries may duplicate");
                     }
@@ -370,7 +375,8 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
                         .borrow_mut()
                         .entry(name)
                         .or_insert_with(HashMap::new)
-                        .insert(p, partition);
+                        .insert(p, partition.clone());
+                    apply_partition_state(shard, topic, p, &partition, true).await;
                 }
                 Err(e) => {
                     tracing::error!(dir = %dir.display(), error = %e, "cannot open partition log; partition offline");
@@ -379,6 +385,38 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
         }
     }
     owned
+}
+
+/// Cluster mode: makes this broker the partition's leader, a follower fetching from
+/// the leader, or neither, per the image's state of it. `opened`: the log was just
+/// opened (its producer state is fresh).
+async fn apply_partition_state(
+    shard: &Rc<Shard>,
+    topic: &TopicMeta,
+    p: i32,
+    partition: &Rc<Partition>,
+    opened: bool,
+) {
+    use crate::replication::fetcher;
+    use crate::shard::partition::Transition;
+    let Some(state) = topic.replicas.get(p as usize) else {
+        return;
+    };
+    match partition.apply_state(shard.config.node_id, state) {
+        Transition::Unchanged => {}
+        Transition::BecameLeader => {
+            fetcher::unfollow(&topic.name, p);
+            tracing::info!(topic = %topic.name, partition = p, epoch = state.leader_epoch, "leading partition");
+            if !opened {
+                partition.reset_producer_state().await;
+            }
+        }
+        Transition::Follow(leader, epoch) => {
+            tracing::info!(topic = %topic.name, partition = p, leader, epoch, "following partition");
+            fetcher::follow(shard, &topic.name, p, leader, epoch);
+        }
+        Transition::Offline => fetcher::unfollow(&topic.name, p),
+    }
 }
 
 /// Decides and commits a metadata change: `cmd` is decided against the current image

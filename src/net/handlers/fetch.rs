@@ -35,6 +35,8 @@ struct Target {
     /// `None` when the topic or partition does not exist.
     owner: Option<usize>,
     unknown_code: i16,
+    /// The fetching follower's leader epoch (-1: not given).
+    epoch: i32,
 }
 
 #[derive(Default)]
@@ -43,6 +45,9 @@ struct PartRead {
     chunks: Vec<Bytes>,
     log_start_offset: i64,
     high_watermark: i64,
+    /// What this fetcher may read up to: the high watermark for a consumer, the log
+    /// end for a follower. Long polls wait for it to move.
+    visible_end: i64,
 }
 
 impl PartRead {
@@ -51,47 +56,81 @@ impl PartRead {
     }
 }
 
-/// Reads one partition on its owning shard (the caller is on that shard).
+/// Kafka's replica id of a debugging consumer: it may read any replica up to its log end.
+pub const DEBUG_REPLICA_ID: i32 = -2;
+
+/// Reads one partition on its owning shard (the caller is on that shard). `replica`:
+/// the fetching follower's id, or -1 for a consumer (which reads below the high
+/// watermark), or `DEBUG_REPLICA_ID`.
 async fn read_local(
     s: &Shard,
     topic: &str,
     partition: i32,
     offset: i64,
     max_bytes: usize,
+    replica: i32,
+    epoch: i32,
 ) -> PartRead {
     let Some(p) = s.partition(topic, partition) else {
         return PartRead {
             error_code: ec::UNKNOWN_TOPIC_OR_PARTITION,
             log_start_offset: -1,
             high_watermark: -1,
+            visible_end: -1,
             ..Default::default()
         };
     };
-    let (start, end) = (p.log.log_start_offset(), p.log.log_end_offset());
+    let start = p.log.log_start_offset();
+    if replica >= 0 {
+        // A follower's fetch offset is its durable log end: the high watermark moves.
+        if let Err(code) = p.follower_fetch(replica, offset, epoch) {
+            return PartRead {
+                error_code: code,
+                log_start_offset: start,
+                high_watermark: p.high_watermark(),
+                visible_end: -1,
+                ..Default::default()
+            };
+        }
+    }
+    let hw = p.high_watermark();
+    let log_end = p.log.log_end_offset();
+    let end = if replica == -1 { hw } else { log_end };
     // No allowance left in this response (or nothing new): offsets only.
-    if offset == end || (max_bytes == 0 && (start..end).contains(&offset)) {
+    if (offset >= end && offset <= log_end) || (max_bytes == 0 && (start..end).contains(&offset)) {
         return PartRead {
             log_start_offset: start,
-            high_watermark: end,
+            high_watermark: hw,
+            visible_end: end,
             ..Default::default()
         };
     }
     let read_started = Instant::now();
-    let read = p.log.read(offset, max_bytes).await;
+    let read = if replica == -1 && p.is_replicated() {
+        p.log.read_below(offset, max_bytes, hw).await
+    } else {
+        p.log.read(offset, max_bytes).await
+    };
     metrics::record_stage(StagedApi::Fetch, Stage::Read, read_started.elapsed());
     match read {
         Ok(r) => PartRead {
             error_code: ec::NONE,
             chunks: r.chunks,
             log_start_offset: r.log_start_offset,
-            high_watermark: r.log_end_offset,
+            high_watermark: if p.is_replicated() {
+                hw
+            } else {
+                r.log_end_offset
+            },
+            visible_end: end,
         },
         Err(e @ StorageError::OffsetOutOfRange { .. }) => {
             tracing::debug!(error = %e, "fetch out of range");
             PartRead {
                 error_code: ec::OFFSET_OUT_OF_RANGE,
                 log_start_offset: start,
-                high_watermark: end,
+                high_watermark: hw,
+                visible_end: end,
                 ..Default::default()
             }
         }
@@ -100,7 +139,8 @@ async fn read_local(
             PartRead {
                 error_code: e.kafka_error_code(),
                 log_start_offset: start,
-                high_watermark: end,
+                high_watermark: hw,
+                visible_end: end,
                 ..Default::default()
             }
         }
@@ -111,20 +151,34 @@ async fn read_local(
 /// reads its partitions in request order while `budget` (the response's max_bytes)
 /// lasts, so a fetch never reads (and, from disk, copies) much more than it can send;
 /// partitions past the budget report only their offsets and are served next time.
-async fn read_all(shard: &Rc<Shard>, targets: &[Target], budget: usize) -> Vec<PartRead> {
+async fn read_all(
+    shard: &Rc<Shard>,
+    targets: &[Target],
+    budget: usize,
+    replica: i32,
+) -> Vec<PartRead> {
     let mut reads: Vec<PartRead> = targets
         .iter()
         .map(|t| PartRead {
             error_code: t.unknown_code,
             log_start_offset: -1,
             high_watermark: -1,
+            visible_end: -1,
             ..Default::default()
         })
         .collect();
-    let mut plan: Vec<Vec<(usize, String, i32, i64, usize)>> = vec![Vec::new(); shard.nshards];
+    type Item = (usize, String, i32, i64, usize, i32);
+    let mut plan: Vec<Vec<Item>> = vec![Vec::new(); shard.nshards];
     for (slot, t) in targets.iter().enumerate() {
         if let Some(owner) = t.owner {
-            plan[owner].push((slot, t.topic.clone(), t.partition, t.offset, t.max_bytes));
+            plan[owner].push((
+                slot,
+                t.topic.clone(),
+                t.partition,
+                t.offset,
+                t.max_bytes,
+                t.epoch,
+            ));
         }
     }
     let hops = plan
@@ -135,8 +189,17 @@ async fn read_all(shard: &Rc<Shard>, targets: &[Target], budget: usize) -> Vec<P
             shard.invoke_on_staged(owner, Some(StagedApi::Fetch), move |s| async move {
                 let mut left = budget;
                 let mut out = Vec::with_capacity(items.len());
-                for (slot, topic, partition, offset, max_bytes) in items {
-                    let r = read_local(&s, &topic, partition, offset, max_bytes.min(left)).await;
+                for (slot, topic, partition, offset, max_bytes, epoch) in items {
+                    let r = read_local(
+                        &s,
+                        &topic,
+                        partition,
+                        offset,
+                        max_bytes.min(left),
+                        replica,
+                        epoch,
+                    )
+                    .await;
                     left = left.saturating_sub(r.bytes());
                     out.push((slot, r));
                 }
@@ -151,7 +214,13 @@ async fn read_all(shard: &Rc<Shard>, targets: &[Target], budget: usize) -> Vec<P
 
 /// Resolves when any target's log grows past `ends[i]` (its end at the last read), or
 /// after `wait_ms`.
-async fn wait_any(shard: &Rc<Shard>, targets: &[Target], ends: &[i64], wait_ms: u64) {
+async fn wait_any(
+    shard: &Rc<Shard>,
+    targets: &[Target],
+    ends: &[i64],
+    wait_ms: u64,
+    consumer: bool,
+) {
     let waits: Vec<_> = targets
         .iter()
         .zip(ends)
@@ -160,7 +229,7 @@ async fn wait_any(shard: &Rc<Shard>, targets: &[Target], ends: &[i64], wait_ms: 
             let (topic, partition, offset) = (t.topic.clone(), t.partition, t.offset.max(*end));
             Some(Box::pin(shard.invoke_on(owner, move |s| async move {
                 if let Some(p) = s.partition(&topic, partition) {
-                    p.wait_for_data(offset, wait_ms).await;
+                    p.wait_for_data(offset, wait_ms, consumer).await;
                 }
             })))
         })
@@ -288,6 +357,32 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         }
     };
     let node_id = shard.config.node_id;
+    let replica = if version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
+    // Followers give their leader epoch per partition (sessions are not used by them).
+    let epochs: std::collections::HashMap<(String, i32), i32> = if replica >= 0 {
+        req.topics
+            .iter()
+            .flat_map(|ft| {
+                let name = if by_id {
+                    image
+                        .topic_by_id(ft.topic_id.as_u128())
+                        .map(|m| m.name.clone())
+                        .unwrap_or_default()
+                } else {
+                    ft.topic.0.to_string()
+                };
+                ft.partitions
+                    .iter()
+                    .map(move |fp| ((name.clone(), fp.partition), fp.current_leader_epoch))
+            })
+            .collect()
+    } else {
+        Default::default()
+    };
     let targets: Vec<Target> = parts
         .iter()
         .map(|p| {
@@ -296,8 +391,12 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
             } else {
                 image.topic(&p.topic)
             };
-            // In a cluster only the partition's leader serves it.
-            let leads = meta.is_none_or(|m| m.leader(p.partition, node_id) == Some(node_id));
+            // In a cluster only the partition's leader serves it (a debugging consumer
+            // may read any replica).
+            let leads = meta.is_none_or(|m| {
+                m.leader(p.partition, node_id) == Some(node_id)
+                    || (replica == DEBUG_REPLICA_ID && m.is_replica(p.partition, node_id))
+            });
             Target {
                 topic: p.topic.clone(),
                 topic_id: p.topic_id,
@@ -314,6 +413,10 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
                 } else {
                     ec::UNKNOWN_TOPIC_OR_PARTITION
                 },
+                epoch: epochs
+                    .get(&(p.topic.clone(), p.partition))
+                    .copied()
+                    .unwrap_or(-1),
             }
         })
         .collect();
@@ -327,19 +430,20 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
     let started = Instant::now();
     let wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
     let reads = loop {
-        let reads = read_all(shard, &targets, response_max).await;
+        let reads = read_all(shard, &targets, response_max, replica).await;
         let total: usize = reads.iter().map(|r| r.bytes()).sum();
         let errored = reads.iter().any(|r| r.error_code != ec::NONE);
         let elapsed = started.elapsed();
         if total >= min_bytes.max(1) || errored || elapsed >= wait || targets.is_empty() {
             break reads;
         }
-        let ends: Vec<i64> = reads.iter().map(|r| r.high_watermark).collect();
+        let ends: Vec<i64> = reads.iter().map(|r| r.visible_end).collect();
         let parked = Instant::now();
-        wait_any(shard, &targets, &ends, (wait - elapsed).as_millis() as u64).await;
+        let left = (wait - elapsed).as_millis() as u64;
+        wait_any(shard, &targets, &ends, left, replica == -1).await;
         metrics::record_stage(StagedApi::Fetch, Stage::LongPoll, parked.elapsed());
         if started.elapsed() >= wait {
-            break read_all(shard, &targets, response_max).await;
+            break read_all(shard, &targets, response_max, replica).await;
         }
     };
     let mut total = 0usize;

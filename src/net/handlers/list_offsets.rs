@@ -30,10 +30,20 @@ pub async fn handle(
                 .map(move |p| (t.name.0.as_str(), p.partition_index, p.timestamp))
         }),
     );
+    let replica = req.replica_id.0;
     // (error, timestamp, offset) per partition.
     let found = shard
-        .on_partitions(work, |p, ts| async move {
-            match ts {
+        .on_partitions(work, move |p, ts| async move {
+            // In a cluster consumers ask the leader, and see offsets below the high
+            // watermark; a debugging consumer (-2) may ask any replica for its log end.
+            let replicated = p.is_replicated();
+            let leads = p.role() == Some(crate::shard::partition::Role::Leader);
+            if replicated && !leads && replica != super::fetch::DEBUG_REPLICA_ID {
+                return (ec::NOT_LEADER_OR_FOLLOWER, -1, -1, -1);
+            }
+            let epoch = p.leader_epoch();
+            let (code, ts, offset) = match ts {
+                LATEST if replicated && replica == -1 => (ec::NONE, -1, p.high_watermark()),
                 LATEST | MAX_TIMESTAMP => (ec::NONE, -1, p.log.log_end_offset()),
                 EARLIEST => (ec::NONE, -1, p.log.log_start_offset()),
                 ts => match p.log.offset_for_timestamp(ts).await {
@@ -41,7 +51,8 @@ pub async fn handle(
                     Ok(None) => (ec::NONE, -1, -1),
                     Err(e) => (e.kafka_error_code(), -1, -1),
                 },
-            }
+            };
+            (code, ts, offset, epoch)
         })
         .await;
     let mut found = found.into_iter();
@@ -53,18 +64,19 @@ pub async fn handle(
                 .partitions
                 .iter()
                 .map(|p| {
-                    let (code, ts, offset) =
-                        found
-                            .next()
-                            .flatten()
-                            .unwrap_or((ec::UNKNOWN_TOPIC_OR_PARTITION, -1, -1));
+                    let (code, ts, offset, epoch) = found.next().flatten().unwrap_or((
+                        ec::UNKNOWN_TOPIC_OR_PARTITION,
+                        -1,
+                        -1,
+                        -1,
+                    ));
                     ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(code)
                         .with_timestamp(ts)
                         .with_offset(offset)
                         // leader_epoch exists from v4; -1 (its default) encodes everywhere.
-                        .with_leader_epoch(if version >= 4 { 0 } else { -1 })
+                        .with_leader_epoch(if version >= 4 { epoch } else { -1 })
                 })
                 .collect();
             ListOffsetsTopicResponse::default()

@@ -50,6 +50,11 @@ pub async fn handle(
             .and_then(|t| t.configs.get("max.message.bytes"))
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(shard.config.message_max_bytes as usize);
+        // min.insync.replicas matters only for acks=all on a replicated partition.
+        let min_isr = meta
+            .and_then(|t| t.configs.get("min.insync.replicas"))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1);
         for p in &topic.partition_data {
             let records = p.records.clone().unwrap_or_default();
             let owner = meta.and_then(|t| shard.owner_of(&t.owners, p.index));
@@ -84,18 +89,57 @@ pub async fn handle(
                 0
             });
             work.push(match (&early, owner) {
-                (None, Some(owner)) => Some((owner, name.clone(), p.index, records)),
+                (None, Some(owner)) => Some((owner, name.clone(), p.index, (records, min_isr))),
                 _ => None,
             });
             outcomes.push((name.clone(), p.index, early));
         }
     }
     let d = durability.unwrap_or(Durability::Written);
+    let timeout = std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
     let appended = shard
         .on_partitions_staged(
             Some(StagedApi::Produce),
             work,
-            move |p, records| async move { p.produce(records, d).await },
+            move |p, (records, min_isr)| async move {
+                if acks != -1 || !p.is_replicated() {
+                    return p.produce(records, d).await;
+                }
+                // acks=all on a replicated partition (Kafka's rules): refused before the
+                // append while the in-sync set is below min.insync.replicas, answered
+                // once the high watermark passes the batch.
+                if p.isr_len() < min_isr {
+                    return ProduceOutcome::error(
+                        ec::NOT_ENOUGH_REPLICAS,
+                        format!(
+                            "{} in-sync replicas, min.insync.replicas={min_isr}",
+                            p.isr_len()
+                        ),
+                    );
+                }
+                let mut out = p.produce(records, d).await;
+                if out.error_code != ec::NONE {
+                    return out;
+                }
+                match p.wait_high_watermark(out.end_offset, timeout).await {
+                    Ok(()) if p.isr_len() < min_isr => ProduceOutcome::error(
+                        ec::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                        "the in-sync set shrank below min.insync.replicas",
+                    ),
+                    Ok(()) => out,
+                    Err(code) => {
+                        out = ProduceOutcome::error(
+                            code,
+                            if code == ec::REQUEST_TIMED_OUT {
+                                "the in-sync replicas did not confirm in time"
+                            } else {
+                                "leadership moved before the in-sync replicas confirmed"
+                            },
+                        );
+                        out
+                    }
+                }
+            },
         )
         .await;
     for (slot, outcome) in appended.into_iter().enumerate() {

@@ -1,0 +1,509 @@
+//! The follower side of partition replication (Kafka's replica fetcher).
+//!
+//! One task per (shard, leader broker) fetches every partition this shard follows
+//! from that leader in one long-polling Fetch (`replica_id` = this broker), appends
+//! the batches exactly as received, fdatasyncs them, and only then asks for the next
+//! offset: a follower's fetch offset is its durable log end, which is what the leader's
+//! high watermark counts. The connection goes to the leader's cluster address (its
+//! entry in `controller.quorum.voters`), opened with one `KIND_KAFKA` hello frame, after
+//! which it speaks the Kafka protocol; so replication traffic between two brokers can
+//! be cut (by a test's proxy) like the Raft traffic.
+//!
+//! Before fetching for a new leader or leader epoch, a partition truncates a tail the
+//! leader may not have (OffsetForLeaderEpoch; see `truncate`).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::channel::oneshot;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+
+use super::quorum::with_timeout;
+use super::transport::{self, KIND_KAFKA};
+use crate::net::error_code as ec;
+use crate::shard::{Partition, Shard};
+
+/// Fetch v12: topic names, flexible encoding, `replica_id` as a field.
+const FETCH_VERSION: i16 = 12;
+/// How long the leader may hold a fetch with nothing new: an idle cluster sends two
+/// small requests a second per broker pair and shard.
+const FETCH_MAX_WAIT_MS: i32 = 500;
+const FETCH_MAX_BYTES: i32 = 16 << 20;
+const PARTITION_MAX_BYTES: i32 = 4 << 20;
+/// A response must arrive within the long poll plus this.
+const RESPONSE_GRACE: Duration = Duration::from_secs(10);
+/// Largest response frame accepted (the leader caps responses at fetch.max.bytes).
+const RESPONSE_BYTES_MAX: usize = 64 << 20;
+/// Pause before reconnecting to a leader that cannot be reached.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
+/// Pause before fetching a partition again after the leader refused it (not leader
+/// yet, epoch not known yet): the metadata will say what changed.
+const PARTITION_BACKOFF: Duration = Duration::from_millis(300);
+
+type Key = (String, i32);
+
+#[derive(Clone, Debug)]
+struct Followed {
+    epoch: i32,
+    /// The divergent tail, if any, is gone: fetching may start.
+    truncated: bool,
+    retry_at: Option<Instant>,
+}
+
+struct Fetcher {
+    leader: i32,
+    parts: RefCell<BTreeMap<Key, Followed>>,
+    /// Wakes the task when it idles with nothing to fetch.
+    wake: RefCell<Option<oneshot::Sender<()>>>,
+}
+
+impl Fetcher {
+    fn wake(&self) {
+        if let Some(tx) = self.wake.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+thread_local! {
+    /// This shard's fetchers by leader id.
+    static FETCHERS: RefCell<HashMap<i32, Rc<Fetcher>>> = RefCell::default();
+}
+
+/// Starts following `topic`-`partition` from `leader` at `epoch` (it truncates first),
+/// and stops following it from any other leader. Runs on the partition's owner shard.
+pub fn follow(shard: &Rc<Shard>, topic: &str, partition: i32, leader: i32, epoch: i32) {
+    let key = (topic.to_string(), partition);
+    remove_from_others(&key, Some(leader));
+    let existing = FETCHERS.with(|m| m.borrow().get(&leader).cloned());
+    let fetcher = match existing {
+        Some(f) => f,
+        None => {
+            let f = Rc::new(Fetcher {
+                leader,
+                parts: RefCell::default(),
+                wake: RefCell::default(),
+            });
+            FETCHERS.with(|m| m.borrow_mut().insert(leader, f.clone()));
+            // Spawned with no borrow held: the task looks at the registry.
+            glommio::spawn_local(run(shard.clone(), f.clone())).detach();
+            f
+        }
+    };
+    fetcher.parts.borrow_mut().insert(
+        key,
+        Followed {
+            epoch,
+            truncated: false,
+            retry_at: None,
+        },
+    );
+    fetcher.wake();
+}
+
+/// Stops following `topic`-`partition` (it leads now, is offline, or is gone).
+pub fn unfollow(topic: &str, partition: i32) {
+    remove_from_others(&(topic.to_string(), partition), None);
+}
+
+fn remove_from_others(key: &Key, keep: Option<i32>) {
+    let fetchers: Vec<Rc<Fetcher>> =
+        FETCHERS.with(|m| m.borrow().values().cloned().collect::<Vec<_>>());
+    for f in fetchers {
+        if Some(f.leader) == keep {
+            continue;
+        }
+        let now_empty = {
+            let mut parts = f.parts.borrow_mut();
+            parts.remove(key);
+            parts.is_empty()
+        };
+        if now_empty {
+            // The task sees it is no longer registered and ends.
+            FETCHERS.with(|m| m.borrow_mut().remove(&f.leader));
+            f.wake();
+        }
+    }
+}
+
+fn is_registered(f: &Rc<Fetcher>) -> bool {
+    FETCHERS.with(|m| m.borrow().get(&f.leader).is_some_and(|x| Rc::ptr_eq(x, f)))
+}
+
+/// The followed state of `key` if it is still followed from this fetcher at `epoch`.
+fn still_followed(f: &Fetcher, key: &Key, epoch: i32) -> bool {
+    f.parts.borrow().get(key).is_some_and(|s| s.epoch == epoch)
+}
+
+fn set_state(f: &Fetcher, key: &Key, epoch: i32, update: impl FnOnce(&mut Followed)) {
+    if let Some(s) = f.parts.borrow_mut().get_mut(key) {
+        if s.epoch == epoch {
+            update(s);
+        }
+    }
+}
+
+async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
+    let addr: Option<SocketAddr> = shard
+        .config
+        .cluster
+        .as_ref()
+        .and_then(|c| c.voters.iter().find(|v| v.id == f.leader).map(|v| v.addr));
+    let Some(addr) = addr else {
+        tracing::error!(
+            leader = f.leader,
+            "partition leader is not in controller.quorum.voters; cannot follow it"
+        );
+        return;
+    };
+    let mut conn: Option<Conn> = None;
+    let mut down_logged = false;
+    loop {
+        if !is_registered(&f) {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<(Key, Followed)> = f
+            .parts
+            .borrow()
+            .iter()
+            .filter(|(_, s)| s.retry_at.is_none_or(|t| t <= now))
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        if due.is_empty() {
+            // Nothing to fetch now: wait for a change or the next retry.
+            let next_retry = f.parts.borrow().values().filter_map(|s| s.retry_at).min();
+            let wait =
+                next_retry.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
+            let (tx, rx) = oneshot::channel();
+            *f.wake.borrow_mut() = Some(tx);
+            let _ = with_timeout(wait, rx).await;
+            continue;
+        }
+        if conn.is_none() {
+            match Conn::open(addr).await {
+                Ok(c) => {
+                    if down_logged {
+                        tracing::info!(leader = f.leader, %addr, "partition leader reachable");
+                        down_logged = false;
+                    }
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    if !down_logged {
+                        tracing::info!(leader = f.leader, %addr, error = %e, "partition leader unreachable; retrying");
+                        down_logged = true;
+                    }
+                    glommio::timer::sleep(RECONNECT_BACKOFF).await;
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        // A partition starting to follow truncates what the leader may not have.
+        let mut failed = false;
+        for (key, st) in due.iter().filter(|(_, s)| !s.truncated) {
+            let Some(p) = shard.partition(&key.0, key.1) else {
+                continue;
+            };
+            match truncate(&shard, c, &p, key, st.epoch).await {
+                Ok(()) => set_state(&f, key, st.epoch, |s| s.truncated = true),
+                Err(TruncateError::Io(e)) => {
+                    tracing::debug!(leader = f.leader, error = %e, "replica fetcher connection lost");
+                    failed = true;
+                    break;
+                }
+                Err(TruncateError::Later(why)) => {
+                    tracing::debug!(topic = %key.0, partition = key.1, why, "truncation postponed");
+                    set_state(&f, key, st.epoch, |s| {
+                        s.retry_at = Some(Instant::now() + PARTITION_BACKOFF)
+                    });
+                }
+            }
+        }
+        if failed {
+            conn = None;
+            glommio::timer::sleep(RECONNECT_BACKOFF).await;
+            continue;
+        }
+        // One Fetch for every partition ready to fetch.
+        let mut sent: Vec<(Key, i32, Rc<Partition>)> = Vec::new();
+        let mut topics: Vec<FetchTopic> = Vec::new();
+        for (key, st) in &due {
+            if !still_followed(&f, key, st.epoch)
+                || !f.parts.borrow().get(key).is_some_and(|s| s.truncated)
+            {
+                continue;
+            }
+            let Some(p) = shard.partition(&key.0, key.1) else {
+                continue;
+            };
+            let part = FetchPartition::default()
+                .with_partition(key.1)
+                .with_current_leader_epoch(st.epoch)
+                .with_fetch_offset(p.log.log_end_offset())
+                .with_log_start_offset(p.log.log_start_offset())
+                .with_partition_max_bytes(PARTITION_MAX_BYTES);
+            match topics.last_mut() {
+                Some(t) if t.topic.0.as_str() == key.0 => t.partitions.push(part),
+                _ => topics.push(
+                    FetchTopic::default()
+                        .with_topic(crate::net::handlers::topic_name(&key.0))
+                        .with_partitions(vec![part]),
+                ),
+            }
+            sent.push((key.clone(), st.epoch, p));
+        }
+        if sent.is_empty() {
+            continue;
+        }
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(shard.config.node_id))
+            .with_max_wait_ms(FETCH_MAX_WAIT_MS)
+            .with_min_bytes(1)
+            .with_max_bytes(FETCH_MAX_BYTES)
+            .with_isolation_level(0)
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(topics);
+        let timeout = Duration::from_millis(FETCH_MAX_WAIT_MS as u64) + RESPONSE_GRACE;
+        let resp = match c.call(&req, FETCH_VERSION, timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(leader = f.leader, error = %e, "replica fetch failed; reconnecting");
+                conn = None;
+                glommio::timer::sleep(RECONNECT_BACKOFF).await;
+                continue;
+            }
+        };
+        if resp.error_code != ec::NONE {
+            tracing::debug!(
+                leader = f.leader,
+                code = resp.error_code,
+                "replica fetch refused"
+            );
+            glommio::timer::sleep(PARTITION_BACKOFF).await;
+            continue;
+        }
+        for t in resp.responses {
+            for pd in t.partitions {
+                let key: Key = (t.topic.0.to_string(), pd.partition_index);
+                let Some((_, epoch, p)) = sent.iter().find(|(k, _, _)| *k == key) else {
+                    continue;
+                };
+                if !still_followed(&f, &key, *epoch) {
+                    continue;
+                }
+                match pd.error_code {
+                    ec::NONE => {
+                        if let Some(records) = pd.records.filter(|r| !r.is_empty()) {
+                            if let Err(e) = append_replicated(p, records).await {
+                                tracing::warn!(topic = %key.0, partition = key.1, error = %e, "replicated append failed; truncating again");
+                                set_state(&f, &key, *epoch, |s| {
+                                    s.truncated = false;
+                                    s.retry_at = Some(Instant::now() + PARTITION_BACKOFF);
+                                });
+                                continue;
+                            }
+                        }
+                        p.set_follower_high_watermark(pd.high_watermark);
+                    }
+                    ec::OFFSET_OUT_OF_RANGE => {
+                        tracing::warn!(topic = %key.0, partition = key.1, fetch_offset = p.log.log_end_offset(), leader_log_start = pd.log_start_offset, "replica fetch offset out of range; truncating again");
+                        set_state(&f, &key, *epoch, |s| {
+                            s.truncated = false;
+                            s.retry_at = Some(Instant::now() + PARTITION_BACKOFF);
+                        });
+                    }
+                    code => {
+                        tracing::debug!(topic = %key.0, partition = key.1, code, "leader refused the replica fetch");
+                        set_state(&f, &key, *epoch, |s| {
+                            s.retry_at = Some(Instant::now() + PARTITION_BACKOFF)
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Appends batches fetched from the leader as they are (offsets and epochs kept) and
+/// makes them durable: the next fetch offset tells the leader they are.
+async fn append_replicated(p: &Partition, records: Bytes) -> Result<(), String> {
+    // TEMPORARY until `PartitionLog::append_replicated` lands (EPOCH): the leader's
+    // batches are dense and start at this log's end, so the producer append path gives
+    // them the same offsets.
+    let batches = crate::segment::batch::split_batches(&records).map_err(|e| e.to_string())?;
+    for b in batches {
+        let h = crate::segment::BatchHeader::parse(&b).map_err(|e| e.to_string())?;
+        let end = p.log.log_end_offset();
+        if h.base_offset != end {
+            return Err(format!(
+                "batch at offset {} does not continue the log at {end}",
+                h.base_offset
+            ));
+        }
+        p.log
+            .append(b, crate::segment::Durability::Written)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let end = p.log.log_end_offset();
+    p.log.sync_to(end).await.map_err(|e| e.to_string())
+}
+
+enum TruncateError {
+    /// The connection failed (once truncation asks the leader: OffsetForLeaderEpoch).
+    #[allow(dead_code)]
+    Io(String),
+    /// Not possible right now (the leader does not know the epoch yet, ...).
+    Later(String),
+}
+
+/// Before fetching from a new leader or epoch: drop the tail of this log the leader
+/// may not have, and make the rest durable (a former leader's acks=1 writes may not
+/// be), so the first fetch offset is a durable end.
+async fn truncate(
+    _shard: &Shard,
+    _conn: &mut Conn,
+    p: &Partition,
+    key: &Key,
+    epoch: i32,
+) -> Result<(), TruncateError> {
+    // FALLBACK until OffsetForLeaderEpoch answers from a leader-epoch cache (EPOCH):
+    // keep what this replica knows is committed (its high watermark) and nothing else.
+    // TEMPORARY: `PartitionLog::truncate_to` has not landed yet, so the tail stays.
+    let hw = p.high_watermark();
+    let end = p.log.log_end_offset();
+    if hw < end {
+        tracing::info!(topic = %key.0, partition = key.1, epoch, high_watermark = hw, log_end = end, "would truncate to the high watermark (truncate_to not available yet)");
+    }
+    let end = p.log.log_end_offset();
+    p.log
+        .sync_to(end)
+        .await
+        .map_err(|e| TruncateError::Later(e.to_string()))
+}
+
+/// One connection to a leader's cluster listener, speaking Kafka after the hello.
+struct Conn {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let mut stream = TcpStream::connect_timeout(addr, Duration::from_secs(1)).await?;
+        let _ = stream.set_nodelay(true);
+        stream.write_all(&transport::frame(KIND_KAFKA, &[])).await?;
+        Ok(Conn {
+            stream,
+            correlation: 0,
+        })
+    }
+
+    async fn call<R: Request>(
+        &mut self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> anyhow::Result<R::Response> {
+        self.correlation = self.correlation.wrapping_add(1);
+        let correlation = self.correlation;
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation)
+            .with_client_id(Some(StrBytes::from_static_str("runnel-replica-fetcher")));
+        let mut body = BytesMut::with_capacity(256);
+        body.put_i32(0);
+        header.encode(&mut body, R::header_version(version))?;
+        req.encode(&mut body, version)?;
+        let len = (body.len() - 4) as i32;
+        body[..4].copy_from_slice(&len.to_be_bytes());
+        let stream = &mut self.stream;
+        let exchange = async move {
+            stream.write_all(&body).await?;
+            let mut len = [0u8; 4];
+            stream.read_exact(&mut len).await?;
+            let len = i32::from_be_bytes(len);
+            if len < 0 || len as usize > RESPONSE_BYTES_MAX {
+                anyhow::bail!("response length {len} out of range");
+            }
+            let mut buf = vec![0u8; len as usize];
+            stream.read_exact(&mut buf).await?;
+            Ok::<_, anyhow::Error>(Bytes::from(buf))
+        };
+        let mut buf = with_timeout(timeout, exchange)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no response within {timeout:?}"))??;
+        let api = ApiKey::try_from(R::KEY).map_err(|_| anyhow::anyhow!("unknown api key"))?;
+        let header = ResponseHeader::decode(&mut buf, api.response_header_version(version))?;
+        if header.correlation_id != correlation {
+            anyhow::bail!("response to another request");
+        }
+        let resp = R::Response::decode(&mut buf, version)?;
+        if buf.has_remaining() {
+            tracing::debug!(
+                left = buf.remaining(),
+                "replica fetcher: trailing response bytes"
+            );
+        }
+        Ok(resp)
+    }
+}
+
+/// Leader side of in-sync set maintenance, one task per shard: asks the controller
+/// (AlterPartition) to drop followers that have not caught up within
+/// `replica.lag.time.max.ms` and to add those that reached the high watermark.
+pub async fn isr_task(shard: Rc<Shard>) {
+    let lag = Duration::from_millis(shard.config.replica_lag_time_max_ms);
+    let interval = (lag / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let node = shard.config.node_id;
+    loop {
+        glommio::timer::sleep(interval).await;
+        let parts: Vec<(String, i32, Rc<Partition>)> = shard
+            .partitions
+            .borrow()
+            .iter()
+            .flat_map(|(t, m)| m.iter().map(move |(i, p)| (t.to_string(), *i, p.clone())))
+            .collect();
+        for (topic, partition, p) in parts {
+            let Some((leader_epoch, isr)) = p.isr_change(node, lag) else {
+                continue;
+            };
+            tracing::info!(%topic, partition, leader_epoch, ?isr, "asking to change the in-sync set");
+            p.set_pending_isr(Some(isr.clone()));
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let cmd = crate::shard::commands::MetaCommand::AlterPartition {
+                    topic: topic.clone(),
+                    partition,
+                    leader: node,
+                    leader_epoch,
+                    isr,
+                };
+                match crate::shard::runtime::commit_meta(&shard, cmd).await {
+                    Ok(crate::shard::commands::MetaReply::AlterPartition(Err((code, msg)))) => {
+                        tracing::info!(%topic, partition, code, msg, "in-sync set change refused")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(%topic, partition, error = %e, "in-sync set change not committed")
+                    }
+                }
+                // Committed (and applied here) or refused: the image says what holds.
+                p.set_pending_isr(None);
+            })
+            .detach();
+        }
+    }
+}
