@@ -7,28 +7,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-
 use bytes::{Bytes, BytesMut};
 use common::*;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    BrokerId, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName,
+    BrokerId, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
 
-/// Elections take 1–2 s of silence plus a loaded CI box's scheduling.
-const CLUSTER_TIMEOUT: Duration = Duration::from_secs(40);
 /// Kafka's replica id of a debugging consumer: it may read any replica.
 const DEBUG_REPLICA: i32 = -2;
 const NOT_ENOUGH_REPLICAS: i16 = 19;
@@ -37,77 +28,7 @@ const NOT_ENOUGH_REPLICAS: i16 = 19;
 const LAG_MS: &str = "1500";
 
 fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
-
-/// (partition → (leader, replicas, isr)) as broker `bootstrap` itself reports it.
-type TopicView = BTreeMap<i32, (i32, Vec<i32>, Vec<i32>)>;
-
-fn topic_view(bootstrap: &str, topic: &str) -> Option<TopicView> {
-    let mut wire = Wire::connect(bootstrap);
-    let req = MetadataRequest::default()
-        .with_topics(Some(vec![
-            MetadataRequestTopic::default().with_name(Some(name(topic)))
-        ]))
-        .with_allow_auto_topic_creation(false);
-    let resp = wire.call(&req, 12);
-    let t = &resp.topics[0];
-    if t.error_code != 0 {
-        return None;
-    }
-    let ids = |v: &Vec<BrokerId>| v.iter().map(|b| b.0).collect::<Vec<i32>>();
-    Some(
-        t.partitions
-            .iter()
-            .map(|p| {
-                (
-                    p.partition_index,
-                    (p.leader_id.0, ids(&p.replica_nodes), ids(&p.isr_nodes)),
-                )
-            })
-            .collect(),
-    )
-}
-
-/// Polls `f` until it returns `Some`, at most `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// CreateTopics with rdkafka's AdminClient, retrying while there is no metadata leader.
-fn create(bootstrap: &str, topic: &str, partitions: i32, rf: i32, configs: &[(&str, &str)]) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let admin = admin(bootstrap);
-    let opts = AdminOptions::new()
-        .operation_timeout(Some(CLIENT_TIMEOUT))
-        .request_timeout(Some(CLIENT_TIMEOUT));
-    let deadline = Instant::now() + CLUSTER_TIMEOUT;
-    loop {
-        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(rf));
-        for (k, v) in configs {
-            new = new.set(k, v);
-        }
-        let results = rt
-            .block_on(admin.create_topics([&new], &opts))
-            .expect("create_topics request failed");
-        match &results[0] {
-            Ok(_) => return,
-            Err((_, RDKafkaErrorCode::RequestTimedOut)) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err((_, code)) => panic!("create {topic}: {code:?}"),
-        }
-    }
+    topic_name_of(s)
 }
 
 /// ListOffsets LATEST as `replica_id` sees it on exactly broker `bootstrap`: a consumer
@@ -250,7 +171,7 @@ fn acks_all_records_reach_every_replica_and_min_insync_replicas_is_enforced() {
 
     // An RF=3 topic; acks=all records through a client that knows the whole cluster.
     let topic = topic_name("replicated");
-    create(&addrs[0], &topic, 1, 3, &[]);
+    create_replicated(&addrs[0], &topic, 1, 3).expect("create an RF=3 topic");
     let (leader, replicas) = wait_topic(&addrs, &topic);
     let first_leader = leader;
     assert_eq!(replicas.len(), 3);
@@ -316,7 +237,8 @@ fn acks_all_records_reach_every_replica_and_min_insync_replicas_is_enforced() {
     // min.insync.replicas=3: with one follower stopped and out of the in-sync set,
     // acks=all is refused before anything is appended; acks=1 still works.
     let strict = topic_name("strict");
-    create(&addrs[0], &strict, 1, 3, &[("min.insync.replicas", "3")]);
+    create_replicated_with(&addrs[0], &strict, 1, 3, &[("min.insync.replicas", "3")])
+        .expect("create an RF=3 topic with min.insync.replicas=3");
     let (leader, replicas) = wait_topic(&addrs, &strict);
     assert_eq!(
         produce_code(&addr(leader), &strict, 0, -1),

@@ -305,7 +305,8 @@ async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
                 match pd.error_code {
                     ec::NONE => {
                         if let Some(records) = pd.records.filter(|r| !r.is_empty()) {
-                            if let Err(e) = append_replicated(p, records).await {
+                            // Stored as fetched, and durable before the next fetch.
+                            if let Err(e) = p.log.append_replicated(records).await {
                                 tracing::warn!(topic = %key.0, partition = key.1, error = %e, "replicated append failed; truncating again");
                                 set_state(&f, &key, *epoch, |s| {
                                     s.truncated = false;
@@ -315,6 +316,18 @@ async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
                             }
                         }
                         p.set_follower_high_watermark(pd.high_watermark);
+                    }
+                    ec::OFFSET_OUT_OF_RANGE if pd.log_start_offset > p.log.log_end_offset() => {
+                        // The leader no longer has what comes next here (retention):
+                        // start over at its log start (Kafka's truncateFullyAndStartAt).
+                        tracing::warn!(topic = %key.0, partition = key.1, fetch_offset = p.log.log_end_offset(), leader_log_start = pd.log_start_offset, "replica behind the leader's log start; starting over there");
+                        if let Err(e) = p.log.truncate_fully_and_start_at(pd.log_start_offset).await
+                        {
+                            tracing::warn!(topic = %key.0, partition = key.1, error = %e, "replica restart at the leader's log start failed");
+                            set_state(&f, &key, *epoch, |s| {
+                                s.retry_at = Some(Instant::now() + PARTITION_BACKOFF)
+                            });
+                        }
                     }
                     ec::OFFSET_OUT_OF_RANGE => {
                         tracing::warn!(topic = %key.0, partition = key.1, fetch_offset = p.log.log_end_offset(), leader_log_start = pd.log_start_offset, "replica fetch offset out of range; truncating again");
@@ -333,31 +346,6 @@ async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
             }
         }
     }
-}
-
-/// Appends batches fetched from the leader as they are (offsets and epochs kept) and
-/// makes them durable: the next fetch offset tells the leader they are.
-async fn append_replicated(p: &Partition, records: Bytes) -> Result<(), String> {
-    // TEMPORARY until `PartitionLog::append_replicated` lands (EPOCH): the leader's
-    // batches are dense and start at this log's end, so the producer append path gives
-    // them the same offsets.
-    let batches = crate::segment::batch::split_batches(&records).map_err(|e| e.to_string())?;
-    for b in batches {
-        let h = crate::segment::BatchHeader::parse(&b).map_err(|e| e.to_string())?;
-        let end = p.log.log_end_offset();
-        if h.base_offset != end {
-            return Err(format!(
-                "batch at offset {} does not continue the log at {end}",
-                h.base_offset
-            ));
-        }
-        p.log
-            .append(b, crate::segment::Durability::Written)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let end = p.log.log_end_offset();
-    p.log.sync_to(end).await.map_err(|e| e.to_string())
 }
 
 enum TruncateError {
@@ -379,12 +367,16 @@ async fn truncate(
     epoch: i32,
 ) -> Result<(), TruncateError> {
     // FALLBACK until OffsetForLeaderEpoch answers from a leader-epoch cache (EPOCH):
-    // keep what this replica knows is committed (its high watermark) and nothing else.
-    // TEMPORARY: `PartitionLog::truncate_to` has not landed yet, so the tail stays.
+    // keep what this replica knows is committed (its high watermark: every in-sync
+    // replica, the new leader included, has it) and fetch the rest again.
     let hw = p.high_watermark();
     let end = p.log.log_end_offset();
     if hw < end {
-        tracing::info!(topic = %key.0, partition = key.1, epoch, high_watermark = hw, log_end = end, "would truncate to the high watermark (truncate_to not available yet)");
+        tracing::info!(topic = %key.0, partition = key.1, epoch, high_watermark = hw, log_end = end, "truncating to the high watermark before following");
+        p.log
+            .truncate_to(hw)
+            .await
+            .map_err(|e| TruncateError::Later(e.to_string()))?;
     }
     let end = p.log.log_end_offset();
     p.log
