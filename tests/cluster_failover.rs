@@ -153,6 +153,23 @@ fn killed_leader_is_replaced_from_the_isr_with_a_higher_epoch_and_rejoins_after_
         .find(|(_, p)| p.leader == victim)
         .expect("placement gives every broker one RF=1 partition");
 
+    // Acknowledged by every in-sync replica before the leader dies.
+    let acks_all = producer(&cluster.bootstrap_all(), &[("acks", "all")]);
+    rt.block_on(async {
+        for i in 0..20 {
+            let value = format!("before-{i}");
+            let r = FutureRecord::to(&replicated)
+                .partition(0)
+                .payload(&value)
+                .key("k");
+            acks_all
+                .send(r, CLIENT_TIMEOUT)
+                .await
+                .unwrap_or_else(|(e, _)| panic!("produce before the kill: {e}"));
+        }
+    });
+    drop(acks_all);
+
     cluster.node(victim).kill();
     let killed_at = Instant::now();
     let survivors: Vec<String> = (1..=3)
@@ -210,6 +227,20 @@ fn killed_leader_is_replaced_from_the_isr_with_a_higher_epoch_and_rejoins_after_
         .expect("rdkafka metadata");
     assert_eq!(metadata.topics()[0].partitions()[0].leader(), new.leader);
     drop(producer);
+    // Nothing acknowledged was lost with the old leader.
+    let c = consumer(&survivors.join(","), &[]);
+    assign(&c, &replicated, &[0], rdkafka::Offset::Beginning);
+    let got: Vec<String> = consume_at_least_to_end(&c, &[0], 21, CONSUME_TIMEOUT)
+        .iter()
+        .map(payload_str)
+        .collect();
+    let mut want: Vec<String> = (0..20).map(|i| format!("before-{i}")).collect();
+    want.push("after".to_string());
+    assert_eq!(
+        got, want,
+        "the new leader has every acknowledged record, in order"
+    );
+    drop(c);
 
     // Back with its data dir: listed again, and the offline partition has its only
     // in-sync replica again, so it leads it with a new epoch.
