@@ -412,7 +412,29 @@ pub async fn append(
     let outcome = shard
         .invoke_on(owner, move |s| async move {
             match s.partition(OFFSETS_TOPIC, partition) {
-                Some(p) => Ok(p.produce(batch, Durability::Durable).await),
+                Some(p) => {
+                    let o = p.produce(batch, Durability::Durable).await;
+                    if o.error_code != ec::NONE || !p.is_replicated() {
+                        return Ok(o);
+                    }
+                    // In a cluster a commit holds once the in-sync replicas have it
+                    // (Kafka's acks=-1 for __consumer_offsets, offsets.commit.timeout.ms),
+                    // so a coordinator failover keeps it. [DATA: smallest change here.]
+                    match p
+                        .wait_high_watermark(o.end_offset, OFFSETS_COMMIT_TIMEOUT)
+                        .await
+                    {
+                        Ok(()) => Ok(o),
+                        Err(code) => Ok(crate::shard::partition::ProduceOutcome::error(
+                            if code == ec::NOT_LEADER_OR_FOLLOWER {
+                                super::cluster::NOT_COORDINATOR
+                            } else {
+                                super::codes::COORDINATOR_NOT_AVAILABLE
+                            },
+                            "offsets not replicated to the in-sync replicas in time",
+                        )),
+                    }
+                }
                 None => Err(()),
             }
         })
@@ -426,6 +448,9 @@ pub async fn append(
         Err(()) => Err(super::codes::COORDINATOR_NOT_AVAILABLE),
     }
 }
+
+/// Kafka's offsets.commit.timeout.ms: how long a commit waits for the in-sync replicas.
+const OFFSETS_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One replayed record: (log offset, key, value or tombstone).
 pub type Replayed = (i64, Bytes, Option<Bytes>);

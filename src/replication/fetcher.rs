@@ -349,32 +349,81 @@ async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
 }
 
 enum TruncateError {
-    /// The connection failed (once truncation asks the leader: OffsetForLeaderEpoch).
-    #[allow(dead_code)]
+    /// The connection failed.
     Io(String),
     /// Not possible right now (the leader does not know the epoch yet, ...).
     Later(String),
 }
 
+/// The latest leader epoch with batches in `p`'s log.
+/// TEMPORARY shim until `PartitionLog::latest_epoch` (EPOCH's leader-epoch cache)
+/// lands: `None` makes `truncate` use its high-watermark fallback.
+fn latest_epoch(_p: &Partition) -> Option<i32> {
+    None
+}
+
+/// OffsetForLeaderEpoch v4.
+const OFFSET_FOR_LEADER_EPOCH_VERSION: i16 = 4;
+const TRUNCATE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Before fetching from a new leader or epoch: drop the tail of this log the leader
-/// may not have, and make the rest durable (a former leader's acks=1 writes may not
-/// be), so the first fetch offset is a durable end.
+/// does not have (KIP-101: ask the leader where this replica's latest epoch ends
+/// there, keep min(that, log end)), and make the rest durable (a former leader's
+/// acks=1 writes may not be), so the first fetch offset is a durable end.
 async fn truncate(
-    _shard: &Shard,
-    _conn: &mut Conn,
+    shard: &Shard,
+    conn: &mut Conn,
     p: &Partition,
     key: &Key,
     epoch: i32,
 ) -> Result<(), TruncateError> {
-    // FALLBACK until OffsetForLeaderEpoch answers from a leader-epoch cache (EPOCH):
-    // keep what this replica knows is committed (its high watermark: every in-sync
-    // replica, the new leader included, has it) and fetch the rest again.
-    let hw = p.high_watermark();
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::OffsetForLeaderEpochRequest;
     let end = p.log.log_end_offset();
-    if hw < end {
-        tracing::info!(topic = %key.0, partition = key.1, epoch, high_watermark = hw, log_end = end, "truncating to the high watermark before following");
+    let keep = match latest_epoch(p) {
+        _ if end == p.log.log_start_offset() => end,
+        Some(last) => {
+            let req = OffsetForLeaderEpochRequest::default()
+                .with_replica_id(BrokerId(shard.config.node_id))
+                .with_topics(vec![OffsetForLeaderTopic::default()
+                    .with_topic(crate::net::handlers::topic_name(&key.0))
+                    .with_partitions(vec![OffsetForLeaderPartition::default()
+                        .with_partition(key.1)
+                        .with_current_leader_epoch(epoch)
+                        .with_leader_epoch(last)])]);
+            let resp = conn
+                .call(&req, OFFSET_FOR_LEADER_EPOCH_VERSION, TRUNCATE_TIMEOUT)
+                .await
+                .map_err(|e| TruncateError::Io(e.to_string()))?;
+            let r = resp
+                .topics
+                .first()
+                .and_then(|t| t.partitions.first())
+                .ok_or_else(|| TruncateError::Later("empty OffsetForLeaderEpoch answer".into()))?;
+            if r.error_code != ec::NONE {
+                return Err(TruncateError::Later(format!(
+                    "OffsetForLeaderEpoch error {}",
+                    r.error_code
+                )));
+            }
+            if r.end_offset < 0 {
+                // The leader knows no epoch this old: keep only what is committed.
+                p.high_watermark()
+            } else {
+                r.end_offset
+            }
+        }
+        // FALLBACK (no epochs known here): keep what this replica knows is committed
+        // (its high watermark: every in-sync replica, the new leader included, has
+        // it) and fetch the rest again.
+        None => p.high_watermark(),
+    };
+    if keep < end {
+        tracing::info!(topic = %key.0, partition = key.1, epoch, keep, log_end = end, "truncating before following");
         p.log
-            .truncate_to(hw)
+            .truncate_to(keep)
             .await
             .map_err(|e| TruncateError::Later(e.to_string()))?;
     }
