@@ -426,6 +426,8 @@ async fn truncate(
             .truncate_to(keep)
             .await
             .map_err(|e| TruncateError::Later(e.to_string()))?;
+        // Not above the log end, or it would count as committed when this replica leads.
+        p.set_follower_high_watermark(p.high_watermark());
     }
     let end = p.log.log_end_offset();
     p.log

@@ -217,6 +217,8 @@ impl Partition {
             return Transition::Unchanged;
         }
         r.pending_isr = None;
+        // What a follower learned may be above what it kept after truncating.
+        r.high_watermark = r.high_watermark.min(self.log.log_end_offset());
         r.followers = if role == Role::Leader {
             fresh_followers()
         } else {
