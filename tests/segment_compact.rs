@@ -104,6 +104,16 @@ fn codec(i: usize) -> Codec {
 
 /// Appends `n` records over `keys` keys, 10 per batch; value = "k<key>-<seq>".
 async fn fill(log: &PartitionLog, n: usize, keys: usize) -> HashMap<String, String> {
+    fill_at(log, n, keys, 1_000).await
+}
+
+/// `fill` with batch timestamps from `ts_base_ms` on (one ms per batch).
+async fn fill_at(
+    log: &PartitionLog,
+    n: usize,
+    keys: usize,
+    ts_base_ms: i64,
+) -> HashMap<String, String> {
     let mut last = HashMap::new();
     for chunk in 0..n / 10 {
         let recs: Vec<_> = (0..10)
@@ -115,7 +125,7 @@ async fn fill(log: &PartitionLog, n: usize, keys: usize) -> HashMap<String, Stri
                 (Some(k.into_bytes()), Some(v.into_bytes()))
             })
             .collect();
-        let b = encode_keyed_batch(0, 1_000 + chunk as i64, &recs, codec(chunk));
+        let b = encode_keyed_batch(0, ts_base_ms + chunk as i64, &recs, codec(chunk));
         log.append(b, Durability::Written).await.unwrap();
     }
     log.flush().await.unwrap();
@@ -322,6 +332,79 @@ fn delete_policy_topics_are_not_compacted_and_compact_topics_are_not_expired() {
         log.enforce_retention().await.unwrap();
         assert_eq!(log.segment_count(), segs);
         assert_eq!(log.log_start_offset(), 0);
+        log.close().await.unwrap();
+    });
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// min.compaction.lag.ms: segments with records younger than the lag keep every record
+/// (consumers get that window to see each update); older ones are compacted.
+#[test]
+fn records_younger_than_min_compaction_lag_ms_are_not_compacted() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        let mut config = compact_config();
+        config.min_compaction_lag_ms = 3_600_000;
+        let log = PartitionLog::open(path.clone(), config.clone())
+            .await
+            .unwrap();
+        // 1000 old records (1970), then 1000 written now, over the same 10 keys.
+        fill(&log, 1_000, 10).await;
+        let last = fill_at(&log, 1_000, 10, now_ms()).await;
+        let stats = log.compact().await.unwrap();
+        assert!(
+            stats.segments_rewritten > 0,
+            "old segments compact: {stats:?}"
+        );
+        let recs = read_records(&log, 0).await;
+        let young = recs.iter().filter(|r| r.0 >= 1_000).count();
+        assert_eq!(young, 1_000, "every record younger than the lag is kept");
+        assert!(recs.len() < 2_000, "older duplicates went");
+
+        // Without the lag the rest compacts too.
+        config.min_compaction_lag_ms = 0;
+        log.set_config(config);
+        assert!(log.compact().await.unwrap().segments_rewritten > 0);
+        check_compacted(&read_records(&log, 0).await, active_base(&path), &last);
+        log.close().await.unwrap();
+    });
+}
+
+/// A key map bounded below the number of keys (Kafka's dedupe buffer): each pass maps
+/// what fits, cleans up to there and the next pass goes on; in the end every key is
+/// once in the sealed segments, with its last value.
+#[test]
+fn a_key_map_smaller_than_the_keys_compacts_in_several_passes() {
+    run(|| async {
+        use runnel::segment::compact::OFFSET_MAP_ENTRY_BYTES;
+        const KEYS_IN_MAP: usize = 20;
+        const BATCH_RECORDS: usize = 10;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        let mut config = compact_config();
+        config.dedupe_buffer_bytes = KEYS_IN_MAP * (OFFSET_MAP_ENTRY_BYTES + 4);
+        let log = PartitionLog::open(path.clone(), config).await.unwrap();
+        let last = fill(&log, 5_000, 200).await;
+        let mut passes = 0;
+        loop {
+            let stats = log.compact().await.unwrap();
+            // The bound is checked between batches: one batch may overshoot it.
+            assert!(stats.keys <= KEYS_IN_MAP + BATCH_RECORDS, "{stats:?}");
+            if stats.keys == 0 {
+                break; // nothing dirty left
+            }
+            passes += 1;
+            assert!(passes < 1_000, "compaction does not converge");
+        }
+        assert!(passes > 1, "the map bound split the work ({passes} passes)");
+        check_compacted(&read_records(&log, 0).await, active_base(&path), &last);
         log.close().await.unwrap();
     });
 }

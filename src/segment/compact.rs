@@ -339,10 +339,17 @@ fn set_last_offset_delta(batch: &mut [u8], delta: i32) {
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Estimated memory of one map entry besides its key bytes: the `Bytes` handle, the
+/// offset and the hash table's slot and slack.
+pub const OFFSET_MAP_ENTRY_BYTES: usize = 64;
+
 /// Keys → offset of their newest record, built from the part of the log being cleaned.
+/// Its memory is bounded like Kafka's dedupe buffer: once `bytes()` reaches the bound
+/// the caller stops adding (at a batch boundary) and cleans only up to there.
 #[derive(Default)]
 pub struct OffsetMap {
     latest: HashMap<Bytes, i64>,
+    bytes: usize,
 }
 
 impl OffsetMap {
@@ -356,11 +363,17 @@ impl OffsetMap {
                 match self.latest.get_mut(k) {
                     Some(o) => *o = (*o).max(off),
                     None => {
+                        self.bytes += k.len() + OFFSET_MAP_ENTRY_BYTES;
                         self.latest.insert(Bytes::copy_from_slice(k), off);
                     }
                 }
             }
         }
+    }
+
+    /// Estimated memory held by the keys and their entries.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn latest(&self, key: &[u8]) -> Option<i64> {
@@ -379,6 +392,10 @@ impl OffsetMap {
 /// What survives compaction.
 pub struct Retain<'a> {
     pub map: &'a OffsetMap,
+    /// First offset the map did not see: records from here on are all kept (the map
+    /// cannot tell whether a later record supersedes them, and a tombstone there may
+    /// still hide older values of its key that this pass keeps).
+    pub mapped_end: i64,
     /// Tombstones with a timestamp below this are removed (now - delete.retention.ms).
     pub tombstone_horizon_ms: i64,
 }
@@ -389,6 +406,9 @@ impl Retain<'_> {
             return true; // unkeyed records cannot be compacted
         };
         let off = b.offset(r);
+        if off >= self.mapped_end {
+            return true;
+        }
         if self.map.latest(key).is_some_and(|latest| latest > off) {
             return false;
         }
@@ -629,6 +649,7 @@ mod tests {
         let map = map_of(&batches);
         let retain = Retain {
             map: &map,
+            mapped_end: i64::MAX,
             tombstone_horizon_ms: i64::MIN,
         };
         let out = compact_batches(&batches, 4, &retain).unwrap().unwrap();
@@ -675,6 +696,7 @@ mod tests {
         map.latest.insert(Bytes::from_static(b"z"), 100);
         let retain = Retain {
             map: &map,
+            mapped_end: i64::MAX,
             tombstone_horizon_ms: i64::MIN,
         };
         let out = compact_batches(&all, 10, &retain).unwrap().unwrap();
@@ -687,6 +709,7 @@ mod tests {
         map.latest.insert(Bytes::from_static(b"k"), 3);
         let retain = Retain {
             map: &map,
+            mapped_end: i64::MAX,
             tombstone_horizon_ms: i64::MIN,
         };
         let out = compact_batches(&all, 10, &retain).unwrap().unwrap();
@@ -704,18 +727,57 @@ mod tests {
     }
 
     #[test]
+    fn records_past_the_mapped_end_are_all_kept() {
+        // Offsets 0..3: a=1, a=2, b=tombstone, a=3. The map saw only 0..2.
+        let batches = vec![encode_keyed_batch(
+            0,
+            1_000,
+            &[
+                kv("a", Some("1")),
+                kv("a", Some("2")),
+                kv("b", None),
+                kv("a", Some("3")),
+            ],
+            Codec::None,
+        )];
+        let mut map = OffsetMap::default();
+        map.add_batch(
+            &decode_batch(&encode_keyed_batch(
+                0,
+                1_000,
+                &[kv("a", Some("1")), kv("a", Some("2"))],
+                Codec::None,
+            ))
+            .unwrap(),
+        );
+        let retain = Retain {
+            map: &map,
+            mapped_end: 2,
+            tombstone_horizon_ms: i64::MAX,
+        };
+        let out = compact_batches(&batches, 4, &retain).unwrap().unwrap();
+        let kept: Vec<i64> = records(&out).iter().map(|r| r.0).collect();
+        // Only a=1 goes (a=2 supersedes it within the map); the unmapped tombstone and
+        // a=3 stay, and a=2 stays since the map does not know a=3.
+        assert_eq!(kept, vec![1, 2, 3]);
+        assert!(map.bytes() >= 1 + OFFSET_MAP_ENTRY_BYTES);
+    }
+
+    #[test]
     fn tombstones_go_only_after_the_horizon() {
         let a = encode_keyed_batch(0, 1_000, &[kv("a", Some("1")), kv("a", None)], Codec::Gzip);
         let batches = vec![a];
         let map = map_of(&batches);
         let keep = Retain {
             map: &map,
+            mapped_end: i64::MAX,
             tombstone_horizon_ms: 500,
         };
         let out = compact_batches(&batches, 2, &keep).unwrap().unwrap();
         assert_eq!(records(&out), vec![(1, Some(b"a".to_vec()), true)]);
         let drop = Retain {
             map: &map,
+            mapped_end: i64::MAX,
             tombstone_horizon_ms: 5_000,
         };
         let out = compact_batches(&batches, 2, &drop).unwrap().unwrap();
@@ -744,6 +806,7 @@ mod tests {
         map.latest.insert(Bytes::from_static(b"c"), 9);
         let retain = Retain {
             map: &map,
+            mapped_end: i64::MAX,
             tombstone_horizon_ms: i64::MIN,
         };
         let out = compact_batches(&batches, 6, &retain).unwrap().unwrap();
@@ -779,6 +842,7 @@ mod tests {
         map.latest.insert(Bytes::from_static(b"b"), 99);
         let retain = Retain {
             map: &map,
+            mapped_end: i64::MAX,
             tombstone_horizon_ms: i64::MIN,
         };
         let out = compact_batches(&batches, 6, &retain).unwrap().unwrap();
@@ -817,7 +881,7 @@ mod tests {
             }
             let end = base + recs.len() as i64;
             let map = map_of(&batches);
-            let retain = Retain { map: &map, tombstone_horizon_ms: i64::MIN };
+            let retain = Retain { map: &map, mapped_end: i64::MAX, tombstone_horizon_ms: i64::MIN };
             let out = compact_batches(&batches, end, &retain).unwrap().unwrap_or(batches.clone());
             let mut last = HashMap::new();
             for (i, (k, _)) in recs.iter().enumerate() {

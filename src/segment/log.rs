@@ -83,7 +83,18 @@ pub struct LogConfig {
     /// min.cleanable.dirty.ratio: compact once uncompacted bytes are this share of the
     /// sealed segments.
     pub min_cleanable_dirty_ratio: f64,
+    /// min.compaction.lag.ms: a segment is compacted only once its newest record is at
+    /// least this old, so consumers get a window in which every update is visible.
+    pub min_compaction_lag_ms: i64,
+    /// Bound of the key map one compaction pass builds (Kafka's dedupe buffer): when the
+    /// dirty part has more keys, a pass cleans up to where the map filled up and the
+    /// next pass continues from there.
+    pub dedupe_buffer_bytes: usize,
 }
+
+/// Default `dedupe_buffer_bytes`. Each shard compacts one log at a time, so a broker
+/// holds at most this per core (Kafka: 128 MiB for its one cleaner thread).
+pub const DEDUPE_BUFFER_BYTES_DEFAULT: usize = 32 << 20;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -101,6 +112,8 @@ impl Default for LogConfig {
             cleanup_compact: false,
             delete_retention_ms: 24 * 3600 * 1000,
             min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            dedupe_buffer_bytes: DEDUPE_BUFFER_BYTES_DEFAULT,
         }
     }
 }
@@ -2113,8 +2126,11 @@ impl PartitionLog {
     /// Compaction (`cleanup.policy=compact`): when the uncompacted share of the sealed
     /// segments reaches `min.cleanable.dirty.ratio`, keeps only each key's newest record
     /// in every sealed segment (the active segment is never touched) and drops
-    /// tombstones older than `delete.retention.ms`. Call periodically; one pass at a
-    /// time per log (a second call returns at once).
+    /// tombstones older than `delete.retention.ms`. Segments holding records younger
+    /// than `min.compaction.lag.ms` (and all after them) are left alone. The key map is
+    /// bounded by `dedupe_buffer_bytes`: with more keys than fit, a pass cleans the log
+    /// up to where the map filled and the next pass goes on from there. Call
+    /// periodically; one pass at a time per log (a second call returns at once).
     ///
     /// Each changed segment is written to `<base>.cleaned`, fdatasync'd, and renamed
     /// over its `.log` (stale index files removed first, rebuilt after), then swapped in
@@ -2136,11 +2152,17 @@ impl PartitionLog {
     }
 
     async fn compact_pass(&self, config: &LogConfig) -> Result<CompactStats, StorageError> {
+        // Kafka's first uncleanable offset: the active segment, or the first segment
+        // with a record younger than the compaction lag.
+        let lag_horizon_ms = now_ms().saturating_sub(config.min_compaction_lag_ms.max(0));
         let sealed: Vec<Rc<Segment>> = {
             let segs = self.segments.borrow();
             segs.iter()
                 .take(segs.len() - 1)
                 .take_while(|s| s.sealed.get() && s.is_fully_written() && s.file.borrow().is_some())
+                .take_while(|s| {
+                    config.min_compaction_lag_ms <= 0 || s.max_timestamp.get() <= lag_horizon_ms
+                })
                 .cloned()
                 .collect()
         };
@@ -2160,19 +2182,38 @@ impl PartitionLog {
         }
         let dirty_end = last.next_offset.get();
         let mut map = compact::OffsetMap::default();
-        for seg in sealed.iter().filter(|s| s.next_offset.get() > clean_end) {
+        // The map covers the dirty part from `clean_end` up to `mapped_end`; it always
+        // takes at least one batch, so every pass makes progress.
+        let mut mapped_end = clean_end;
+        'map: for seg in sealed.iter().filter(|s| s.next_offset.get() > clean_end) {
+            let mut full = false;
             self.for_each_batch(seg, |raw| {
-                map.add_batch(&compact::decode_batch(raw)?);
-                Ok(())
+                if map.bytes() >= config.dedupe_buffer_bytes && mapped_end > clean_end {
+                    full = true;
+                    return Ok(false);
+                }
+                let d = compact::decode_batch(raw)?;
+                let last = d.header.last_offset();
+                // Batches below `clean_end` in the first dirty segment were mapped by
+                // earlier passes; mapping them again is harmless but wastes room.
+                if last >= clean_end {
+                    map.add_batch(&d);
+                    mapped_end = mapped_end.max(last + 1);
+                }
+                Ok(true)
             })
             .await?;
+            if full {
+                break 'map;
+            }
         }
         stats.keys = map.len();
         let retain = compact::Retain {
             map: &map,
+            mapped_end,
             tombstone_horizon_ms: now_ms().saturating_sub(config.delete_retention_ms.max(0)),
         };
-        for seg in &sealed {
+        for seg in sealed.iter().filter(|s| s.base_offset < mapped_end) {
             stats.bytes_before += seg.size.get();
             match self.compact_segment(seg, &retain, config).await? {
                 Some(new) => {
@@ -2183,7 +2224,7 @@ impl PartitionLog {
             }
         }
         // A truncation during the pass may have cut the log below `dirty_end`.
-        let dirty_end = dirty_end.min(self.log_end.get());
+        let dirty_end = dirty_end.min(mapped_end).min(self.log_end.get());
         self.clean_end.set(dirty_end);
         // Not fsync'd: a stale checkpoint only makes the next pass do more work.
         super::segment::write_replace(
@@ -2193,11 +2234,12 @@ impl PartitionLog {
         Ok(stats)
     }
 
-    /// Calls `f` with every batch of a fully written segment, in order (read from disk).
+    /// Calls `f` with every batch of a fully written segment, in order (read from disk),
+    /// until it returns `false`.
     async fn for_each_batch(
         &self,
         seg: &Rc<Segment>,
-        mut f: impl FnMut(&[u8]) -> Result<(), StorageError>,
+        mut f: impl FnMut(&[u8]) -> Result<bool, StorageError>,
     ) -> Result<(), StorageError> {
         let mut offset = seg.base_offset;
         while offset < seg.next_offset.get() {
@@ -2210,13 +2252,16 @@ impl PartitionLog {
             }
             for b in batches {
                 offset = b.last_offset + 1;
-                match b.chunks {
+                let more = match b.chunks {
                     [Some(one), None] => f(&one)?,
                     [a, b] => {
                         let joined: Vec<u8> =
                             a.into_iter().chain(b).flat_map(|c| c.to_vec()).collect();
                         f(&joined)?
                     }
+                };
+                if !more {
+                    return Ok(());
                 }
             }
             // Decoding is CPU work on the shard: let requests run between reads.

@@ -716,6 +716,7 @@ pub fn log_config_for(configs: &BTreeMap<String, String>, message_max_bytes: u32
             ("flush.ms", Some(n)) if n >= 0 => c.flush_ms = n,
             ("max.message.bytes", Some(n)) if n > 0 => c.max_message_bytes = n as u32,
             ("delete.retention.ms", Some(n)) if n >= 0 => c.delete_retention_ms = n,
+            ("min.compaction.lag.ms", Some(n)) if n >= 0 => c.min_compaction_lag_ms = n,
             ("min.cleanable.dirty.ratio", _) => {
                 if let Ok(r) = v.parse::<f64>() {
                     c.min_cleanable_dirty_ratio = r.clamp(0.0, 1.0);
