@@ -267,6 +267,26 @@ fn killed_leader_is_replaced_from_the_isr_with_a_higher_epoch_and_rejoins_after_
     let (_, v) = agreed(&addrs, &replicated).expect("agreement holds");
     assert_eq!(v[&0].leader, new.leader);
     assert_eq!(v[&0].epoch, new.epoch);
+    let isr_before = v[&0].isr.clone();
+
+    // A restart quicker than the session timeout moves leadership too: the broker comes
+    // back with a new incarnation and its replication state lost, so it may not lead on
+    // its old registration.
+    cluster.node(new.leader).restart();
+    let (_, v) = wait_for(
+        "leadership to leave the restarted broker",
+        FAILOVER_TIMEOUT,
+        || {
+            let (b, v) = agreed(&addrs, &replicated)?;
+            (v[&0].leader >= 0 && v[&0].leader != new.leader).then_some((b, v))
+        },
+    );
+    assert!(v[&0].epoch > new.epoch, "{:?} after {new:?}", v[&0]);
+    assert!(
+        isr_before.contains(&v[&0].leader),
+        "{:?} from ISR {isr_before:?}",
+        v[&0]
+    );
 }
 
 /// (error, node id, port) FindCoordinator (v3) answers on exactly `bootstrap` for `group`.

@@ -13,6 +13,9 @@ pub mod raft_log;
 pub mod transport;
 
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
+
+use crate::metadata::Image;
 
 /// The metadata leader's node id as last seen by shard 0 (-1: none known). Any shard
 /// reads it for Metadata / DescribeCluster; it is a hint, like Kafka's controller id.
@@ -25,6 +28,21 @@ pub fn controller_id() -> Option<i32> {
 
 fn set_controller(id: i32) {
     CONTROLLER_ID.store(id, Ordering::Relaxed);
+}
+
+/// This process's incarnation: registered with the broker's address, so the controller
+/// tells a restart (a new one) from the same process (`controller.rs`).
+pub fn incarnation() -> u64 {
+    static INCARNATION: OnceLock<u64> = OnceLock::new();
+    *INCARNATION.get_or_init(|| rand::random::<u64>() | 1)
+}
+
+/// Whether `image` holds this process's own registration of broker `node`.
+pub fn registered(image: &Image, node: i32) -> bool {
+    image
+        .brokers
+        .get(&node)
+        .is_some_and(|b| b.incarnation == incarnation())
 }
 
 /// raft-rs logs through slog; this forwards its records to our tracing output.

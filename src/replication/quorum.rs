@@ -711,7 +711,7 @@ async fn register(q: Rc<Quorum>, shard: Rc<Shard>) {
         id: shard.config.node_id,
         host: shard.config.advertised_host.clone(),
         port: shard.config.advertised_port,
-        incarnation: rand::random::<u64>() | 1,
+        incarnation: super::incarnation(),
     };
     loop {
         if shard.image().brokers.get(&me.id) == Some(&me) {

@@ -402,7 +402,21 @@ async fn apply_partition_state(
     let Some(state) = topic.replicas.get(p as usize) else {
         return;
     };
-    match partition.apply_state(shard.config.node_id, state) {
+    // A restarted broker's image names it leader of what it led before the crash until
+    // its new registration commits (which moves those leaderships): it must not lead on
+    // that stale state, at the old epoch, with its replication state lost.
+    let me = shard.config.node_id;
+    let stale;
+    let state = if state.leader == me && !crate::replication::registered(&shard.image(), me) {
+        stale = crate::metadata::PartitionState {
+            leader: -1,
+            ..state.clone()
+        };
+        &stale
+    } else {
+        state
+    };
+    match partition.apply_state(me, state) {
         Transition::Unchanged => {}
         Transition::BecameLeader => {
             fetcher::unfollow(&topic.name, p);
