@@ -4,7 +4,7 @@
 //! replica died goes offline (LEADER_NOT_AVAILABLE) instead of electing out of the
 //! in-sync set, and comes back when that broker does; the killed broker is listed again
 //! after its restart. A consumer group's coordinator is the leader of its offsets
-//! partition and moves with it.
+//! partition and moves with it, committed offsets included.
 
 mod common;
 
@@ -427,6 +427,8 @@ fn group_coordinator_moves_with_the_offsets_partition_leader() {
         "{moved} not from the ISR {old_isr:?}"
     );
     let survivors_bootstrap = survivors.join(",");
+    // The commit was replicated before it was acknowledged: the new coordinator has it.
+    assert_eq!(committed(&survivors_bootstrap, &group, &topic), Some(42));
     commit(&survivors_bootstrap, &group, &topic, 43);
     assert_eq!(committed(&survivors_bootstrap, &group, &topic), Some(43));
     let not_moved = (1..=3)
@@ -516,13 +518,13 @@ fn subscribed_consumer_follows_its_coordinator_to_another_broker() {
     assert_eq!(committed(&cluster.bootstrap_all(), &group, &topic), Some(5));
 
     cluster.node(coordinator).kill();
-    // The member finds the new coordinator, rejoins (its membership was in the old
-    // one's memory) and commits again.
-    commit_as_member(6);
     let survivors: Vec<String> = (1..=3)
         .filter(|id| *id != coordinator)
         .map(|id| addrs[(id - 1) as usize].clone())
         .collect();
+    assert_eq!(committed(&survivors.join(","), &group, &topic), Some(5));
+    // The member finds the new coordinator and commits again in a current generation.
+    commit_as_member(6);
     let moved = find_coordinator(&survivors[0], &group);
     assert_eq!(moved.0, 0);
     assert_ne!(moved.1, coordinator);
