@@ -242,12 +242,25 @@ pub fn patch_batch(
     base_offset: i64,
     log_append_time_ms: Option<i64>,
 ) -> PatchedBatch {
+    let epoch = be_i32(batch, OFF_LEADER_EPOCH);
+    patch_batch_with_epoch(batch, base_offset, epoch, log_append_time_ms)
+}
+
+/// `patch_batch` that also stamps the partition leader epoch (outside the CRC, a
+/// 4-byte write like the base offset): what a leader does to every produced batch.
+pub fn patch_batch_with_epoch(
+    batch: &Bytes,
+    base_offset: i64,
+    leader_epoch: i32,
+    log_append_time_ms: Option<i64>,
+) -> PatchedBatch {
     assert!(
         batch.len() >= BATCH_HEADER_LEN,
         "patch_batch on an unvalidated batch"
     );
     let mut header = BytesMut::from(&batch[..BATCH_HEADER_LEN]);
     header[OFF_BASE_OFFSET..OFF_BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
+    header[OFF_LEADER_EPOCH..OFF_LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_be_bytes());
     let body = batch.slice(BATCH_HEADER_LEN..);
     if let Some(now) = log_append_time_ms {
         let attributes = be_i16(&header, OFF_ATTRIBUTES) | ATTR_LOG_APPEND_TIME;
@@ -388,6 +401,9 @@ mod tests {
         let h = validate_batch(&joined).unwrap();
         assert_eq!(h.base_offset, 1234);
         assert_eq!(p.body.as_ptr(), b[BATCH_HEADER_LEN..].as_ptr());
+        let p = patch_batch_with_epoch(&b, 7, 42, Some(9));
+        let h = validate_batch(&[p.header.as_ref(), p.body.as_ref()].concat()).unwrap();
+        assert_eq!((h.base_offset, h.partition_leader_epoch), (7, 42));
     }
 
     #[test]

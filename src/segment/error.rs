@@ -35,6 +35,10 @@ pub enum StorageError {
     /// wait for the next leader. NOT_LEADER_OR_FOLLOWER, so producers refresh metadata.
     #[error("partition log is being truncated")]
     Truncating,
+    /// A producer append stamped with a leader epoch older than one already in the
+    /// log: this broker is no longer the leader it thinks it is. NOT_LEADER_OR_FOLLOWER.
+    #[error("leader epoch {epoch} is older than the log's latest epoch {latest}")]
+    StaleLeaderEpoch { epoch: i32, latest: i32 },
     /// The log was closed or deleted (the partition left this shard). NOT_LEADER_OR_FOLLOWER,
     /// so clients refresh metadata and retry elsewhere.
     #[error("partition log is closed")]
@@ -49,7 +53,9 @@ impl StorageError {
             StorageError::OffsetOutOfRange { .. } => 1,
             StorageError::Io { .. } => 56,
             StorageError::NonContiguous { .. } => -1,
-            StorageError::Truncating | StorageError::Closed => 6,
+            StorageError::Truncating
+            | StorageError::StaleLeaderEpoch { .. }
+            | StorageError::Closed => 6,
         }
     }
 
@@ -97,6 +103,10 @@ impl StorageError {
                 found: *found,
             },
             StorageError::Truncating => StorageError::Truncating,
+            StorageError::StaleLeaderEpoch { epoch, latest } => StorageError::StaleLeaderEpoch {
+                epoch: *epoch,
+                latest: *latest,
+            },
             StorageError::Closed => StorageError::Closed,
         }
     }

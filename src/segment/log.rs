@@ -33,10 +33,11 @@ use futures::channel::oneshot;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use super::batch::{
-    claimed_len, patch_batch, split_batches, validate_batch, BatchHeader, PatchedBatch, ValidBatch,
-    BATCH_HEADER_LEN,
+    claimed_len, patch_batch_with_epoch, split_batches, validate_batch, BatchHeader, PatchedBatch,
+    ValidBatch, BATCH_HEADER_LEN,
 };
 use super::compact;
+use super::epoch::LeaderEpochCache;
 use super::error::StorageError;
 use super::recovery::{recover_segment, scan, BATCH_BYTES_MAX};
 use super::segment::{align_down, align_up, sync_dir, write_replace_durable, Segment, BLOCK_BYTES};
@@ -482,6 +483,12 @@ pub struct PartitionLog {
     compacting: Cell<bool>,
     /// A truncation is running: appends and maintenance are refused (`Truncating`).
     truncating: Cell<bool>,
+    /// Stamped into produced batches (`set_leader_epoch`); 0 on a single node.
+    leader_epoch: Cell<i32>,
+    /// Where each leader epoch starts (see `epoch`).
+    epochs: RefCell<LeaderEpochCache>,
+    /// `epochs`' latest epoch, -1 if none: the per-batch check is one compare.
+    epoch_latest: Cell<i32>,
 }
 
 /// What one compaction pass did.
@@ -683,12 +690,132 @@ impl PartitionLog {
             clean_end: Cell::new(clean_end),
             compacting: Cell::new(false),
             truncating: Cell::new(false),
+            leader_epoch: Cell::new(0),
+            epochs: RefCell::new(LeaderEpochCache::default()),
+            epoch_latest: Cell::new(-1),
         });
         log.persist_sealed_indexes();
         // A crash between the checkpoint and the deletions leaves segments below the
         // log start: finish the job.
         log.delete_segments_below_start().await?;
+        log.load_epochs().await?;
         Ok(log)
+    }
+
+    /// Loads the leader-epoch checkpoint, trimmed to the recovered log (its entries
+    /// are written before the batches that start the epochs, so a crash can leave some
+    /// past the end), or rebuilds it from the batch headers when it is missing.
+    async fn load_epochs(&self) -> Result<(), StorageError> {
+        let (start, end) = (self.log_start.get(), self.log_end.get());
+        let (cache, mut changed) = match LeaderEpochCache::load(&self.dir)? {
+            Some(cache) => (cache, false),
+            None => {
+                let first_base = self
+                    .segments
+                    .borrow()
+                    .front()
+                    .expect("a segment")
+                    .base_offset;
+                if end == first_base {
+                    // Empty: the first append writes the file.
+                    return Ok(());
+                }
+                (self.rebuild_epochs().await?, true)
+            }
+        };
+        *self.epochs.borrow_mut() = cache;
+        changed |= self.epochs.borrow_mut().truncate_from_end(end);
+        changed |= self.epochs.borrow_mut().truncate_from_start(start);
+        self.sync_epoch_latest();
+        if changed {
+            self.epochs.borrow().persist(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Reads every batch header of the log (once, when the checkpoint is missing: a log
+    /// written before epochs were kept, or a lost file). Batches without an epoch (-1,
+    /// as clients send them) assign nothing.
+    async fn rebuild_epochs(&self) -> Result<LeaderEpochCache, StorageError> {
+        let mut cache = LeaderEpochCache::default();
+        let segs: Vec<Rc<Segment>> = self.segments.borrow().iter().cloned().collect();
+        for seg in segs.iter().filter(|s| s.size.get() > 0) {
+            self.for_each_batch(seg, |raw| {
+                let h = BatchHeader::parse(raw)?;
+                if h.partition_leader_epoch >= 0
+                    && cache.latest_epoch() != Some(h.partition_leader_epoch)
+                {
+                    cache.assign(h.partition_leader_epoch, h.base_offset);
+                }
+                Ok(true)
+            })
+            .await?;
+        }
+        tracing::info!(dir = ?self.dir, epochs = cache.entries().len(), "rebuilt the leader-epoch cache from batch headers");
+        Ok(cache)
+    }
+
+    fn sync_epoch_latest(&self) {
+        self.epoch_latest
+            .set(self.epochs.borrow().latest_epoch().unwrap_or(-1));
+    }
+
+    /// Records that `epoch` starts at `start` (an append's first batch of a new epoch)
+    /// and persists the cache. A failed write removes the file instead, so the next
+    /// open rebuilds it rather than trusting a stale one; the append goes on.
+    fn assign_epoch(&self, epoch: i32, start: i64) {
+        if !self.epochs.borrow_mut().assign(epoch, start) {
+            return;
+        }
+        self.sync_epoch_latest();
+        if let Err(e) = self.epochs.borrow().persist(&self.dir) {
+            tracing::warn!(error = %e, "could not write the leader-epoch checkpoint: it will be rebuilt on open");
+            let _ = std::fs::remove_file(LeaderEpochCache::path(&self.dir));
+        }
+    }
+
+    /// The leader epoch stamped into every batch produced from now on. Call when this
+    /// broker becomes the partition's leader for `epoch` (followers keep the epochs of
+    /// the batches they copy). 0 until called: a single node is leader of epoch 0.
+    /// No I/O: the epoch enters the cache with its first batch, and until then
+    /// `end_offset_for_epoch` counts it as starting at the log end.
+    pub fn set_leader_epoch(&self, epoch: i32) {
+        assert!(epoch >= 0, "leader epoch {epoch}");
+        self.leader_epoch.set(epoch);
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.get()
+    }
+
+    /// The latest epoch with batches in this log (what a follower sends in
+    /// OffsetForLeaderEpoch before it fetches from a new leader); `None` when no batch
+    /// carries an epoch.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.borrow().latest_epoch()
+    }
+
+    /// (epoch, start offset) of every epoch in the log, oldest first.
+    pub fn epoch_entries(&self) -> Vec<(i32, i64)> {
+        self.epochs.borrow().entries().to_vec()
+    }
+
+    /// OffsetForLeaderEpoch, Kafka's `endOffsetFor`: the largest epoch <= `requested`
+    /// in this log and the offset where it ended (the start of the next epoch, or the
+    /// log end for the latest one); (-1, -1) for an epoch newer than any here or -1.
+    /// The epoch set by `set_leader_epoch` counts as the latest even before it has
+    /// batches (Kafka's leader records it at election, at the then log end: with no
+    /// batch of it yet, that is still the log end).
+    pub fn end_offset_for_epoch(&self, requested: i32) -> (i32, i64) {
+        let end = self.log_end.get();
+        let current = self.leader_epoch.get();
+        let cache = self.epochs.borrow();
+        if cache.latest_epoch().is_some_and(|l| l >= current) {
+            return cache.end_offset_for(requested, end);
+        }
+        let mut view = cache.clone();
+        view.assign(current, end);
+        view.end_offset_for(requested, end)
     }
 
     /// Record bytes copied so far out of DMA read buffers (cold reads).
@@ -880,6 +1007,10 @@ impl PartitionLog {
         let mut records = 0i64;
         let count = checked.len();
         for (bytes, h) in checked {
+            let epoch = h.partition_leader_epoch;
+            if epoch >= 0 && epoch != self.epoch_latest.get() {
+                self.assign_epoch(epoch, h.base_offset);
+            }
             self.maybe_roll(&config, bytes.len(), h.last_offset(), now);
             let batch = PatchedBatch {
                 header: bytes.slice(..BATCH_HEADER_LEN),
@@ -927,13 +1058,22 @@ impl PartitionLog {
                 header.last_offset_delta, header.records_count
             )));
         }
+        let epoch = self.leader_epoch.get();
+        if epoch != self.epoch_latest.get() {
+            // Rare: the first batch of this leader's epoch (or a stale leader).
+            let latest = self.epoch_latest.get();
+            if epoch < latest {
+                return Err(StorageError::StaleLeaderEpoch { epoch, latest });
+            }
+            self.assign_epoch(epoch, self.log_end.get());
+        }
         let now = now_ms();
         let last_offset = self.log_end.get() + i64::from(header.last_offset_delta);
         self.maybe_roll(&config, batch.len(), last_offset, now);
         let base_offset = self.log_end.get();
         let append_time =
             (config.message_timestamp_type == TimestampType::LogAppendTime).then_some(now);
-        let patched = patch_batch(batch, base_offset, append_time);
+        let patched = patch_batch_with_epoch(batch, base_offset, epoch, append_time);
         let max_timestamp = append_time.unwrap_or(header.max_timestamp);
         self.place(
             &config,
@@ -1792,10 +1932,15 @@ impl PartitionLog {
         ] {
             cell.set(offset);
         }
+        let epochs_changed = self.epochs.borrow_mut().clear();
+        self.sync_epoch_latest();
         guard.io_pending.set(true);
         let result = async {
             for seg in &old {
                 self.remove_segment_files(seg).await;
+            }
+            if epochs_changed {
+                self.epochs.borrow().persist(&self.dir)?;
             }
             sync_dir(&self.dir)?;
             write_replace_durable(
@@ -1921,7 +2066,9 @@ impl PartitionLog {
         self.clean_end.set(clean_end.min(new_end));
         let log_start = self.log_start.get();
         self.log_start.set(log_start.min(new_end));
-        // Then the disk: later segments' names, stale index files, the tail.
+        let epochs_changed = self.epochs.borrow_mut().truncate_from_end(new_end);
+        self.sync_epoch_latest();
+        // Then the disk: later segments' names, stale index files, the tail, epochs.
         guard.io_pending.set(true);
         for seg in &dropped {
             self.remove_segment_files(seg).await;
@@ -1938,6 +2085,9 @@ impl PartitionLog {
                 &self.dir.join(LOG_START_CHECKPOINT),
                 format!("{new_end}\n").as_bytes(),
             )?;
+        }
+        if epochs_changed {
+            self.epochs.borrow().persist(&self.dir)?;
         }
         if new_end < clean_end {
             super::segment::write_replace(
@@ -2042,6 +2192,9 @@ impl PartitionLog {
             format!("{offset}\n").as_bytes(),
         )?;
         self.log_start.set(offset);
+        if self.epochs.borrow_mut().truncate_from_start(offset) {
+            self.epochs.borrow().persist(&self.dir)?;
+        }
         Ok(())
     }
 

@@ -33,7 +33,9 @@
 //!
 //! Replication: a follower stores the leader's batches as they are with
 //! `append_replicated` (offsets kept, must continue the log) and cuts a divergent tail
-//! with `truncate_to` (or restarts the log with `truncate_fully_and_start_at`).
+//! with `truncate_to` (or restarts the log with `truncate_fully_and_start_at`). A
+//! leader stamps its epoch (`set_leader_epoch`) into produced batches; `epoch` keeps
+//! where each epoch started (`leader-epoch-checkpoint`) for OffsetForLeaderEpoch.
 //!
 //! Modules: `batch` (v2 header, CRC32C, offset patching), `compact` (record-level
 //! compaction of batches; `PartitionLog::compact` swaps compacted segments in), `log` (appender, group
@@ -42,6 +44,7 @@
 
 pub mod batch;
 pub mod compact;
+pub mod epoch;
 pub mod error;
 pub mod log;
 pub mod recovery;
