@@ -355,11 +355,10 @@ enum TruncateError {
     Later(String),
 }
 
-/// The latest leader epoch with batches in `p`'s log.
-/// TEMPORARY shim until `PartitionLog::latest_epoch` (EPOCH's leader-epoch cache)
-/// lands: `None` makes `truncate` use its high-watermark fallback.
-fn latest_epoch(_p: &Partition) -> Option<i32> {
-    None
+/// The latest leader epoch with batches in `p`'s log (its leader-epoch cache); `None`
+/// makes `truncate` use its high-watermark fallback.
+fn latest_epoch(p: &Partition) -> Option<i32> {
+    p.log.latest_epoch()
 }
 
 /// OffsetForLeaderEpoch v4.

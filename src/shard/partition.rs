@@ -234,6 +234,8 @@ impl Partition {
         self.wake_waiters();
         match role {
             Role::Leader => {
+                // Produced batches carry this leader's epoch from now on.
+                self.log.set_leader_epoch(st.leader_epoch.max(0));
                 self.update_high_watermark();
                 Transition::BecameLeader
             }
