@@ -1750,9 +1750,9 @@ impl PartitionLog {
             if rr.len() < window {
                 return Err(corrupt(pos, "short read below the written end"));
             }
-            let data = Bytes::copy_from_slice(&rr);
-            self.read_copied_bytes
-                .set(self.read_copied_bytes.get() + data.len() as u64);
+            let data: &[u8] = &rr;
+            // Parse in the DMA buffer; copy out only the batches served, once.
+            let mut served: Vec<(usize, usize, BatchHeader)> = Vec::new();
             let mut p = 0usize;
             let mut done = false;
             while let Some(len) = claimed_len(&data[p..]) {
@@ -1773,20 +1773,29 @@ impl PartitionLog {
                     return Err(corrupt(pos + p as u64, "batch offsets outside the segment"));
                 }
                 if h.last_offset() >= offset {
-                    if !out.is_empty() && total + len > max_bytes {
+                    if (!out.is_empty() || !served.is_empty()) && total + len > max_bytes {
                         done = true;
                         break;
                     }
                     total += len;
+                    served.push((p, len, h));
+                }
+                p += len;
+            }
+            if let (Some(first), Some(last)) = (served.first(), served.last()) {
+                let base = first.0;
+                let copied = Bytes::copy_from_slice(&data[base..last.0 + last.1]);
+                self.read_copied_bytes
+                    .set(self.read_copied_bytes.get() + copied.len() as u64);
+                for (at, len, h) in served {
                     out.push(ReadBatch {
                         base_offset: h.base_offset,
                         last_offset: h.last_offset(),
                         max_timestamp: h.max_timestamp,
                         empty: h.records_count == 0,
-                        chunks: [Some(data.slice(p..p + len)), None],
+                        chunks: [Some(copied.slice(at - base..at - base + len)), None],
                     });
                 }
-                p += len;
             }
             if done || total >= max_bytes {
                 break;

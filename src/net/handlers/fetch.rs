@@ -148,9 +148,10 @@ async fn read_local(
 }
 
 /// Reads every target, one hop per owning shard (Redpanda's fetch plan). Each shard
-/// reads its partitions in request order while `budget` (the response's max_bytes)
-/// lasts, so a fetch never reads (and, from disk, copies) much more than it can send;
-/// partitions past the budget report only their offsets and are served next time.
+/// reads its partitions in request order while its share of `budget` (the response's
+/// max_bytes) lasts, so a fetch never reads (and, from disk, copies) much more than it
+/// can send; partitions past the budget report only their offsets and are served next
+/// time.
 async fn read_all(
     shard: &Rc<Shard>,
     targets: &[Target],
@@ -181,13 +182,18 @@ async fn read_all(
             ));
         }
     }
+    // Shards read at once, so each gets a share of the budget by its partition count:
+    // reading the whole budget on every shard read (and, cold, copied) up to one budget
+    // per shard that the response then cut.
+    let total_items: usize = plan.iter().map(|items| items.len()).sum();
     let hops = plan
         .into_iter()
         .enumerate()
         .filter(|(_, items)| !items.is_empty())
         .map(|(owner, items)| {
+            let share = budget / total_items.max(1) * items.len();
             shard.invoke_on_staged(owner, Some(StagedApi::Fetch), move |s| async move {
-                let mut left = budget;
+                let mut left = share;
                 let mut out = Vec::with_capacity(items.len());
                 for (slot, topic, partition, offset, max_bytes, epoch) in items {
                     let r = read_local(
