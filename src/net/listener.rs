@@ -12,24 +12,42 @@ use crate::shard::Shard;
 /// which would let a second broker (same user) bind it too and silently split the
 /// connections between the two. A probe bind cannot tell that apart from connections
 /// a killed broker left behind on the port (they make a plain bind fail too), so this
-/// looks for a socket in LISTEN state on the port in /proc/net/tcp{,6}. Port 0 needs no
-/// check; without /proc nothing is refused.
+/// looks for a socket in LISTEN state on the port in /proc/net/tcp{,6}, for a few
+/// seconds. Port 0 needs no check; without /proc nothing is refused.
 pub fn ensure_port_free(addr: SocketAddr) -> Result<(), String> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let listening = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .any(|table| listens_on(&table, addr));
-    if listening {
-        return Err(format!(
-            "cannot listen on {addr}: the port is already in use by another process \
+    let listening = || {
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .any(|table| listens_on(&table, addr))
+    };
+    // A killed broker's listening socket outlives it until the kernel tears down its
+    // io_uring (asynchronously, usually within milliseconds); binding next to it would
+    // put a socket nobody accepts on into the SO_REUSEPORT group. So wait for it to go;
+    // a live broker's socket stays, and is refused.
+    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+    let mut said = false;
+    while listening() {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "cannot listen on {addr}: the port is already in use by another process \
              listening on it (another broker?); stop it or choose another port",
-        ));
+            ));
+        }
+        if !said {
+            tracing::info!(%addr, "port still has a listener; waiting for it to be released");
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(())
 }
+
+/// How long a port may stay held by a listener before startup is refused.
+const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether a /proc/net/tcp{,6} table has a LISTEN socket on `addr`'s port whose
 /// address overlaps `addr` (the same address, or either side a wildcard).
