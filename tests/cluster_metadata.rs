@@ -7,48 +7,12 @@ mod common;
 
 use std::collections::HashMap;
 
-use bytes::{Bytes, BytesMut};
 use common::*;
 use kafka_protocol::messages::{FetchRequest, ProduceRequest};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-/// One record batch (magic 2) with `n` small values.
-fn batch(n: usize) -> Bytes {
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: (i as i32).wrapping_sub(1),
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(Bytes::from(format!("v{i}"))),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
-}
-
 /// Produce (acks=1) and Fetch error codes for one partition, sent to exactly `bootstrap`.
 fn produce_and_fetch_codes(bootstrap: &str, topic: &str, partition: i32) -> (i16, i16) {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -61,7 +25,7 @@ fn produce_and_fetch_codes(bootstrap: &str, topic: &str, partition: i32) -> (i16
             .with_name(topic_name_of(topic))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(partition)
-                .with_records(Some(batch(3)))])]);
+                .with_records(Some(record_batch(3)))])]);
     let p = wire.call(&produce, 9);
     let fetch = FetchRequest::default()
         .with_replica_id((-1).into())

@@ -546,9 +546,15 @@ pub fn create_replicated_with(
         for (k, v) in configs {
             new = new.set(k, v);
         }
-        let results = rt
-            .block_on(admin.create_topics([&new], &opts))
-            .expect("create_topics request failed");
+        let results = match rt.block_on(admin.create_topics([&new], &opts)) {
+            Ok(r) => r,
+            // The quorum may still be electing its first leader.
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("create_topics: {e}; retrying");
+                continue;
+            }
+            Err(e) => panic!("create_topics request failed: {e}"),
+        };
         match &results[0] {
             Ok(_) => return Ok(()),
             Err((_, RDKafkaErrorCode::RequestTimedOut)) if Instant::now() < deadline => {
@@ -557,6 +563,61 @@ pub fn create_replicated_with(
             Err((_, code)) => return Err(*code),
         }
     }
+}
+
+/// One record batch (magic 2) with `n` small values.
+pub fn record_batch(n: usize) -> Bytes {
+    let records: Vec<kafka_protocol::records::Record> = (0..n)
+        .map(|i| kafka_protocol::records::Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: kafka_protocol::records::TimestampType::Creation,
+            offset: i as i64,
+            sequence: (i as i32).wrapping_sub(1),
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::from(format!("v{i}"))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    kafka_protocol::records::RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &kafka_protocol::records::RecordEncodeOptions {
+            version: 2,
+            compression: kafka_protocol::records::Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// Produce of one small batch sent to exactly `bootstrap` (no client-side rerouting to
+/// another broker): the partition's error code.
+pub fn raw_produce_code(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    timeout_ms: i32,
+) -> i16 {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let mut wire = Wire::connect(bootstrap);
+    wire.set_read_timeout(Duration::from_millis(timeout_ms as u64) + CLIENT_TIMEOUT);
+    let produce = kafka_protocol::messages::ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name_of(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(record_batch(3)))])]);
+    wire.call(&produce, 9).responses[0].partition_responses[0].error_code
 }
 
 // ---------------------------------------------------------------------------
