@@ -699,6 +699,11 @@ impl PartitionLog {
         // log start: finish the job.
         log.delete_segments_below_start().await?;
         log.load_epochs().await?;
+        // Produce continues in the log's latest epoch until a cluster leader sets its
+        // own: a single node (epoch 0) must not refuse appends to a log whose batches
+        // carry a later epoch (a data dir from a cluster, or any header epoch, which the
+        // CRC does not cover).
+        log.leader_epoch.set(log.epoch_latest.get().max(0));
         Ok(log)
     }
 
