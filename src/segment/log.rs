@@ -640,18 +640,13 @@ impl PartitionLog {
                 .borrow()
                 .clone()
                 .expect("a non-empty segment has a file");
-            let data = file
-                .read_at(tail_pos, tail_len)
-                .await
-                .map_err(|e| StorageError::io("read", active.path("log"), e))?;
-            if data.len() != tail_len {
-                return Err(StorageError::io(
-                    "read",
-                    active.path("log"),
-                    std::io::Error::other("short read of tail block"),
-                ));
-            }
-            buf.as_bytes_mut()[..tail_len].copy_from_slice(&data);
+            read_tail_block(
+                &file,
+                &active,
+                tail_pos,
+                &mut buf.as_bytes_mut()[..tail_len],
+            )
+            .await?;
         }
         let cur = WriteBuf {
             seg: active.clone(),
@@ -2003,18 +1998,13 @@ impl PartitionLog {
                 )));
             }
             if tail_len > 0 {
-                let data = file
-                    .read_at(tail_pos, tail_len)
-                    .await
-                    .map_err(|e| StorageError::io("read", cut_seg.path("log"), e))?;
-                if data.len() != tail_len {
-                    return Err(StorageError::io(
-                        "read",
-                        cut_seg.path("log"),
-                        std::io::Error::other("short read of tail block"),
-                    ));
-                }
-                tail.as_bytes_mut()[..tail_len].copy_from_slice(&data);
+                read_tail_block(
+                    &file,
+                    &cut_seg,
+                    tail_pos,
+                    &mut tail.as_bytes_mut()[..tail_len],
+                )
+                .await?;
             }
         } else {
             assert_eq!(cut_pos, 0, "a segment with bytes has a file");
@@ -2783,4 +2773,27 @@ async fn repair_tail(file: &DmaFile, end: u64, path: &Path) -> Result<(), Storag
     file.fdatasync()
         .await
         .map_err(|e| StorageError::io("fdatasync", path, e))
+}
+
+/// Reads the partial tail block of `seg` at `pos` into `dst` (whose length is the read's):
+/// appends after reopen and after a truncation rewrite that block with new bytes.
+async fn read_tail_block(
+    file: &DmaFile,
+    seg: &Segment,
+    pos: u64,
+    dst: &mut [u8],
+) -> Result<(), StorageError> {
+    let data = file
+        .read_at(pos, dst.len())
+        .await
+        .map_err(|e| StorageError::io("read", seg.path("log"), e))?;
+    if data.len() != dst.len() {
+        return Err(StorageError::io(
+            "read",
+            seg.path("log"),
+            std::io::Error::other("short read of tail block"),
+        ));
+    }
+    dst.copy_from_slice(&data);
+    Ok(())
 }
