@@ -421,6 +421,10 @@ fn reads_below_the_cache_stop_at_a_batch_cut_by_the_written_end() {
                     }
                 }
             }
+            // Close before the directory goes: a write-behind round may still be
+            // creating the next segment's file, and glommio panics if the file
+            // vanishes between its open and its statfs.
+            log.close().await.unwrap();
         });
     }
 }
