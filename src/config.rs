@@ -24,6 +24,14 @@ pub const GROUP_MIN_SESSION_TIMEOUT_MS_DEFAULT: i32 = 6_000;
 pub const GROUP_MAX_SESSION_TIMEOUT_MS_DEFAULT: i32 = 1_800_000;
 /// group.initial.rebalance.delay.ms, Kafka's default.
 pub const GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
+/// log.cleaner.dedupe.buffer.size, Kafka's default: bytes of compaction key maps for
+/// the whole broker. Kafka divides it among its cleaner threads; every shard compacts
+/// one log at a time, so each shard gets an equal share.
+pub const LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT: u64 = 128 << 20;
+/// Smallest share of the dedupe buffer a shard may get (about 15 keys of 4 bytes per
+/// pass). Compaction still progresses with less, one batch per pass, but a value this
+/// small is a mistake (bytes taken for KiB or MiB), not a setting.
+pub const DEDUPE_BUFFER_SHARD_BYTES_MIN: u64 = 1024;
 
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
@@ -62,6 +70,42 @@ pub struct BrokerConfig {
     /// `offsets.topic.replication.factor`: replicas of `__consumer_offsets` in a
     /// cluster, capped at the live brokers when it is created.
     pub offsets_topic_replication_factor: i16,
+    /// `log.cleaner.dedupe.buffer.size`: bytes of compaction key maps, all shards
+    /// together (see `dedupe_buffer_bytes_per_shard`).
+    pub log_cleaner_dedupe_buffer_size: u64,
+}
+
+/// `runnel serve`'s defaults with one core (the binary's default is every core).
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9644))),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            data_dir: PathBuf::from("./data"),
+            cores: 1,
+            node_id: 0,
+            io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
+            auto_create_topics: true,
+            num_partitions: 1,
+            socket_request_max_bytes: SOCKET_REQUEST_MAX_BYTES_DEFAULT,
+            message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            stall_threshold_ms: 20,
+            log_filter: "info".into(),
+            log_format: LogFormat::Text,
+            log_retention_check_interval_ms: RETENTION_CHECK_INTERVAL_MS_DEFAULT,
+            group_initial_rebalance_delay_ms: GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
+            group_min_session_timeout_ms: GROUP_MIN_SESSION_TIMEOUT_MS_DEFAULT,
+            group_max_session_timeout_ms: GROUP_MAX_SESSION_TIMEOUT_MS_DEFAULT,
+            cluster: None,
+            default_replication_factor: 1,
+            replica_lag_time_max_ms: 30_000,
+            offsets_topic_replication_factor: 3,
+            log_cleaner_dedupe_buffer_size: LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT,
+        }
+    }
 }
 
 /// How log lines are written to stderr.
@@ -145,6 +189,13 @@ pub fn parse_voters(text: &str) -> Result<Vec<Voter>, String> {
 }
 
 impl BrokerConfig {
+    /// Each shard's share of `log.cleaner.dedupe.buffer.size`: the bound of the key map
+    /// one compaction pass on that shard builds.
+    pub fn dedupe_buffer_bytes_per_shard(&self) -> usize {
+        let share = self.log_cleaner_dedupe_buffer_size / self.cores.max(1) as u64;
+        usize::try_from(share).unwrap_or(usize::MAX)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.cores == 0 {
             return Err(format!("cores={}: must be at least 1", self.cores));
@@ -218,6 +269,17 @@ impl BrokerConfig {
                 self.offsets_topic_replication_factor
             ));
         }
+        let dedupe_min = DEDUPE_BUFFER_SHARD_BYTES_MIN * self.cores.max(1) as u64;
+        if self.log_cleaner_dedupe_buffer_size < dedupe_min {
+            return Err(format!(
+                "log.cleaner.dedupe.buffer.size={}: must be at least {dedupe_min} bytes \
+                 ({DEDUPE_BUFFER_SHARD_BYTES_MIN} per shard × {} shards; it is the memory for \
+                 compaction key maps of all shards together, Kafka's default is {})",
+                self.log_cleaner_dedupe_buffer_size,
+                self.cores,
+                LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT
+            ));
+        }
         if self.default_replication_factor < 1 {
             return Err(format!(
                 "default.replication.factor={}: must be at least 1",
@@ -269,6 +331,10 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     (
         "offsets.topic.replication.factor",
         "offsets-topic-replication-factor",
+    ),
+    (
+        "log.cleaner.dedupe.buffer.size",
+        "log-cleaner-dedupe-buffer-size",
     ),
 ];
 
@@ -356,11 +422,12 @@ pub fn render_toml(c: &BrokerConfig) -> String {
 
 fn render_cluster(c: &BrokerConfig) -> String {
     let mut out = format!(
-        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n",
+        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n\"log.cleaner.dedupe.buffer.size\" = {}\n",
         c.advertised_port,
         c.default_replication_factor,
         c.replica_lag_time_max_ms,
-        c.offsets_topic_replication_factor
+        c.offsets_topic_replication_factor,
+        c.log_cleaner_dedupe_buffer_size
     );
     // A single node prints both empty, so the output reads back as a settings file.
     let (voters, listen) = match &c.cluster {
@@ -415,6 +482,31 @@ mod tests {
         assert!(parse_voters("x@127.0.0.1:1").is_err());
         assert!(parse_voters("127.0.0.1:1").is_err());
         assert!(parse_voters("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_dedupe_buffer_is_shared_by_the_shards_and_refused_below_a_kib_each() {
+        let c = BrokerConfig {
+            cores: 4,
+            ..BrokerConfig::default()
+        };
+        assert!(c.validate().is_ok());
+        assert_eq!(c.dedupe_buffer_bytes_per_shard(), 32 << 20);
+        let small = BrokerConfig {
+            log_cleaner_dedupe_buffer_size: 4 * 1024 - 1,
+            ..c.clone()
+        };
+        let e = small.validate().unwrap_err();
+        assert!(
+            e.starts_with("log.cleaner.dedupe.buffer.size=4095: must be at least 4096"),
+            "{e}"
+        );
+        let just = BrokerConfig {
+            log_cleaner_dedupe_buffer_size: 4 * 1024,
+            ..c
+        };
+        assert!(just.validate().is_ok());
+        assert_eq!(just.dedupe_buffer_bytes_per_shard(), 1024);
     }
 
     #[test]

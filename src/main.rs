@@ -134,6 +134,10 @@ struct ServeArgs {
         default_value_t = 3
     )]
     offsets_topic_replication_factor: i16,
+    /// log.cleaner.dedupe.buffer.size: bytes of compaction key maps, all shards
+    /// together (each gets an equal share); more keys than fit take several passes.
+    #[arg(long, env = "RUNNEL_LOG_CLEANER_DEDUPE_BUFFER_SIZE", default_value_t = config::LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT)]
+    log_cleaner_dedupe_buffer_size: u64,
 }
 
 fn main() {
@@ -339,6 +343,7 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         default_replication_factor: a.default_replication_factor,
         replica_lag_time_max_ms: a.replica_lag_time_max_ms,
         offsets_topic_replication_factor: a.offsets_topic_replication_factor,
+        log_cleaner_dedupe_buffer_size: a.log_cleaner_dedupe_buffer_size,
     };
     config.validate()?;
     Ok(config)
@@ -379,4 +384,37 @@ fn print_memlock_hint(config: &BrokerConfig) {
         config.io_memory_bytes >> 20,
         need_kib * 2
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_config(args: &[&str]) -> Result<BrokerConfig, String> {
+        let argv = ["runnel", "serve", "--cores", "1"].iter().chain(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Serve(a) => build_config(a),
+            _ => unreachable!("serve"),
+        }
+    }
+
+    #[test]
+    fn serve_without_flags_is_the_library_default() {
+        let parsed = serve_config(&[]).unwrap();
+        assert_eq!(
+            config::render_toml(&parsed),
+            config::render_toml(&BrokerConfig::default())
+        );
+    }
+
+    #[test]
+    fn a_bad_dedupe_buffer_size_is_refused_with_its_name() {
+        let c = serve_config(&["--log-cleaner-dedupe-buffer-size", "65536"]).unwrap();
+        assert_eq!(c.dedupe_buffer_bytes_per_shard(), 65536);
+        let e = serve_config(&["--log-cleaner-dedupe-buffer-size", "100"]).unwrap_err();
+        assert!(e.contains("log.cleaner.dedupe.buffer.size=100"), "{e}");
+        let e = serve_config(&["--log-cleaner-dedupe-buffer-size", "lots"]).unwrap_err();
+        assert!(e.contains("log-cleaner-dedupe-buffer-size"), "{e}");
+    }
 }

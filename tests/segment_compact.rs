@@ -379,17 +379,41 @@ fn records_younger_than_min_compaction_lag_ms_are_not_compacted() {
 
 /// A key map bounded below the number of keys (Kafka's dedupe buffer): each pass maps
 /// what fits, cleans up to there and the next pass goes on; in the end every key is
-/// once in the sealed segments, with its last value.
+/// once in the sealed segments, with its last value. The bound comes the way the
+/// broker sets it: `log.cleaner.dedupe.buffer.size` shared by the shards, through the
+/// topic's log config.
 #[test]
 fn a_key_map_smaller_than_the_keys_compacts_in_several_passes() {
     run(|| async {
+        use runnel::config::BrokerConfig;
         use runnel::segment::compact::OFFSET_MAP_ENTRY_BYTES;
+        use runnel::shard::partition::log_config_for;
         const KEYS_IN_MAP: usize = 20;
         const BATCH_RECORDS: usize = 10;
+        const SHARDS: usize = 2;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p0");
-        let mut config = compact_config();
-        config.dedupe_buffer_bytes = KEYS_IN_MAP * (OFFSET_MAP_ENTRY_BYTES + 4);
+        let broker = BrokerConfig {
+            cores: SHARDS,
+            log_cleaner_dedupe_buffer_size: (SHARDS * KEYS_IN_MAP * (OFFSET_MAP_ENTRY_BYTES + 4))
+                as u64,
+            ..BrokerConfig::default()
+        };
+        broker.validate().unwrap();
+        let topic: std::collections::BTreeMap<String, String> = [
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "8192"),
+            ("index.interval.bytes", "512"),
+            ("min.cleanable.dirty.ratio", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = log_config_for(&topic, &broker);
+        assert_eq!(
+            config.dedupe_buffer_bytes,
+            KEYS_IN_MAP * (OFFSET_MAP_ENTRY_BYTES + 4)
+        );
         let log = PartitionLog::open(path.clone(), config).await.unwrap();
         let last = fill(&log, 5_000, 200).await;
         let mut passes = 0;

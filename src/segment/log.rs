@@ -89,12 +89,13 @@ pub struct LogConfig {
     pub min_compaction_lag_ms: i64,
     /// Bound of the key map one compaction pass builds (Kafka's dedupe buffer): when the
     /// dirty part has more keys, a pass cleans up to where the map filled up and the
-    /// next pass continues from there.
+    /// next pass continues from there. The broker sets the shard's share of
+    /// `log.cleaner.dedupe.buffer.size`.
     pub dedupe_buffer_bytes: usize,
 }
 
-/// Default `dedupe_buffer_bytes`. Each shard compacts one log at a time, so a broker
-/// holds at most this per core (Kafka: 128 MiB for its one cleaner thread).
+/// Default `dedupe_buffer_bytes` of a log opened outside a broker: one shard's share of
+/// Kafka's 128 MiB default on four shards.
 pub const DEDUPE_BUFFER_BYTES_DEFAULT: usize = 32 << 20;
 
 impl Default for LogConfig {

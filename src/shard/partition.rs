@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::channel::oneshot;
 
+use crate::config::BrokerConfig;
 use crate::net::error_code as ec;
 use crate::net::metrics::{self, Stage, StagedApi};
 use crate::segment::{self, Durability, LogConfig, PartitionLog, TimestampType, ValidBatch};
@@ -699,11 +700,13 @@ impl Partition {
     }
 }
 
-/// Topic configs with Kafka's names → the log's settings; unknown keys are kept in the
-/// metadata but ignored here.
-pub fn log_config_for(configs: &BTreeMap<String, String>, message_max_bytes: u32) -> LogConfig {
+/// Topic configs with Kafka's names → the log's settings, over the broker's defaults
+/// (`message.max.bytes`, the shard's share of `log.cleaner.dedupe.buffer.size`);
+/// unknown keys are kept in the metadata but ignored here.
+pub fn log_config_for(configs: &BTreeMap<String, String>, broker: &BrokerConfig) -> LogConfig {
     let mut c = LogConfig {
-        max_message_bytes: message_max_bytes,
+        max_message_bytes: broker.message_max_bytes,
+        dedupe_buffer_bytes: broker.dedupe_buffer_bytes_per_shard(),
         ..LogConfig::default()
     };
     for (k, v) in configs {

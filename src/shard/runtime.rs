@@ -349,8 +349,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
                 continue;
             }
             owned += 1;
-            let log_config =
-                super::partition::log_config_for(&topic.configs, shard.config.message_max_bytes);
+            let log_config = super::partition::log_config_for(&topic.configs, &shard.config);
             if let Some(existing) = shard.partition(&topic.name, p) {
                 if configs_changed {
                     existing.log.set_config(log_config);

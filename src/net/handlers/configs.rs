@@ -122,6 +122,10 @@ pub fn describe(shard: &Rc<Shard>, req: DescribeConfigsRequest) -> DescribeConfi
                         ),
                         ("max.connections", c.connections_max.to_string()),
                         ("log.dirs", c.data_dir.display().to_string()),
+                        (
+                            "log.cleaner.dedupe.buffer.size",
+                            c.log_cleaner_dedupe_buffer_size.to_string(),
+                        ),
                     ];
                     base.with_configs(
                         values
