@@ -432,3 +432,58 @@ fn a_key_map_smaller_than_the_keys_compacts_in_several_passes() {
         log.close().await.unwrap();
     });
 }
+
+/// max.compaction.lag.ms (KIP-354): a dirty segment whose first batch is older than the
+/// lag gets compacted although the dirty share is below min.cleanable.dirty.ratio;
+/// dirty data younger than the lag waits for the ratio.
+#[test]
+fn a_segment_older_than_max_compaction_lag_ms_compacts_below_the_dirty_ratio() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        let mut config = compact_config();
+        let log = PartitionLog::open(path.clone(), config.clone())
+            .await
+            .unwrap();
+        // Written now: the tail of these that stays dirty is younger than the lag too.
+        let mut last = fill_at(&log, 3_000, 300, now_ms()).await;
+        assert!(log.compact().await.unwrap().segments_rewritten > 0);
+
+        // From now on the ratio never triggers: with a clean part, the dirty share of
+        // the sealed segments is always below 1.
+        config.min_cleanable_dirty_ratio = 1.0;
+        config.max_compaction_lag_ms = 3_600_000;
+        log.set_config(config.clone());
+        last.extend(fill_at(&log, 1_000, 300, now_ms()).await);
+        let stats = log.compact().await.unwrap();
+        assert_eq!(
+            (stats.segments_rewritten, stats.keys),
+            (0, 0),
+            "dirty records younger than the lag wait: {stats:?}"
+        );
+
+        // Records from 1970 are older than any lag. Reopened, the segments' first batch
+        // timestamps are not in memory and are read back from the files.
+        last.extend(fill(&log, 2_000, 300).await);
+        log.close().await.unwrap();
+        let log = PartitionLog::open(path.clone(), config.clone())
+            .await
+            .unwrap();
+        config.max_compaction_lag_ms = i64::MAX;
+        log.set_config(config.clone());
+        assert_eq!(
+            log.compact().await.unwrap().segments_rewritten,
+            0,
+            "without a max lag the ratio decides"
+        );
+        config.max_compaction_lag_ms = 3_600_000;
+        log.set_config(config);
+        let stats = log.compact().await.unwrap();
+        assert!(
+            stats.segments_rewritten > 0,
+            "a dirty segment older than the lag compacts: {stats:?}"
+        );
+        check_compacted(&read_records(&log, 0).await, active_base(&path), &last);
+        log.close().await.unwrap();
+    });
+}

@@ -87,6 +87,11 @@ pub struct LogConfig {
     /// min.compaction.lag.ms: a segment is compacted only once its newest record is at
     /// least this old, so consumers get a window in which every update is visible.
     pub min_compaction_lag_ms: i64,
+    /// max.compaction.lag.ms (KIP-354): a dirty segment whose first batch is older than
+    /// this is compacted even when the dirty ratio is below `min.cleanable.dirty.ratio`,
+    /// and the active segment of a compacted log rolls after this long (it is never
+    /// compacted itself). Default i64::MAX: the ratio alone decides.
+    pub max_compaction_lag_ms: i64,
     /// Bound of the key map one compaction pass builds (Kafka's dedupe buffer): when the
     /// dirty part has more keys, a pass cleans up to where the map filled up and the
     /// next pass continues from there. The broker sets the shard's share of
@@ -115,7 +120,21 @@ impl Default for LogConfig {
             delete_retention_ms: 24 * 3600 * 1000,
             min_cleanable_dirty_ratio: 0.5,
             min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
             dedupe_buffer_bytes: DEDUPE_BUFFER_BYTES_DEFAULT,
+        }
+    }
+}
+
+impl LogConfig {
+    /// How old the active segment may get before it rolls: `segment.ms`, or on a
+    /// compacted log `max.compaction.lag.ms` when that is shorter, so its records become
+    /// compactable in time (Kafka's `maxSegmentMs`).
+    pub fn roll_ms(&self) -> i64 {
+        if self.cleanup_compact && self.max_compaction_lag_ms > 0 {
+            self.segment_ms.min(self.max_compaction_lag_ms)
+        } else {
+            self.segment_ms
         }
     }
 }
@@ -1163,7 +1182,7 @@ impl PartitionLog {
         // batches (compacted ones) may advance offsets much faster than bytes.
         let full = active.size.get() + len as u64 > config.segment_bytes
             || last_offset - active.base_offset > i64::from(i32::MAX);
-        let old = now.saturating_sub(active.created_ms.get()) > config.segment_ms;
+        let old = now.saturating_sub(active.created_ms.get()) > config.roll_ms();
         if !full && !old {
             return;
         }
@@ -2282,7 +2301,8 @@ impl PartitionLog {
     }
 
     /// Compaction (`cleanup.policy=compact`): when the uncompacted share of the sealed
-    /// segments reaches `min.cleanable.dirty.ratio`, keeps only each key's newest record
+    /// segments reaches `min.cleanable.dirty.ratio`, or an uncompacted segment's first
+    /// batch is older than `max.compaction.lag.ms`, keeps only each key's newest record
     /// in every sealed segment (the active segment is never touched) and drops
     /// tombstones older than `delete.retention.ms`. Segments holding records younger
     /// than `min.compaction.lag.ms` (and all after them) are left alone. The key map is
@@ -2335,7 +2355,14 @@ impl PartitionLog {
             .filter(|s| s.next_offset.get() > clean_end)
             .map(|s| s.size.get())
             .sum();
-        if dirty == 0 || (dirty as f64) < config.min_cleanable_dirty_ratio * total as f64 {
+        if dirty == 0 {
+            return Ok(stats);
+        }
+        if (dirty as f64) < config.min_cleanable_dirty_ratio * total as f64
+            && !self
+                .max_compaction_lag_passed(&sealed, clean_end, config)
+                .await?
+        {
             return Ok(stats);
         }
         let dirty_end = last.next_offset.get();
@@ -2390,6 +2417,35 @@ impl PartitionLog {
             format!("{dirty_end}\n").as_bytes(),
         )?;
         Ok(stats)
+    }
+
+    /// max.compaction.lag.ms (KIP-354): whether a dirty segment's first batch is older
+    /// than the lag, which makes the log due for compaction whatever its dirty ratio.
+    /// Timestamps of 0 or less (none given) never count, as in Kafka.
+    async fn max_compaction_lag_passed(
+        &self,
+        sealed: &[Rc<Segment>],
+        clean_end: i64,
+        config: &LogConfig,
+    ) -> Result<bool, StorageError> {
+        if config.max_compaction_lag_ms == i64::MAX {
+            return Ok(false);
+        }
+        let horizon_ms = now_ms().saturating_sub(config.max_compaction_lag_ms.max(0));
+        for seg in sealed.iter().filter(|s| s.next_offset.get() > clean_end) {
+            if seg.first_batch_timestamp.get() < 0 && seg.size.get() > 0 {
+                // Recovered from its index, which does not keep it: read the first batch.
+                let first = self.read_segment(seg, seg.base_offset, 1).await?;
+                if let Some(b) = first.first() {
+                    seg.first_batch_timestamp.set(b.max_timestamp);
+                }
+            }
+            let ts = seg.first_batch_timestamp.get();
+            if ts > 0 && ts < horizon_ms {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Calls `f` with every batch of a fully written segment, in order (read from disk),

@@ -65,6 +65,10 @@ pub(crate) struct Segment {
     bytes_since_index: Cell<u64>,
     /// Largest batch max timestamp, -1 when empty.
     pub max_timestamp: Cell<i64>,
+    /// Max timestamp of the first batch (Kafka's rolling-based timestamp), for
+    /// `max.compaction.lag.ms`; -1 when empty or not known yet (a segment recovered
+    /// from its index: `PartitionLog` reads it from the file when needed).
+    pub first_batch_timestamp: Cell<i64>,
     /// Wall clock (ms) the segment started aging for `segment.ms`.
     pub created_ms: Cell<i64>,
     /// In-memory indexes differ from the files.
@@ -91,6 +95,7 @@ impl Segment {
             time_index: RefCell::new(Vec::new()),
             bytes_since_index: Cell::new(0),
             max_timestamp: Cell::new(-1),
+            first_batch_timestamp: Cell::new(-1),
             created_ms: Cell::new(created_ms),
             index_dirty: Cell::new(true),
             sealed: Cell::new(false),
@@ -141,6 +146,9 @@ impl Segment {
         self.bytes_since_index
             .set(self.bytes_since_index.get() + len);
         self.max_timestamp.set(self.max_timestamp.get().max(max_ts));
+        if pos == 0 {
+            self.first_batch_timestamp.set(max_ts);
+        }
         self.next_offset.set(last_offset + 1);
         self.size.set(pos + len);
     }
@@ -175,6 +183,7 @@ impl Segment {
         self.time_index.borrow_mut().clear();
         self.bytes_since_index.set(0);
         self.max_timestamp.set(-1);
+        self.first_batch_timestamp.set(-1);
         self.next_offset.set(self.base_offset);
         self.size.set(0);
         self.index_dirty.set(true);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::metadata::{BrokerMeta, Image, MetaEvent, PartitionState, TopicMeta};
 use crate::net::error_code as ec;
 use crate::replication::{controller, placement};
-use crate::shard::partition::validate_topic_config;
+use crate::shard::partition::{validate_topic_config, validate_topic_configs};
 
 pub type Failure = (i16, String);
 /// Resource type, name, and the config change (key → Some(value) to set, None to delete).
@@ -359,6 +359,14 @@ fn set_configs(
                     set.entry(k.clone()).or_insert(None);
                 }
             }
+            let mut after = t.configs.clone();
+            for (k, v) in &set {
+                match v {
+                    Some(v) => after.insert(k.clone(), v.clone()),
+                    None => after.remove(k),
+                };
+            }
+            validate_topic_configs(&after).map_err(|m| (ec::INVALID_CONFIG, m))?;
             Ok(set)
         });
         match r {

@@ -722,6 +722,7 @@ pub fn log_config_for(configs: &BTreeMap<String, String>, broker: &BrokerConfig)
             ("max.message.bytes", Some(n)) if n > 0 => c.max_message_bytes = n as u32,
             ("delete.retention.ms", Some(n)) if n >= 0 => c.delete_retention_ms = n,
             ("min.compaction.lag.ms", Some(n)) if n >= 0 => c.min_compaction_lag_ms = n,
+            ("max.compaction.lag.ms", Some(n)) if n >= 1 => c.max_compaction_lag_ms = n,
             ("min.cleanable.dirty.ratio", _) => {
                 if let Ok(r) = v.parse::<f64>() {
                     c.min_cleanable_dirty_ratio = r.clamp(0.0, 1.0);
@@ -742,6 +743,27 @@ pub fn log_config_for(configs: &BTreeMap<String, String>, broker: &BrokerConfig)
         }
     }
     c
+}
+
+/// Checks across keys of a topic's whole config set (each key passed
+/// `validate_topic_config`): Kafka refuses a minimum compaction lag above the maximum.
+pub fn validate_topic_configs(configs: &BTreeMap<String, String>) -> Result<(), String> {
+    let get = |k: &str, default: i64| {
+        configs
+            .get(k)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(default)
+    };
+    let (min, max) = (
+        get("min.compaction.lag.ms", 0),
+        get("max.compaction.lag.ms", i64::MAX),
+    );
+    if min > max {
+        return Err(format!(
+            "min.compaction.lag.ms={min} is above max.compaction.lag.ms={max}"
+        ));
+    }
+    Ok(())
 }
 
 /// Topic config keys AlterConfigs/CreateTopics accept, with a validity check each.
@@ -785,6 +807,11 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
                 }
             }
         }
+        "max.compaction.lag.ms" => {
+            if int()? < 1 {
+                return Err(format!("{key}={value}: must be at least 1"));
+            }
+        }
         "min.cleanable.dirty.ratio" => match value.parse::<f64>() {
             Ok(r) if (0.0..=1.0).contains(&r) => {}
             _ => return Err(format!("{key}={value}: must be a number in [0, 1]")),
@@ -793,4 +820,49 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
         _ => return Err(format!("unknown topic config {key}")),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn max_compaction_lag_ms_shortens_the_roll_of_compacted_logs_only() {
+        let broker = BrokerConfig::default();
+        let c = log_config_for(
+            &configs(&[
+                ("cleanup.policy", "compact"),
+                ("max.compaction.lag.ms", "60000"),
+            ]),
+            &broker,
+        );
+        assert_eq!(c.max_compaction_lag_ms, 60_000);
+        assert_eq!(c.roll_ms(), 60_000);
+        let d = log_config_for(&configs(&[("max.compaction.lag.ms", "60000")]), &broker);
+        assert_eq!(d.roll_ms(), d.segment_ms, "delete policy: segment.ms alone");
+        let default = log_config_for(&configs(&[("cleanup.policy", "compact")]), &broker);
+        assert_eq!(default.max_compaction_lag_ms, i64::MAX);
+        assert_eq!(default.roll_ms(), default.segment_ms);
+    }
+
+    #[test]
+    fn compaction_lags_are_validated_alone_and_together() {
+        assert!(validate_topic_config("max.compaction.lag.ms", "0").is_err());
+        assert!(validate_topic_config("max.compaction.lag.ms", "x").is_err());
+        assert!(validate_topic_config("max.compaction.lag.ms", "1").is_ok());
+        let e = validate_topic_configs(&configs(&[
+            ("min.compaction.lag.ms", "5000"),
+            ("max.compaction.lag.ms", "1000"),
+        ]))
+        .unwrap_err();
+        assert!(e.contains("min.compaction.lag.ms=5000"), "{e}");
+        assert!(validate_topic_configs(&configs(&[("min.compaction.lag.ms", "5000")])).is_ok());
+    }
 }

@@ -42,6 +42,7 @@ pub const TOPIC_DEFAULTS: &[(&str, &str)] = &[
     ("flush.messages", "9223372036854775807"),
     ("flush.ms", "9223372036854775807"),
     ("index.interval.bytes", "4096"),
+    ("max.compaction.lag.ms", "9223372036854775807"),
     ("max.message.bytes", "1048588"),
     ("message.timestamp.type", "CreateTime"),
     ("min.cleanable.dirty.ratio", "0.5"),

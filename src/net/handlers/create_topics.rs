@@ -18,7 +18,7 @@ use super::{str_bytes, topic_name};
 use crate::metadata::{validate_topic_name, TopicMeta};
 use crate::net::error_code as ec;
 use crate::shard::commands::{MetaCommand, MetaReply};
-use crate::shard::partition::validate_topic_config;
+use crate::shard::partition::{validate_topic_config, validate_topic_configs};
 use crate::shard::runtime::{commit_meta, new_topic};
 use crate::shard::Shard;
 
@@ -78,7 +78,11 @@ pub async fn create_topics_rf(
                 )),
             })
             .and_then(|_| {
-                configs.iter().try_for_each(|(k, v)| validate_topic_config(k, v).map_err(|m| (ec::INVALID_CONFIG, m)))
+                configs
+                    .iter()
+                    .try_for_each(|(k, v)| validate_topic_config(k, v))
+                    .and_then(|()| validate_topic_configs(&configs))
+                    .map_err(|m| (ec::INVALID_CONFIG, m))
             });
         match check {
             Err(e) => results.push((name, Some(Err(e)))),
