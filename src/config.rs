@@ -28,6 +28,11 @@ pub const GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
 /// the whole broker. Kafka divides it among its cleaner threads; every shard compacts
 /// one log at a time, so each shard gets an equal share.
 pub const LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT: u64 = 128 << 20;
+/// offsets.retention.minutes, Kafka's default (7 days): how long a group without
+/// members keeps its committed offsets (KIP-211).
+pub const OFFSETS_RETENTION_MINUTES_DEFAULT: u32 = 7 * 24 * 60;
+/// offsets.retention.check.interval.ms, Kafka's default (10 minutes).
+pub const OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 600_000;
 /// Smallest share of the dedupe buffer a shard may get (about 15 keys of 4 bytes per
 /// pass). Compaction still progresses with less, one batch per pass, but a value this
 /// small is a mistake (bytes taken for KiB or MiB), not a setting.
@@ -73,6 +78,14 @@ pub struct BrokerConfig {
     /// `log.cleaner.dedupe.buffer.size`: bytes of compaction key maps, all shards
     /// together (see `dedupe_buffer_bytes_per_shard`).
     pub log_cleaner_dedupe_buffer_size: u64,
+    /// `offsets.retention.minutes`.
+    pub offsets_retention_minutes: u32,
+    /// `offsets.retention.ms` (Runnel's; overrides the minutes when set, as Kafka's
+    /// `log.retention.ms` overrides `log.retention.minutes`): for retentions below a
+    /// minute, e.g. in tests.
+    pub offsets_retention_ms: Option<u64>,
+    /// `offsets.retention.check.interval.ms`: how often expired offsets are removed.
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 /// `runnel serve`'s defaults with one core (the binary's default is every core).
@@ -104,6 +117,9 @@ impl Default for BrokerConfig {
             replica_lag_time_max_ms: 30_000,
             offsets_topic_replication_factor: 3,
             log_cleaner_dedupe_buffer_size: LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT,
+            offsets_retention_minutes: OFFSETS_RETENTION_MINUTES_DEFAULT,
+            offsets_retention_ms: None,
+            offsets_retention_check_interval_ms: OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT,
         }
     }
 }
@@ -196,6 +212,14 @@ impl BrokerConfig {
         usize::try_from(share).unwrap_or(usize::MAX)
     }
 
+    /// How long an Empty group keeps its committed offsets.
+    pub fn offsets_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.offsets_retention_ms
+                .unwrap_or(u64::from(self.offsets_retention_minutes) * 60_000),
+        )
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.cores == 0 {
             return Err(format!("cores={}: must be at least 1", self.cores));
@@ -280,6 +304,27 @@ impl BrokerConfig {
                 LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT
             ));
         }
+        if self.offsets_retention_minutes < 1 {
+            return Err(format!(
+                "offsets.retention.minutes={}: must be at least 1",
+                self.offsets_retention_minutes
+            ));
+        }
+        if let Some(ms) = self.offsets_retention_ms {
+            if ms < 1 || ms > i64::MAX as u64 {
+                return Err(format!(
+                    "offsets.retention.ms={ms}: must be between 1 and {}",
+                    i64::MAX
+                ));
+            }
+        }
+        if self.offsets_retention_check_interval_ms < 100 {
+            // Each check walks every group of the shard.
+            return Err(format!(
+                "offsets.retention.check.interval.ms={}: must be at least 100",
+                self.offsets_retention_check_interval_ms
+            ));
+        }
         if self.default_replication_factor < 1 {
             return Err(format!(
                 "default.replication.factor={}: must be at least 1",
@@ -335,6 +380,12 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     (
         "log.cleaner.dedupe.buffer.size",
         "log-cleaner-dedupe-buffer-size",
+    ),
+    ("offsets.retention.minutes", "offsets-retention-minutes"),
+    ("offsets.retention.ms", "offsets-retention-ms"),
+    (
+        "offsets.retention.check.interval.ms",
+        "offsets-retention-check-interval-ms",
     ),
 ];
 
@@ -422,13 +473,18 @@ pub fn render_toml(c: &BrokerConfig) -> String {
 
 fn render_cluster(c: &BrokerConfig) -> String {
     let mut out = format!(
-        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n\"log.cleaner.dedupe.buffer.size\" = {}\n",
+        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n\"log.cleaner.dedupe.buffer.size\" = {}\n\"offsets.retention.minutes\" = {}\n\"offsets.retention.check.interval.ms\" = {}\n",
         c.advertised_port,
         c.default_replication_factor,
         c.replica_lag_time_max_ms,
         c.offsets_topic_replication_factor,
-        c.log_cleaner_dedupe_buffer_size
+        c.log_cleaner_dedupe_buffer_size,
+        c.offsets_retention_minutes,
+        c.offsets_retention_check_interval_ms
     );
+    if let Some(ms) = c.offsets_retention_ms {
+        out += &format!("\"offsets.retention.ms\" = {ms}\n");
+    }
     // A single node prints both empty, so the output reads back as a settings file.
     let (voters, listen) = match &c.cluster {
         Some(cluster) => (

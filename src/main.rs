@@ -138,6 +138,16 @@ struct ServeArgs {
     /// together (each gets an equal share); more keys than fit take several passes.
     #[arg(long, env = "RUNNEL_LOG_CLEANER_DEDUPE_BUFFER_SIZE", default_value_t = config::LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT)]
     log_cleaner_dedupe_buffer_size: u64,
+    /// offsets.retention.minutes: a group without members keeps its committed offsets
+    /// this long after its last member left (KIP-211).
+    #[arg(long, env = "RUNNEL_OFFSETS_RETENTION_MINUTES", default_value_t = config::OFFSETS_RETENTION_MINUTES_DEFAULT)]
+    offsets_retention_minutes: u32,
+    /// offsets.retention.ms: the same in milliseconds; overrides the minutes when given.
+    #[arg(long, env = "RUNNEL_OFFSETS_RETENTION_MS")]
+    offsets_retention_ms: Option<u64>,
+    /// offsets.retention.check.interval.ms: how often expired offsets are removed.
+    #[arg(long, env = "RUNNEL_OFFSETS_RETENTION_CHECK_INTERVAL_MS", default_value_t = config::OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT)]
+    offsets_retention_check_interval_ms: u64,
 }
 
 fn main() {
@@ -344,6 +354,9 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         replica_lag_time_max_ms: a.replica_lag_time_max_ms,
         offsets_topic_replication_factor: a.offsets_topic_replication_factor,
         log_cleaner_dedupe_buffer_size: a.log_cleaner_dedupe_buffer_size,
+        offsets_retention_minutes: a.offsets_retention_minutes,
+        offsets_retention_ms: a.offsets_retention_ms,
+        offsets_retention_check_interval_ms: a.offsets_retention_check_interval_ms,
     };
     config.validate()?;
     Ok(config)
@@ -389,6 +402,7 @@ fn print_memlock_hint(config: &BrokerConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn serve_config(args: &[&str]) -> Result<BrokerConfig, String> {
         let argv = ["runnel", "serve", "--cores", "1"].iter().chain(args);
@@ -406,6 +420,38 @@ mod tests {
             config::render_toml(&parsed),
             config::render_toml(&BrokerConfig::default())
         );
+    }
+
+    #[test]
+    fn offsets_retention_is_minutes_unless_ms_are_given_and_bad_values_are_named() {
+        let c = serve_config(&[]).unwrap();
+        assert_eq!(c.offsets_retention(), Duration::from_secs(7 * 24 * 3600));
+        let c = serve_config(&["--offsets-retention-minutes", "2"]).unwrap();
+        assert_eq!(c.offsets_retention(), Duration::from_secs(120));
+        let c = serve_config(&[
+            "--offsets-retention-minutes",
+            "2",
+            "--offsets-retention-ms",
+            "1500",
+        ])
+        .unwrap();
+        assert_eq!(c.offsets_retention(), Duration::from_millis(1500));
+        for (flag, value, key) in [
+            (
+                "--offsets-retention-minutes",
+                "0",
+                "offsets.retention.minutes=0",
+            ),
+            ("--offsets-retention-ms", "0", "offsets.retention.ms=0"),
+            (
+                "--offsets-retention-check-interval-ms",
+                "5",
+                "offsets.retention.check.interval.ms=5",
+            ),
+        ] {
+            let e = serve_config(&[flag, value]).unwrap_err();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

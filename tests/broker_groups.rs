@@ -15,7 +15,7 @@ use common::*;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::{
     DeleteGroupsRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
-    JoinGroupRequest, OffsetFetchRequest,
+    JoinGroupRequest, ListGroupsRequest, OffsetFetchRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::consumer::{
@@ -516,4 +516,138 @@ fn a_member_that_stops_heartbeating_is_removed_after_its_session_timeout() {
         "dead member expired after {waited:?}"
     );
     close(survivor);
+}
+
+/// Commits `offset` for partitions 0 and 1 of `topic`.
+fn commit_both(c: &BaseConsumer, topic: &str, offset: i64) {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition_offset(topic, p, Offset::Offset(offset))
+            .unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync).expect("commit");
+}
+
+/// OffsetFetch (v8) over the wire: the committed offsets of partitions 0 and 1 (-1: none).
+fn committed_both(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
+    use kafka_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+    };
+    let mut wire = Wire::connect(bootstrap);
+    let of = wire.call(
+        &OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+            .with_group_id(GroupId(s(group)))
+            .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                .with_name(kafka_protocol::messages::TopicName(s(topic)))
+                .with_partition_indexes(vec![0, 1])]))]),
+        8,
+    );
+    assert_eq!(of.groups[0].error_code, 0, "OffsetFetch error");
+    of.groups[0].topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.committed_offset)
+        .collect()
+}
+
+/// ListGroups over the wire: the ids of the groups the broker holds.
+fn listed_groups(bootstrap: &str) -> BTreeSet<String> {
+    let mut wire = Wire::connect(bootstrap);
+    let r = wire.call(&ListGroupsRequest::default(), 4);
+    assert_eq!(r.error_code, 0, "ListGroups error");
+    r.groups.iter().map(|g| g.group_id.to_string()).collect()
+}
+
+/// offsets.retention.minutes (KIP-211), with a retention of 2 s (`offsets.retention.ms`):
+/// a consumer group whose last member left loses its committed offsets once it has
+/// been Empty that long, and a group that only stored offsets (manual assignment)
+/// loses them that long after the commit; both groups are then gone, and a SIGKILL and
+/// restart does not bring them back (the expiry wrote tombstones). A group with a live
+/// member keeps offsets older than the retention, across the restart too.
+#[test]
+fn committed_offsets_expire_once_a_group_is_empty_for_the_retention_and_stay_gone() {
+    const RETENTION: Duration = Duration::from_secs(2);
+    let mut broker = Broker::start_with(BrokerOptions {
+        extra_args: vec![
+            "--offsets-retention-ms".into(),
+            RETENTION.as_millis().to_string(),
+            "--offsets-retention-check-interval-ms".into(),
+            "200".into(),
+        ],
+        ..BrokerOptions::default()
+    });
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("groups-retention");
+    create_topic_blocking(&bootstrap, &topic, 2);
+    let kept = topic_name("g-kept");
+    let emptied = topic_name("g-emptied");
+    let standalone = topic_name("g-standalone");
+
+    // The live group commits first: its offsets are the oldest when the others expire.
+    let live = member(&bootstrap, &kept, &topic, &[]);
+    poll_until(&[&live], "live member owns both partitions", |a| {
+        a[0].len() == 2
+    });
+    commit_both(&live, &topic, 5);
+    let leaving = member(&bootstrap, &emptied, &topic, &[]);
+    poll_until(&[&live, &leaving], "second group's member owns both", |a| {
+        a[1].len() == 2
+    });
+    commit_both(&leaving, &topic, 7);
+    let storing = consumer(&bootstrap, &[("group.id", standalone.as_str())]);
+    commit_both(&storing, &topic, 9);
+    assert_eq!(committed_both(&bootstrap, &emptied, &topic), vec![7, 7]);
+    assert_eq!(committed_both(&bootstrap, &standalone, &topic), vec![9, 9]);
+
+    // The group becomes Empty after this instant (LeaveGroup), and the standalone
+    // commit happened before it: neither may expire within RETENTION of it.
+    let before_empty = Instant::now();
+    leaving.unsubscribe();
+    poll_until(&[&leaving], "member gave its partitions up", |a| {
+        a[0].is_empty()
+    });
+    close(leaving);
+    drop(storing);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Polling keeps the live member heartbeating.
+        let _ = live.poll(Duration::from_millis(100));
+        let emptied_now = committed_both(&bootstrap, &emptied, &topic);
+        let standalone_now = committed_both(&bootstrap, &standalone, &topic);
+        if emptied_now == [-1, -1] && standalone_now == [-1, -1] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offsets not expired within 30 s: emptied {emptied_now:?}, standalone {standalone_now:?}"
+        );
+    }
+    assert!(
+        before_empty.elapsed() >= RETENTION,
+        "expired before the retention ({:?})",
+        before_empty.elapsed()
+    );
+    let groups = listed_groups(&bootstrap);
+    assert!(
+        !groups.contains(&emptied) && !groups.contains(&standalone),
+        "expired groups are gone: {groups:?}"
+    );
+    assert!(groups.contains(&kept), "{groups:?}");
+    assert_eq!(committed_both(&bootstrap, &kept, &topic), vec![5, 5]);
+
+    // The expiry is durable; the live group comes back with its member and offsets.
+    broker.restart();
+    assert_eq!(committed_both(&bootstrap, &emptied, &topic), vec![-1, -1]);
+    assert_eq!(
+        committed_both(&bootstrap, &standalone, &topic),
+        vec![-1, -1]
+    );
+    let groups = listed_groups(&bootstrap);
+    assert!(
+        !groups.contains(&emptied) && !groups.contains(&standalone),
+        "expired groups stay gone after a restart: {groups:?}"
+    );
+    assert_eq!(committed_both(&bootstrap, &kept, &topic), vec![5, 5]);
+    close(live);
 }

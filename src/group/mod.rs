@@ -10,6 +10,8 @@
 //! restart. The metadata record is written when a rebalance completes (the leader's
 //! SyncGroup is answered only once it is durable), when the group becomes Empty, when a
 //! static member takes a new id, and a tombstone when the group goes away.
+//! Offsets of groups without members expire after `offsets.retention.minutes`
+//! (`expire_offsets`, every `offsets.retention.check.interval.ms`), by tombstones.
 
 pub mod cluster;
 pub mod state;
@@ -315,11 +317,13 @@ async fn ready(shard: &Rc<Shard>) -> Result<(), i16> {
         loop {
             glommio::timer::sleep(TICK_INTERVAL).await;
             let now = Instant::now();
+            let now_ms = crate::now_ms();
             let due: Vec<String> = {
                 let c = &ticker.groups;
                 let mut groups = c.groups.borrow_mut();
                 for g in groups.values_mut() {
                     g.tick(now);
+                    g.note_state_time(now_ms);
                 }
                 c.drop_dead(&mut groups);
                 let mut due: Vec<String> = groups
@@ -337,7 +341,73 @@ async fn ready(shard: &Rc<Shard>) -> Result<(), i16> {
         }
     })
     .detach();
+    let expirer = shard.clone();
+    glommio::spawn_local(async move {
+        let every = Duration::from_millis(expirer.config.offsets_retention_check_interval_ms);
+        loop {
+            glommio::timer::sleep(every).await;
+            expire_offsets(&expirer).await;
+        }
+    })
+    .detach();
     Ok(())
+}
+
+/// `offsets.retention.minutes` (KIP-211): writes tombstones for the committed offsets
+/// `Group::expired_offsets` names, then drops groups left with nothing (their metadata
+/// record gets a tombstone too), so expired offsets stay gone after a restart. A write
+/// that fails is retried at the next check.
+async fn expire_offsets(shard: &Rc<Shard>) {
+    let retention_ms =
+        i64::try_from(shard.config.offsets_retention().as_millis()).unwrap_or(i64::MAX);
+    let now_ms = crate::now_ms();
+    let due: Vec<(String, Vec<(String, i32)>)> = {
+        let mut groups = shard.groups.groups.borrow_mut();
+        groups
+            .values_mut()
+            .filter_map(|g| {
+                g.note_state_time(now_ms);
+                let keys = g.expired_offsets(now_ms, retention_ms);
+                (!keys.is_empty()).then(|| (g.id.clone(), keys))
+            })
+            .collect()
+    };
+    for (group_id, keys) in due {
+        let records = keys
+            .iter()
+            .map(|(t, p)| (store::offset_key(&group_id, t, *p), None))
+            .collect();
+        let tombstone_last = match store::append(shard, &group_id, records).await {
+            Ok(base) => base + keys.len() as i64 - 1,
+            Err(code) => {
+                tracing::warn!(group = %group_id, code, "expiring committed offsets failed; retried at the next check");
+                continue;
+            }
+        };
+        {
+            let c = &shard.groups;
+            let mut groups = c.groups.borrow_mut();
+            if let Some(g) = groups.get_mut(&group_id) {
+                for key in &keys {
+                    // A commit that landed after the tombstone survives it, as on replay.
+                    if g.offsets
+                        .get(key)
+                        .is_some_and(|c| c.log_offset <= tombstone_last)
+                    {
+                        g.offsets.remove(key);
+                    }
+                }
+            }
+            c.drop_dead(&mut groups);
+        }
+        tracing::info!(
+            group = %group_id,
+            offsets = keys.len(),
+            "committed offsets expired (offsets.retention.minutes)"
+        );
+        // The metadata tombstone of a group that is gone now.
+        persist_if_needed(shard, &group_id).await;
+    }
 }
 
 /// JoinGroup on the owning shard; waits for the join phase when the member must.
@@ -481,7 +551,7 @@ pub async fn commit(
     }
     let code = {
         let mut groups = shard.groups.groups.borrow_mut();
-        match groups.get_mut(&group_id) {
+        let code = match groups.get_mut(&group_id) {
             Some(g) => g.check_commit(
                 &member_id,
                 instance_id.as_deref(),
@@ -494,11 +564,46 @@ pub async fn commit(
                 codes::NONE
             }
             None => codes::ILLEGAL_GENERATION,
+        };
+        if code == codes::NONE {
+            if let Some(g) = groups.get_mut(&group_id) {
+                g.commits_in_flight += 1;
+            }
         }
+        code
     };
     if code != codes::NONE {
         return vec![code; n];
     }
+    let _in_flight = InFlightCommit {
+        shard,
+        group_id: &group_id,
+    };
+    commit_checked(shard, &group_id, &entries).await
+}
+
+/// Counts a checked commit on its group (`Group::commits_in_flight`) until dropped:
+/// when it is written, failed, or abandoned with its connection mid-write.
+struct InFlightCommit<'a> {
+    shard: &'a Rc<Shard>,
+    group_id: &'a str,
+}
+
+impl Drop for InFlightCommit<'_> {
+    fn drop(&mut self) {
+        let c = &self.shard.groups;
+        let mut groups = c.groups.borrow_mut();
+        if let Some(g) = groups.get_mut(self.group_id) {
+            g.commits_in_flight = g.commits_in_flight.saturating_sub(1);
+        }
+        c.drop_dead(&mut groups);
+    }
+}
+
+/// The write of a commit that passed its checks: offsets go to `__consumer_offsets`
+/// and count in memory once durable.
+async fn commit_checked(shard: &Rc<Shard>, group_id: &str, entries: &[CommitEntry]) -> Vec<i16> {
+    let n = entries.len();
     let mut results = vec![codes::NONE; n];
     let mut records = Vec::new();
     let mut written = Vec::new();
@@ -510,7 +615,7 @@ pub async fn commit(
             continue;
         }
         records.push((
-            store::offset_key(&group_id, &e.topic, e.partition),
+            store::offset_key(group_id, &e.topic, e.partition),
             Some(store::offset_value(
                 e.offset,
                 e.leader_epoch,
@@ -523,12 +628,12 @@ pub async fn commit(
     if records.is_empty() {
         return results;
     }
-    match store::append(shard, &group_id, records).await {
+    match store::append(shard, group_id, records).await {
         Ok(base) => {
             let mut groups = shard.groups.groups.borrow_mut();
             let g = groups
-                .entry(group_id.clone())
-                .or_insert_with(|| Group::new(&group_id));
+                .entry(group_id.to_string())
+                .or_insert_with(|| Group::new(group_id));
             for (k, &i) in written.iter().enumerate() {
                 let e = &entries[i];
                 let log_offset = base + k as i64;

@@ -168,6 +168,13 @@ pub struct Group {
     awaiting_store: Option<i32>,
     /// A metadata record of this group is in the log and not tombstoned.
     pub persisted: bool,
+    /// Wall clock (ms) since which the group is Empty (Kafka's current state
+    /// timestamp), kept by `note_state_time` and stored with the group's metadata so
+    /// that offsets retention counts across restarts. `None` when not Empty or unknown.
+    pub empty_since_ms: Option<i64>,
+    /// OffsetCommits between their check and their write: their offsets are not
+    /// expired, and the group is not dropped, under them.
+    pub commits_in_flight: u32,
 }
 
 impl Group {
@@ -189,6 +196,8 @@ impl Group {
             store_needed: false,
             awaiting_store: None,
             persisted: false,
+            empty_since_ms: None,
+            commits_in_flight: 0,
         }
     }
 
@@ -204,6 +213,8 @@ impl Group {
             g.protocol_type = Some(md.protocol_type);
         }
         let Some(protocol) = md.protocol.filter(|_| !md.members.is_empty()) else {
+            // Stored Empty: it has been since the record's state timestamp.
+            g.empty_since_ms = (md.state_ms > 0).then_some(md.state_ms);
             return g;
         };
         let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
@@ -258,7 +269,10 @@ impl Group {
             generation: self.generation,
             protocol: self.protocol.clone().filter(|_| with_members),
             leader: self.leader.clone().filter(|_| with_members),
-            state_ms: now_ms,
+            state_ms: match self.state {
+                GroupState::Empty => self.empty_since_ms.unwrap_or(now_ms),
+                _ => now_ms,
+            },
             members: if with_members {
                 self.members
                     .values()
@@ -321,9 +335,47 @@ impl Group {
         }
     }
 
-    /// Nothing left worth keeping: no members, no pending ids, no offsets.
+    /// Nothing left worth keeping: no members, no pending ids, no offsets, no commit
+    /// on its way.
     pub fn is_dead(&self) -> bool {
-        self.members.is_empty() && self.pending.is_empty() && self.offsets.is_empty()
+        self.members.is_empty()
+            && self.pending.is_empty()
+            && self.offsets.is_empty()
+            && self.commits_in_flight == 0
+    }
+
+    /// Keeps `empty_since_ms` in step with the state: set the first time the group is
+    /// seen Empty, cleared once it is not. Called by the coordinator's timer tick (the
+    /// state machine itself reads no wall clock), so it lags the transition by a tick.
+    pub fn note_state_time(&mut self, now_ms: i64) {
+        if self.state == GroupState::Empty {
+            self.empty_since_ms.get_or_insert(now_ms);
+        } else {
+            self.empty_since_ms = None;
+        }
+    }
+
+    /// Committed offsets that `offsets.retention` has expired at `now_ms` (KIP-211): all
+    /// of an Empty group's once it has been Empty that long; for a group that never
+    /// had members (offsets storage only, no protocol type) or whose Empty time is
+    /// unknown, each offset that long after its commit. A group with members keeps its
+    /// offsets, and none expire while a commit is in flight.
+    pub fn expired_offsets(&self, now_ms: i64, retention_ms: i64) -> Vec<(String, i32)> {
+        if self.state != GroupState::Empty || !self.members.is_empty() || self.commits_in_flight > 0
+        {
+            return Vec::new();
+        }
+        let old = |since_ms: i64| now_ms.saturating_sub(since_ms) >= retention_ms;
+        match self.empty_since_ms.filter(|_| self.protocol_type.is_some()) {
+            Some(since) if old(since) => self.offsets.keys().cloned().collect(),
+            Some(_) => Vec::new(),
+            None => self
+                .offsets
+                .iter()
+                .filter(|(_, c)| old(c.commit_ms))
+                .map(|(k, _)| k.clone())
+                .collect(),
+        }
     }
 
     /// Whether a member offering `protocols` can be in this group with everyone else
@@ -563,6 +615,9 @@ impl Group {
             .map(|m| m.rebalance_timeout)
             .max()
             .unwrap_or_default();
+        // Not Empty any more: a later Empty period counts from its own start, even when
+        // no timer tick saw this one.
+        self.empty_since_ms = None;
         self.state = GroupState::PreparingRebalance;
         self.phase_deadline = Some(now + timeout);
     }
@@ -1047,5 +1102,65 @@ mod tests {
         assert!(r.members.is_empty());
         assert_eq!(r.state, GroupState::Empty);
         assert!(r.store_needed, "the empty generation is stored");
+    }
+
+    fn committed(commit_ms: i64) -> Committed {
+        Committed {
+            offset: 1,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_ms,
+            log_offset: 0,
+        }
+    }
+
+    fn keys(v: &[i32]) -> Vec<(String, i32)> {
+        v.iter().map(|p| ("t".to_string(), *p)).collect()
+    }
+
+    /// KIP-211: a group that never had members loses each offset `retention` after its
+    /// commit; a consumer group keeps all while it has members, and loses all once it
+    /// has been Empty for `retention`, however recent the commits.
+    #[test]
+    fn offsets_expire_by_commit_time_alone_or_by_time_empty_for_consumer_groups() {
+        const RETENTION_MS: i64 = 10_000;
+        let mut standalone = Group::new("s");
+        standalone.offsets.insert(("t".into(), 0), committed(1_000));
+        standalone.offsets.insert(("t".into(), 1), committed(5_000));
+        standalone.note_state_time(6_000);
+        assert!(standalone.expired_offsets(10_999, RETENTION_MS).is_empty());
+        assert_eq!(standalone.expired_offsets(11_000, RETENTION_MS), keys(&[0]));
+        standalone.commits_in_flight = 1;
+        assert!(standalone.expired_offsets(20_000, RETENTION_MS).is_empty());
+
+        let mut g = Group::new("g");
+        let now = Instant::now();
+        let a = ready(g.join(join_req("", &["range"]), now)).member_id;
+        ready(g.join(join_req(&a, &["range"]), now));
+        g.offsets.insert(("t".into(), 0), committed(1_000));
+        g.offsets.insert(("t".into(), 1), committed(99_000));
+        g.note_state_time(50_000);
+        assert!(
+            g.expired_offsets(1_000_000, RETENTION_MS).is_empty(),
+            "a group with a member keeps its offsets"
+        );
+        assert_eq!(g.leave(&a, None), codes::NONE);
+        g.members_changed(now);
+        assert_eq!(g.state, GroupState::Empty);
+        g.note_state_time(100_000);
+        g.note_state_time(105_000);
+        assert_eq!(
+            g.empty_since_ms,
+            Some(100_000),
+            "Empty since it was first seen so"
+        );
+        assert!(g.expired_offsets(109_999, RETENTION_MS).is_empty());
+        assert_eq!(g.expired_offsets(110_000, RETENTION_MS), keys(&[0, 1]));
+
+        // The stored record carries the time it became Empty; a restart restores it.
+        let md = g.metadata(120_000).unwrap();
+        assert_eq!(md.state_ms, 100_000);
+        let r = Group::restore("g", md, now);
+        assert_eq!(r.empty_since_ms, Some(100_000));
     }
 }
