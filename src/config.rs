@@ -482,9 +482,12 @@ fn render_cluster(c: &BrokerConfig) -> String {
         c.offsets_retention_minutes,
         c.offsets_retention_check_interval_ms
     );
-    if let Some(ms) = c.offsets_retention_ms {
-        out += &format!("\"offsets.retention.ms\" = {ms}\n");
-    }
+    // The effective retention: reads back to the same value whether it came from the
+    // minutes or the milliseconds.
+    out += &format!(
+        "\"offsets.retention.ms\" = {}\n",
+        c.offsets_retention().as_millis()
+    );
     // A single node prints both empty, so the output reads back as a settings file.
     let (voters, listen) = match &c.cluster {
         Some(cluster) => (
