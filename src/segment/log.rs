@@ -342,6 +342,8 @@ struct WriteTracker {
 struct Appender {
     cur: WriteBuf,
     queue: VecDeque<PendingWrite>,
+    /// Capacity of the buffer that follows a one-block head buffer (see `rotate`).
+    next_capacity: usize,
 }
 
 impl Appender {
@@ -353,10 +355,24 @@ impl Appender {
     /// blocks are queued and the tail travels, still unwritten, with the new buffer:
     /// so the writes queued within one round never share a block and can be issued
     /// concurrently.
+    ///
+    /// A tail block carried by a flush goes into a buffer of its own (one block,
+    /// `copy_in` continues in a buffer of `capacity` at the next block): its rewrite
+    /// then never shares a write with preallocated blocks. ext4 cannot issue a direct
+    /// write that covers both written and unwritten extents without blocking, so
+    /// io_uring would hand every such write to a worker thread (one more thread
+    /// wakeup per write, which on a busy machine costs up to a scheduler tick).
     fn rotate(&mut self, capacity: usize, for_flush: bool) {
         let tail_start = align_down(self.cur.len as u64) as usize;
         let tail_len = self.cur.len - tail_start;
-        let capacity = align_up(capacity.max(tail_len + 1) as u64) as usize;
+        if for_flush {
+            self.next_capacity = capacity;
+        }
+        let capacity = if for_flush && tail_len > 0 {
+            BLOCK_BYTES as usize
+        } else {
+            align_up(capacity.max(tail_len + 1) as u64) as usize
+        };
         let mut next = glommio::allocate_dma_buffer(capacity);
         next.as_bytes_mut()[..tail_len]
             .copy_from_slice(&self.cur.buf.as_bytes()[tail_start..self.cur.len]);
@@ -416,20 +432,30 @@ impl Appender {
             pos,
             "write buffer tracks the segment end"
         );
-        let len = batch.len();
-        if self.cur.len + len > self.cur.buf.len() {
-            let tail = self.cur.len - align_down(self.cur.len as u64) as usize;
-            // Grow geometrically up to WRITE_BUFFER_BYTES: a low-rate partition keeps a
-            // small buffer (thousands of partitions must not pin a MiB each).
-            let grown = (2 * self.cur.buf.len()).min(WRITE_BUFFER_BYTES);
-            self.rotate((tail + len).max(grown), false);
+        // A batch fills the buffer and continues in the next one: buffers are whole
+        // blocks, so a full buffer is queued whole and the next starts at a block
+        // boundary (a batch may straddle buffers; writes never share a block).
+        let mut rest = batch.len();
+        for mut src in [&batch.header[..], &batch.body[..]] {
+            while !src.is_empty() {
+                let room = self.cur.buf.len() - self.cur.len;
+                if room == 0 {
+                    // Grow geometrically up to WRITE_BUFFER_BYTES: a low-rate partition
+                    // keeps a small buffer (thousands of partitions must not pin a MiB
+                    // each).
+                    let grown = (2 * self.cur.buf.len()).max(self.next_capacity);
+                    self.rotate(rest.max(grown).min(WRITE_BUFFER_BYTES), false);
+                    continue;
+                }
+                let n = room.min(src.len());
+                let at = self.cur.len;
+                self.cur.buf.as_bytes_mut()[at..at + n].copy_from_slice(&src[..n]);
+                self.cur.len += n;
+                self.cur.dirty = true;
+                src = &src[n..];
+                rest -= n;
+            }
         }
-        let at = self.cur.len;
-        let dst = &mut self.cur.buf.as_bytes_mut()[at..at + len];
-        dst[..BATCH_HEADER_LEN].copy_from_slice(&batch.header);
-        dst[BATCH_HEADER_LEN..].copy_from_slice(&batch.body);
-        self.cur.len += len;
-        self.cur.dirty = true;
     }
 }
 
@@ -688,6 +714,7 @@ impl PartitionLog {
             appender: RefCell::new(Appender {
                 cur,
                 queue: VecDeque::new(),
+                next_capacity: BLOCK_BYTES as usize,
             }),
             tracker: RefCell::new(WriteTracker::default()),
             cache: RefCell::new(BatchCache::default()),
