@@ -163,9 +163,6 @@ fn wait_fully_in_sync(bootstrap: &str, topic: &str) -> TopicView {
 }
 
 #[test]
-#[ignore = "exposes an open bug (issue 7): after a failover the new leader's idempotent-producer \
-            state can disagree with the producer (OutOfOrderSequenceNumber, fatal) in about 2 of 5 \
-            runs; run with --ignored"]
 fn ten_sigkill_restarts_under_acks_all_lose_no_acknowledged_record() {
     let mut cluster = Cluster::start(BROKERS, BrokerOptions::default());
     let all = cluster.bootstrap_all();

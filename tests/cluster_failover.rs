@@ -535,3 +535,230 @@ fn subscribed_consumer_follows_its_coordinator_to_another_broker() {
         "still assigned the partition"
     );
 }
+
+/// One idempotent batch of `n` records with sequences `base_seq..`, each valued
+/// `p{partition}-{sequence}` plus `pad` bytes.
+fn idempotent_batch(
+    partition: i32,
+    (pid, epoch): (i64, i16),
+    base_seq: i32,
+    n: i32,
+    pad: usize,
+) -> bytes::Bytes {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: pid,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i64::from(i),
+            sequence: base_seq + i,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(bytes::Bytes::from(format!(
+                "p{partition}-{:09}-{}",
+                base_seq + i,
+                "x".repeat(pad)
+            ))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode batch");
+    buf.freeze()
+}
+
+/// acks=all Produce of one batch to exactly `wire`'s broker: (error code, base offset).
+fn produce_to(wire: &mut Wire, topic: &str, partition: i32, batch: bytes::Bytes) -> (i16, i64) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let req = kafka_protocol::messages::ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name_of(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(batch))])]);
+    let p = &wire.call(&req, 9).responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// Issue 7 (found by cluster_chaos): an idempotent producer's next batch is accepted by
+/// the new leader the moment it takes over, and a retry is answered as a duplicate.
+/// The followers' producer state must have followed the replicated log: here both
+/// were restarted mid-stream (so each rebuilt its state from an older log end), and
+/// the batches arrive while the new leader applies the election, partition by
+/// partition. Raw Produce requests hammer both survivors, so one lands in that window.
+#[test]
+fn idempotent_producer_continues_its_sequences_on_the_new_leader() {
+    const PARTITIONS: i32 = 3;
+    const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    let mut cluster = Cluster::start(3, BrokerOptions::default());
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.bootstrap()).collect();
+    wait_for("all three brokers registered", CLUSTER_TIMEOUT, || {
+        addrs
+            .iter()
+            .all(|a| raw_cluster_view(a).1.len() == 3 && raw_cluster_view(a).0 > 0)
+            .then_some(())
+    });
+    let topic = topic_name("failover-idem");
+    create_replicated_with(
+        &addrs[0],
+        &topic,
+        PARTITIONS,
+        3,
+        &[("min.insync.replicas", "2")],
+    )
+    .expect("create an RF=3 topic");
+    let in_sync = |addrs: &[String]| {
+        wait_for(
+            "every partition led and fully in sync",
+            CLUSTER_TIMEOUT,
+            || {
+                let (_, v) = agreed(addrs, &topic)?;
+                v.values()
+                    .all(|p| p.leader >= 0 && p.isr.len() == 3)
+                    .then_some(v)
+            },
+        )
+    };
+    in_sync(&addrs);
+    let init = Wire::connect(&addrs[0]).call(
+        &kafka_protocol::messages::InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000),
+        4,
+    );
+    assert_eq!(init.error_code, 0, "InitProducerId");
+    let producer = (init.producer_id.0, init.producer_epoch);
+    // Per partition: next sequence, and every acknowledged (first sequence, count, base offset).
+    let mut next = [0i32; PARTITIONS as usize];
+    let mut acked: Vec<Vec<(i32, i32, i64)>> = vec![Vec::new(); PARTITIONS as usize];
+    // acks=all to each partition's leader; retried (the same batch) while a restarted
+    // broker's leaderships move.
+    let mut produce_to_leaders = |addrs: &[String], batches: usize, n: i32, pad: usize| {
+        for p in 0..PARTITIONS {
+            let i = p as usize;
+            for _ in 0..batches {
+                let batch = idempotent_batch(p, producer, next[i], n, pad);
+                let base = wait_for("an acknowledged batch", CLUSTER_TIMEOUT, || {
+                    let (_, v) = agreed(addrs, &topic)?;
+                    let leader = v[&p].leader;
+                    if leader < 0 {
+                        return None;
+                    }
+                    let mut w = Wire::connect(&addrs[(leader - 1) as usize]);
+                    match produce_to(&mut w, &topic, p, batch.clone()) {
+                        (0, base) => Some(base),
+                        (5 | 6 | 7 | 19 | 20, _) => None,
+                        (code, _) => panic!("partition {p} sequence {}: error {code}", next[i]),
+                    }
+                });
+                acked[i].push((next[i], n, base));
+                next[i] += n;
+            }
+        }
+    };
+    produce_to_leaders(&addrs, 3, 10, 10);
+    // Both followers of partition 0 restart: each rebuilds its producer state from
+    // what its log holds now, then follows again while the leader writes on.
+    let (_, v) = agreed(&addrs, &topic).expect("agreement");
+    for id in v[&0].replicas.clone() {
+        if id != v[&0].leader {
+            cluster.node(id).kill();
+            cluster.node(id).restart();
+            in_sync(&addrs);
+        }
+    }
+    // Big batches: the survivors have megabytes of log per partition to take over.
+    produce_to_leaders(&addrs, 20, 1000, 100);
+    let victim = agreed(&addrs, &topic).expect("agreement").1[&0].leader;
+    cluster.node(victim).kill();
+    let survivors: Vec<String> = (1..=3)
+        .filter(|id| *id != victim)
+        .map(|id| addrs[(id - 1) as usize].clone())
+        .collect();
+
+    const AFTER: usize = 20;
+    let deadline = Instant::now() + FAILOVER_TIMEOUT + CLUSTER_TIMEOUT;
+    std::thread::scope(|s| {
+        for ((p, next), acked) in (0..PARTITIONS).zip(next.iter_mut()).zip(acked.iter_mut()) {
+            let (survivors, topic) = (&survivors, &topic);
+            s.spawn(move || {
+                let mut wires: Vec<Wire> = survivors.iter().map(|a| Wire::connect(a)).collect();
+                let (mut at, mut done) = (0, 0);
+                while done < AFTER {
+                    assert!(
+                        Instant::now() < deadline,
+                        "partition {p}: {done} of {AFTER} batches acknowledged after the failover"
+                    );
+                    let batch = idempotent_batch(p, producer, *next, 5, 10);
+                    match produce_to(&mut wires[at], topic, p, batch) {
+                        (0, base) => {
+                            acked.push((*next, 5, base));
+                            *next += 5;
+                            done += 1;
+                        }
+                        (OUT_OF_ORDER_SEQUENCE_NUMBER, _) => panic!(
+                            "partition {p}: sequence {} refused as out of order by {} after the \
+                             failover: its producer state disagrees with its log",
+                            *next, survivors[at]
+                        ),
+                        // Not (yet) the leader, the in-sync set settling, no ack in time:
+                        // the same batch again, to the other survivor too.
+                        (5 | 6 | 7 | 19 | 20, _) => {
+                            at = (at + 1) % wires.len();
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        (code, _) => panic!("partition {p}: produce error {code}"),
+                    }
+                }
+            });
+        }
+    });
+
+    // Every acknowledged record once, at its acknowledged offset, nothing else.
+    let c = consumer(&survivors.join(","), &[]);
+    let parts: Vec<i32> = (0..PARTITIONS).collect();
+    assign(&c, &topic, &parts, rdkafka::Offset::Beginning);
+    let read = consume_to_end(&c, &parts, CONSUME_TIMEOUT);
+    let mut stored: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    for m in &read {
+        use rdkafka::message::Message;
+        let value = payload_str(m);
+        let seq = value.split('-').nth(1).expect("sequence in the value");
+        assert!(
+            stored
+                .insert((m.partition(), m.offset()), seq.to_string())
+                .is_none(),
+            "offset read twice"
+        );
+    }
+    let mut want: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    for (p, batches) in acked.iter().enumerate() {
+        for (seq, n, base) in batches {
+            for i in 0..*n {
+                want.insert((p as i32, base + i64::from(i)), format!("{:09}", seq + i));
+            }
+        }
+    }
+    assert_eq!(stored.len(), want.len(), "records stored vs acknowledged");
+    assert!(
+        stored == want,
+        "every acknowledged record once, at its offset"
+    );
+}

@@ -414,6 +414,13 @@ pub async fn append(
             match s.partition(OFFSETS_TOPIC, partition) {
                 Some(p) => {
                     let o = p.produce(batch, Durability::Durable).await;
+                    if o.error_code == ec::NOT_LEADER_OR_FOLLOWER {
+                        // The offsets partition's leadership (and the group) moved.
+                        return Ok(crate::shard::partition::ProduceOutcome::error(
+                            super::cluster::NOT_COORDINATOR,
+                            "this broker no longer leads the group's offsets partition",
+                        ));
+                    }
                     if o.error_code != ec::NONE || !p.is_replicated() {
                         return Ok(o);
                     }

@@ -306,7 +306,7 @@ async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
                     ec::NONE => {
                         if let Some(records) = pd.records.filter(|r| !r.is_empty()) {
                             // Stored as fetched, and durable before the next fetch.
-                            if let Err(e) = p.log.append_replicated(records).await {
+                            if let Err(e) = p.append_replicated(records).await {
                                 tracing::warn!(topic = %key.0, partition = key.1, error = %e, "replicated append failed; truncating again");
                                 set_state(&f, &key, *epoch, |s| {
                                     s.truncated = false;
@@ -321,8 +321,7 @@ async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
                         // The leader no longer has what comes next here (retention):
                         // start over at its log start (Kafka's truncateFullyAndStartAt).
                         tracing::warn!(topic = %key.0, partition = key.1, fetch_offset = p.log.log_end_offset(), leader_log_start = pd.log_start_offset, "replica behind the leader's log start; starting over there");
-                        if let Err(e) = p.log.truncate_fully_and_start_at(pd.log_start_offset).await
-                        {
+                        if let Err(e) = p.truncate_fully_and_start_at(pd.log_start_offset).await {
                             tracing::warn!(topic = %key.0, partition = key.1, error = %e, "replica restart at the leader's log start failed");
                             set_state(&f, &key, *epoch, |s| {
                                 s.retry_at = Some(Instant::now() + PARTITION_BACKOFF)
@@ -421,13 +420,14 @@ async fn truncate(
     };
     if keep < end {
         tracing::info!(topic = %key.0, partition = key.1, epoch, keep, log_end = end, "truncating before following");
-        p.log
-            .truncate_to(keep)
+        p.truncate_to(keep)
             .await
             .map_err(|e| TruncateError::Later(e.to_string()))?;
         // Not above the log end, or it would count as committed when this replica leads.
         p.set_follower_high_watermark(p.high_watermark());
     }
+    // A failed replicated append left the producer state unsure.
+    p.ensure_producer_state().await;
     let end = p.log.log_end_offset();
     p.log
         .sync_to(end)

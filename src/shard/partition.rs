@@ -30,7 +30,17 @@ struct ProducerState {
 
 pub struct Partition {
     pub log: Rc<PartitionLog>,
+    /// Idempotent-producer state of the whole log, kept in step with it on a leader
+    /// (produced batches) and on a follower (replicated ones), as Kafka's
+    /// ProducerStateManager is: a follower taking over must answer the producer's next
+    /// batch from the same state the old leader had.
     producers: RefCell<HashMap<i64, ProducerState>>,
+    /// `producers` matches the log. False from a truncation (or a failed replicated
+    /// append) until the rebuild from the log finishes; produce is refused meanwhile.
+    producers_valid: Cell<bool>,
+    /// Bumped whenever `producers` stops matching the log: a rebuild started before
+    /// does not install what it read.
+    producers_gen: Cell<u64>,
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
     /// Cluster mode: this broker's role and, while it leads, what it knows of the
     /// followers. `None` on a single node (and for partitions without a replica
@@ -125,11 +135,33 @@ enum SequenceCheck {
     Reject(i16, String),
 }
 
+/// Records a batch that is in the log (replicated, or read back from it) without
+/// checking its sequence, keeping the newest `PRODUCER_BATCHES_REMEMBERED` per producer.
+fn record_batch(producers: &mut HashMap<i64, ProducerState>, h: &segment::BatchHeader) {
+    if h.producer_id < 0 {
+        return;
+    }
+    let state = producers.entry(h.producer_id).or_default();
+    if h.producer_epoch > state.epoch {
+        state.epoch = h.producer_epoch;
+        state.recent.clear();
+    }
+    let last_seq = h.base_sequence.wrapping_add(h.last_offset_delta);
+    state
+        .recent
+        .push_back((h.base_sequence, last_seq, h.base_offset));
+    if state.recent.len() > PRODUCER_BATCHES_REMEMBERED {
+        state.recent.pop_front();
+    }
+}
+
 impl Partition {
     pub fn new(log: Rc<PartitionLog>) -> Rc<Self> {
         Rc::new_cyclic(|me| Partition {
             log,
             producers: RefCell::default(),
+            producers_valid: Cell::new(true),
+            producers_gen: Cell::new(0),
             waiters: RefCell::default(),
             repl: RefCell::default(),
             hw_waiters: RefCell::default(),
@@ -435,12 +467,95 @@ impl Partition {
         self.update_high_watermark();
     }
 
-    /// A leader's idempotent-producer state must be its own log's: a follower's was
-    /// never built (replicated appends skip it), a former leader's is stale.
-    pub async fn reset_producer_state(&self) {
-        self.producers.borrow_mut().clear();
+    /// Refuses a produce this broker must not append: it does not lead the partition
+    /// (the image may name it leader before the partition applied that state), or its
+    /// producer state is being rebuilt. The client retries after a metadata refresh.
+    fn refuse_produce(&self) -> Option<ProduceOutcome> {
+        if let Some(role) = self.role() {
+            if role != Role::Leader {
+                return Some(ProduceOutcome::error(
+                    ec::NOT_LEADER_OR_FOLLOWER,
+                    "this broker is not the partition's leader",
+                ));
+            }
+        }
+        if !self.producers_valid.get() {
+            return Some(ProduceOutcome::error(
+                ec::NOT_LEADER_OR_FOLLOWER,
+                "the partition's producer state is being rebuilt",
+            ));
+        }
+        None
+    }
+
+    /// Follower: appends a fetch response's batches (`PartitionLog::append_replicated`)
+    /// and records their producers' sequences, unchecked, as Kafka's followers do.
+    pub async fn append_replicated(
+        &self,
+        records: Bytes,
+    ) -> Result<segment::ReplicatedAppend, segment::StorageError> {
+        // Recorded before the append places the batches (at its first poll: nothing runs
+        // in between), so whatever sees the log end sees their sequences too.
+        // Unparsable bytes: the append refuses them, so nothing is recorded.
+        let headers = segment::batch::split_batches(&records)?
+            .iter()
+            .map(|b| segment::BatchHeader::parse(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut producers = self.producers.borrow_mut();
+        for h in &headers {
+            record_batch(&mut producers, h);
+        }
+        drop(producers);
+        let result = self.log.append_replicated(records).await;
+        if result.is_err() {
+            // Recorded, but not (or not surely) in the log: rebuild before leading.
+            self.invalidate_producer_state();
+        }
+        result
+    }
+
+    /// Drops the log from `offset` on (a divergent tail), then rebuilds the producer
+    /// state from what is left: the dropped batches' sequences must not be answered
+    /// as duplicates, nor the kept ones' continued from the dropped ones.
+    pub async fn truncate_to(&self, offset: i64) -> Result<(), segment::StorageError> {
+        self.invalidate_producer_state();
+        let result = self.log.truncate_to(offset).await;
+        self.ensure_producer_state().await;
+        result
+    }
+
+    /// Empties the log and restarts it at `offset` (a follower behind the leader's log
+    /// start); no producer has batches left in it.
+    pub async fn truncate_fully_and_start_at(
+        &self,
+        offset: i64,
+    ) -> Result<(), segment::StorageError> {
+        self.invalidate_producer_state();
+        let result = self.log.truncate_fully_and_start_at(offset).await;
+        self.ensure_producer_state().await;
+        result
+    }
+
+    fn invalidate_producer_state(&self) {
+        self.producers_valid.set(false);
+        self.producers_gen.set(self.producers_gen.get() + 1);
+    }
+
+    /// Rebuilds the producer state from the log if it does not match it (after a
+    /// truncation or a failed replicated append).
+    pub async fn ensure_producer_state(&self) {
+        if self.producers_valid.get() {
+            return;
+        }
+        let gen = self.producers_gen.get();
         if let Err(e) = self.rebuild_producer_state().await {
             tracing::warn!(dir = %self.log.dir().display(), error = %e, "producer state not rebuilt; idempotent retries may duplicate");
+            if self.producers_gen.get() == gen {
+                // Serving with no state (producers start wherever they say) beats
+                // refusing every produce until a restart.
+                self.producers.borrow_mut().clear();
+                self.producers_valid.set(true);
+            }
         }
     }
 
@@ -470,6 +585,13 @@ impl Partition {
             // Copies of many batches must not hold the core; yield before, never inside,
             // the read-log-end .. append window below.
             glommio::yield_if_needed().await;
+            // Checked per batch: leadership can move while earlier ones append.
+            if let Some(refused) = self.refuse_produce() {
+                if first.is_none() {
+                    return refused;
+                }
+                break;
+            }
             // Nothing runs between reading the log end and the append's first poll (which
             // assigns the offset), so this is the offset the batch will get.
             let base_if_appended = self.log.log_end_offset();
@@ -626,21 +748,25 @@ impl Partition {
         }
     }
 
-    /// Rebuilds idempotent-producer state from the log's tail after a restart, so a
-    /// producer retrying a batch the broker wrote just before it died gets the original
-    /// offset back instead of a second copy. The scan covers the newest batches (about
-    /// `PRODUCER_STATE_SCAN_BYTES`), which hold every batch a live producer can retry.
+    /// Rebuilds idempotent-producer state from the log's tail (on open, and after a
+    /// truncation), so a producer retrying a batch the log holds gets the original
+    /// offset back instead of a second copy, and its next batch continues its sequence.
+    /// The scan covers the newest batches (about `PRODUCER_STATE_SCAN_BYTES`), which
+    /// hold every batch a live producer can retry, up to the log end as it is when the
+    /// scan ends; the result replaces the state unless it was invalidated meanwhile.
     pub async fn rebuild_producer_state(&self) -> Result<usize, segment::StorageError> {
-        let (start, end) = (self.log.log_start_offset(), self.log.log_end_offset());
+        let gen = self.producers_gen.get();
+        let start = self.log.log_start_offset();
         let mut window: i64 = 256;
         let headers = loop {
-            let from = start.max(end - window);
+            let from = start.max(self.log.log_end_offset() - window);
             let mut headers = Vec::new();
             let mut scanned = 0usize;
             let mut offset = from;
-            while offset < end {
+            // The log end is read afresh: batches a follower appends meanwhile count.
+            while offset < self.log.log_end_offset() {
                 let read = self.log.read(offset, PRODUCER_STATE_READ_BYTES).await?;
-                // Startup only: joining the chunks (one copy) keeps the parsing simple.
+                // Joining the chunks (one copy) keeps the parsing simple; rare path.
                 let joined: Bytes = read.chunks.concat().into();
                 if joined.is_empty() {
                     break;
@@ -657,22 +783,18 @@ impl Partition {
             }
             window = window.saturating_mul(4);
         };
-        let mut producers = self.producers.borrow_mut();
-        for h in headers.iter().filter(|h| h.producer_id >= 0) {
-            let state = producers.entry(h.producer_id).or_default();
-            if h.producer_epoch > state.epoch {
-                state.epoch = h.producer_epoch;
-                state.recent.clear();
-            }
-            let last_seq = h.base_sequence.wrapping_add(h.last_offset_delta);
-            state
-                .recent
-                .push_back((h.base_sequence, last_seq, h.base_offset));
-            if state.recent.len() > PRODUCER_BATCHES_REMEMBERED {
-                state.recent.pop_front();
-            }
+        if self.producers_gen.get() != gen {
+            // Truncated meanwhile: that truncation's own rebuild installs the state.
+            return Ok(0);
         }
-        Ok(producers.len())
+        let mut producers = HashMap::new();
+        for h in &headers {
+            record_batch(&mut producers, h);
+        }
+        let n = producers.len();
+        *self.producers.borrow_mut() = producers;
+        self.producers_valid.set(true);
+        Ok(n)
     }
 
     fn wake_waiters(&self) {

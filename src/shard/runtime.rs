@@ -354,7 +354,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
                 if configs_changed {
                     existing.log.set_config(log_config);
                 }
-                apply_partition_state(shard, topic, p, &existing, false).await;
+                apply_partition_state(shard, topic, p, &existing).await;
                 continue;
             }
             let dir = shard
@@ -375,7 +375,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
                         .entry(name)
                         .or_insert_with(HashMap::new)
                         .insert(p, partition.clone());
-                    apply_partition_state(shard, topic, p, &partition, true).await;
+                    apply_partition_state(shard, topic, p, &partition).await;
                 }
                 Err(e) => {
                     tracing::error!(dir = %dir.display(), error = %e, "cannot open partition log; partition offline");
@@ -387,14 +387,12 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
 }
 
 /// Cluster mode: makes this broker the partition's leader, a follower fetching from
-/// the leader, or neither, per the image's state of it. `opened`: the log was just
-/// opened (its producer state is fresh).
+/// the leader, or neither, per the image's state of it.
 async fn apply_partition_state(
     shard: &Rc<Shard>,
     topic: &TopicMeta,
     p: i32,
     partition: &Rc<Partition>,
-    opened: bool,
 ) {
     use crate::replication::fetcher;
     use crate::shard::partition::Transition;
@@ -420,9 +418,9 @@ async fn apply_partition_state(
         Transition::BecameLeader => {
             fetcher::unfollow(&topic.name, p);
             tracing::info!(topic = %topic.name, partition = p, epoch = state.leader_epoch, "leading partition");
-            if !opened {
-                partition.reset_producer_state().await;
-            }
+            // Its producer state followed the log while it was a follower; only an
+            // interrupted truncation or failed replicated append leaves it to rebuild.
+            partition.ensure_producer_state().await;
         }
         Transition::Follow(leader, epoch) => {
             tracing::info!(topic = %topic.name, partition = p, leader, epoch, "following partition");
