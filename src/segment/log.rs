@@ -141,7 +141,7 @@ impl LogConfig {
 
 /// Index positions are u32; keep one segment below 2 GiB like Kafka.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
-/// Capacity of a write buffer; a batch larger than this gets a buffer of its own size.
+/// Capacity of a write buffer; a batch that does not fit continues in the next one.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// Unwritten bytes (sealed buffers) above which `Written` appends wait for a write.
 /// Bounds the memory one partition can pin before the disk catches up.
