@@ -19,7 +19,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, Timestamp};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::Args;
@@ -537,7 +537,11 @@ impl ProducerJob {
                 (a.message_bytes.max() + 4096).max(1_000_000).to_string(),
             );
         apply_overrides(&mut cfg, a);
-        let producer: BaseProducer<ProducerCtx> = cfg
+        // librdkafka's own polling thread serves delivery reports as they arrive (as
+        // the Java client's sender thread does). Polling from this loop served one
+        // report event per `poll(0)`: a backlog from the first second (metadata
+        // wait) was never drained, and every later ack was recorded that much late.
+        let producer: ThreadedProducer<ProducerCtx> = cfg
             .create_with_context(ProducerCtx {
                 stats: self.stats.clone(),
                 warmup_end: self.warmup_end,
@@ -574,7 +578,7 @@ impl ProducerJob {
             if end.is_some_and(|e| intended >= e) || intended >= deadline {
                 break;
             }
-            wait_until(&producer, intended);
+            wait_until(intended);
             let size = a.message_bytes.sample(&mut rng);
             if size >= PAYLOAD_HEADER_BYTES {
                 buf[..8].copy_from_slice(&PAYLOAD_MAGIC);
@@ -606,7 +610,8 @@ impl ProducerJob {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         record = r;
-                        producer.poll(Duration::from_millis(1));
+                        // The polling thread frees queue space as acks come back.
+                        std::thread::sleep(Duration::from_micros(200));
                         if Instant::now() >= deadline {
                             return Err("timed out with the client queue full".into());
                         }
@@ -618,9 +623,6 @@ impl ProducerJob {
                 }
             }
             i += 1;
-            if interval_s.is_some() || i.is_multiple_of(1024) {
-                producer.poll(Duration::ZERO);
-            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         producer.flush(left).map_err(|e| format!("flush: {e}"))?;
@@ -628,20 +630,11 @@ impl ProducerJob {
     }
 }
 
-/// Sleeps until `t`, serving delivery reports meanwhile. librdkafka's poll timeout has
-/// ms resolution, so the last stretch is a plain sleep.
-fn wait_until(producer: &BaseProducer<ProducerCtx>, t: Instant) {
-    loop {
-        let now = Instant::now();
-        if now >= t {
-            return;
-        }
-        let gap = t - now;
-        if gap > Duration::from_millis(2) {
-            producer.poll(gap - Duration::from_millis(1));
-        } else {
-            std::thread::sleep(gap);
-        }
+/// Sleeps until `t` (the polling thread serves delivery reports meanwhile).
+fn wait_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
     }
 }
 

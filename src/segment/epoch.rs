@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::StorageError;
-use super::segment::write_replace_durable;
+use super::segment::write_replace_durable_async;
 
 pub const CHECKPOINT_FILE: &str = "leader-epoch-checkpoint";
 const CHECKPOINT_VERSION: u32 = 0;
@@ -169,12 +169,18 @@ impl LeaderEpochCache {
         lines.all(|l| l.trim().is_empty()).then_some(cache)
     }
 
-    /// Writes the checkpoint durably (tmp + fsync + rename + directory fsync).
-    pub fn persist(&self, dir: &Path) -> Result<(), StorageError> {
+    /// The checkpoint file's text (Kafka's format).
+    pub fn render(&self) -> String {
         let mut text = format!("{CHECKPOINT_VERSION}\n{}\n", self.entries.len());
         for (epoch, start) in &self.entries {
             text.push_str(&format!("{epoch} {start}\n"));
         }
-        write_replace_durable(&Self::path(dir), text.as_bytes())
+        text
+    }
+
+    /// Writes the checkpoint durably (tmp + fsync + rename + directory fsync), the
+    /// fsyncs through io_uring so the shard keeps serving meanwhile.
+    pub async fn persist(&self, dir: &Path) -> Result<(), StorageError> {
+        write_replace_durable_async(&Self::path(dir), self.render().as_bytes()).await
     }
 }

@@ -40,7 +40,9 @@ use super::compact;
 use super::epoch::LeaderEpochCache;
 use super::error::StorageError;
 use super::recovery::{recover_segment, scan, BATCH_BYTES_MAX};
-use super::segment::{align_down, align_up, sync_dir, write_replace_durable, Segment, BLOCK_BYTES};
+use super::segment::{
+    align_down, align_up, sync_dir, sync_dir_async, write_replace_durable, Segment, BLOCK_BYTES,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -535,6 +537,13 @@ pub struct PartitionLog {
     epochs: RefCell<LeaderEpochCache>,
     /// `epochs`' latest epoch, -1 if none: the per-batch check is one compare.
     epoch_latest: Cell<i32>,
+    /// The epoch cache changed since its checkpoint was last written.
+    epoch_dirty: Cell<bool>,
+    /// A task is writing the checkpoint (`assign_epoch`).
+    epoch_persisting: Cell<bool>,
+    /// One checkpoint write at a time, each of the cache as it is then: the last
+    /// rename always carries the newest state.
+    epoch_write: glommio::sync::Semaphore,
 }
 
 /// What one compaction pass did.
@@ -595,6 +604,7 @@ impl PartitionLog {
         let config = sanitize(config);
         std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create dir", &dir, e))?;
         probe_device(&dir).await?;
+        super::segment::remove_stale_tmp(&dir);
         let checkpoint = read_checkpoint(&dir);
         let clean_end = read_offset_file(&dir, CLEANER_CHECKPOINT).unwrap_or(0);
         let mut bases = Vec::new();
@@ -735,6 +745,9 @@ impl PartitionLog {
             leader_epoch: Cell::new(0),
             epochs: RefCell::new(LeaderEpochCache::default()),
             epoch_latest: Cell::new(-1),
+            epoch_dirty: Cell::new(false),
+            epoch_persisting: Cell::new(false),
+            epoch_write: glommio::sync::Semaphore::new(1),
         });
         log.persist_sealed_indexes();
         // A crash between the checkpoint and the deletions leaves segments below the
@@ -755,7 +768,8 @@ impl PartitionLog {
     async fn load_epochs(&self) -> Result<(), StorageError> {
         let (start, end) = (self.log_start.get(), self.log_end.get());
         let (cache, mut changed) = match LeaderEpochCache::load(&self.dir)? {
-            Some(cache) => (cache, false),
+            Some(cache) if !self.epoch_missing_from(&cache).await? => (cache, false),
+            Some(_) => (self.rebuild_epochs().await?, true),
             None => {
                 let first_base = self
                     .segments
@@ -775,9 +789,27 @@ impl PartitionLog {
         changed |= self.epochs.borrow_mut().truncate_from_start(start);
         self.sync_epoch_latest();
         if changed {
-            self.epochs.borrow().persist(&self.dir)?;
+            self.persist_epochs().await?;
         }
         Ok(())
+    }
+
+    /// Whether the log's last batch carries an epoch `cache` does not know: the
+    /// checkpoint is written after the batch that starts an epoch (`assign_epoch`),
+    /// so a crash in between leaves it behind. Epochs only grow along the log, so the
+    /// last batch tells.
+    async fn epoch_missing_from(&self, cache: &LeaderEpochCache) -> Result<bool, StorageError> {
+        let end = self.log_end.get();
+        if end <= self.log_start.get() {
+            return Ok(false);
+        }
+        let read = self.read(end - 1, 1).await?;
+        let bytes = Bytes::from(read.chunks.concat());
+        let Some(last) = split_batches(&bytes)?.pop() else {
+            return Ok(false);
+        };
+        let epoch = validate_batch(&last)?.partition_leader_epoch;
+        Ok(epoch >= 0 && cache.latest_epoch().is_none_or(|e| e < epoch))
     }
 
     /// Reads every batch header of the log (once, when the checkpoint is missing: a log
@@ -815,10 +847,43 @@ impl PartitionLog {
             return;
         }
         self.sync_epoch_latest();
-        if let Err(e) = self.epochs.borrow().persist(&self.dir) {
-            tracing::warn!(error = %e, "could not write the leader-epoch checkpoint: it will be rebuilt on open");
-            let _ = std::fs::remove_file(LeaderEpochCache::path(&self.dir));
+        self.epoch_dirty.set(true);
+        // Written by a task, not here: this runs inside an append, and two blocking
+        // fsyncs per new partition stalled the whole shard (10k fresh partitions:
+        // seconds). A crash before the write leaves batches of an epoch the
+        // checkpoint lacks; `load_epochs` sees that and rebuilds from the headers.
+        if self.epoch_persisting.get() {
+            return;
         }
+        let Some(me) = self.me.upgrade() else { return };
+        self.epoch_persisting.set(true);
+        glommio::spawn_local(async move {
+            while me.epoch_dirty.get() {
+                if let Err(e) = me.persist_epochs().await {
+                    tracing::warn!(error = %e, "could not write the leader-epoch checkpoint: it will be rebuilt on open");
+                    let _ = std::fs::remove_file(LeaderEpochCache::path(&me.dir));
+                    break;
+                }
+            }
+            me.epoch_persisting.set(false);
+        })
+        .detach();
+    }
+
+    /// Writes the epoch cache as it is now to its checkpoint, durably.
+    async fn persist_epochs(&self) -> Result<(), StorageError> {
+        let _permit = self
+            .epoch_write
+            .acquire_permit(1)
+            .await
+            .map_err(|e| StorageError::io("checkpoint", &self.dir, e))?;
+        self.epoch_dirty.set(false);
+        let text = self.epochs.borrow().render();
+        super::segment::write_replace_durable_async(
+            &LeaderEpochCache::path(&self.dir),
+            text.as_bytes(),
+        )
+        .await
     }
 
     /// The leader epoch stamped into every batch produced from now on. Call when this
@@ -1625,9 +1690,10 @@ impl PartitionLog {
             .dma_open(&path)
             .await
             .map_err(|e| StorageError::io("create", &path, e))?;
-        // Blocking, once per segment: the new name must survive a crash before any
-        // batch in it is acknowledged durable.
-        sync_dir(&self.dir)?;
+        // The new name must survive a crash before any batch in it is acknowledged
+        // durable; through io_uring, so a partition's first write does not stall the
+        // shard.
+        sync_dir_async(&self.dir).await?;
         let file = Rc::new(file);
         *seg.file.borrow_mut() = Some(file.clone());
         Ok(file)
@@ -1901,7 +1967,7 @@ impl PartitionLog {
             return Err(StorageError::OffsetOutOfRange { offset, start, end });
         }
         if offset > start {
-            self.set_log_start(offset)?;
+            self.set_log_start(offset).await?;
         }
         self.delete_segments_below_start().await?;
         Ok(self.log_start.get())
@@ -1996,7 +2062,7 @@ impl PartitionLog {
                 self.remove_segment_files(seg).await;
             }
             if epochs_changed {
-                self.epochs.borrow().persist(&self.dir)?;
+                self.persist_epochs().await?;
             }
             sync_dir(&self.dir)?;
             write_replace_durable(
@@ -2138,7 +2204,7 @@ impl PartitionLog {
             )?;
         }
         if epochs_changed {
-            self.epochs.borrow().persist(&self.dir)?;
+            self.persist_epochs().await?;
         }
         if new_end < clean_end {
             super::segment::write_replace(
@@ -2232,7 +2298,7 @@ impl PartitionLog {
         Ok(guard)
     }
 
-    fn set_log_start(&self, offset: i64) -> Result<(), StorageError> {
+    async fn set_log_start(&self, offset: i64) -> Result<(), StorageError> {
         assert!(
             offset >= self.log_start.get() && offset <= self.log_end.get(),
             "log start only moves forward within the log"
@@ -2244,7 +2310,7 @@ impl PartitionLog {
         )?;
         self.log_start.set(offset);
         if self.epochs.borrow_mut().truncate_from_start(offset) {
-            self.epochs.borrow().persist(&self.dir)?;
+            self.persist_epochs().await?;
         }
         Ok(())
     }
@@ -2320,7 +2386,7 @@ impl PartitionLog {
             let Some(seg) = victim else { break };
             let next_start = seg.next_offset.get();
             if next_start > self.log_start.get() {
-                self.set_log_start(next_start)?;
+                self.set_log_start(next_start).await?;
             }
             self.remove_front_segment(&seg).await?;
         }

@@ -388,6 +388,62 @@ pub(crate) fn write_replace_durable(path: &Path, data: &[u8]) -> Result<(), Stor
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
+/// `write_replace_durable` with both fsyncs through io_uring: on the request path
+/// (a partition's first batch of an epoch) a blocking fsync would stall every other
+/// partition of the shard for the disk's sync latency.
+pub(crate) async fn write_replace_durable_async(
+    path: &Path,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    thread_local!(static NEXT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+    // A name per write: writes can overlap across awaits (a dropped log's last write
+    // and its reopened successor's), and a shared tmp name would be renamed under one
+    // of them. `remove_stale_tmp` clears the ones a crash leaves.
+    let n = NEXT.with(|c| c.replace(c.get() + 1));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!("{STALE_TMP_MARK}{n}"));
+    let tmp = path.with_file_name(name);
+    if let Err(e) = std::fs::write(&tmp, data) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StorageError::io("write", &tmp, e));
+    }
+    let file = glommio::io::OpenOptions::new()
+        .read(true)
+        .buffered_open(&tmp)
+        .await
+        .map_err(|e| StorageError::io("open", &tmp, e))?;
+    let synced = file.fdatasync().await;
+    let _ = file.close().await;
+    synced.map_err(|e| StorageError::io("fsync", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| StorageError::io("rename", path, e))?;
+    sync_dir_async(path.parent().unwrap_or(Path::new("."))).await
+}
+
+const STALE_TMP_MARK: &str = ".tmp-";
+
+/// Removes what `write_replace_durable_async` left in `dir` when a crash came between
+/// its write and its rename. Call only while no write can be in flight (open).
+pub(crate) fn remove_stale_tmp(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().contains(STALE_TMP_MARK) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// `sync_dir` through io_uring (see `write_replace_durable_async`).
+pub(crate) async fn sync_dir_async(dir: &Path) -> Result<(), StorageError> {
+    let d = glommio::io::Directory::open(dir)
+        .await
+        .map_err(|e| StorageError::io("open dir", dir, e))?;
+    let synced = d.sync().await;
+    let _ = d.close().await;
+    synced.map_err(|e| StorageError::io("fsync dir", dir, e))
+}
+
 /// fsync a directory so created / renamed / removed names survive a crash.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     std::fs::File::open(dir)
