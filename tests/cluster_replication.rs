@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use bytes::{Bytes, BytesMut};
 use common::*;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -277,4 +279,75 @@ fn acks_all_records_reach_every_replica_and_min_insync_replicas_is_enforced() {
     if stopped != first_leader {
         assert_eq!(produce_code(&addr(first_leader), &topic, 0, -1), 0);
     }
+}
+
+/// The high watermark broker `bootstrap` holds for the partition (a follower's is the
+/// leader's as last told), via a debugging consumer's Fetch.
+fn replica_high_watermark(bootstrap: &str, topic: &str, partition: i32) -> i64 {
+    let mut wire = Wire::connect(bootstrap);
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(DEBUG_REPLICA))
+        .with_max_wait_ms(0)
+        .with_min_bytes(0)
+        .with_max_bytes(1)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(0)
+                .with_current_leader_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(1)])]);
+    let resp = wire.call(&req, 12);
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0, "debug fetch from {bootstrap}");
+    p.high_watermark
+}
+
+/// Followers learn a moved high watermark at once, not with their next data or at the
+/// end of their 500 ms long poll (issue 7): it is where a follower that takes over
+/// starts serving consumers. After an acks=all write and nothing else, both followers
+/// hold the new high watermark quickly; the fastest of three rounds is compared, so
+/// a slow machine does not fail it.
+#[test]
+fn followers_learn_the_high_watermark_when_it_moves() {
+    let cluster = start_cluster();
+    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.bootstrap()).collect();
+    let topic = topic_name("hw-followers");
+    create_replicated(&addrs[0], &topic, 1, 3).expect("create an RF=3 topic");
+    let (leader, replicas) = wait_topic(&addrs, &topic);
+    let followers: Vec<String> = replicas
+        .iter()
+        .filter(|id| **id != leader)
+        .map(|id| addrs[(*id - 1) as usize].clone())
+        .collect();
+    assert_eq!(followers.len(), 2);
+    let mut fastest = Duration::MAX;
+    for round in 1..=3 {
+        let code = wait_for("an acks=all write", CLUSTER_TIMEOUT, || {
+            // NOT_ENOUGH_REPLICAS until the followers joined the in-sync set.
+            let code = produce_code(&addrs[(leader - 1) as usize], &topic, 0, -1);
+            (code != NOT_ENOUGH_REPLICAS).then_some(code)
+        });
+        assert_eq!(code, 0, "acks=all write {round}");
+        let acked = Instant::now();
+        let end = 3 * round;
+        let deadline = acked + Duration::from_secs(10);
+        while !followers
+            .iter()
+            .all(|f| replica_high_watermark(f, &topic, 0) >= end)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "followers never learned high watermark {end}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        fastest = fastest.min(acked.elapsed());
+    }
+    assert!(
+        fastest < Duration::from_millis(250),
+        "followers learned the high watermark {fastest:?} after the ack at best"
+    );
 }

@@ -75,6 +75,8 @@ struct FollowerState {
     /// When its fetch offset last reached the leader's log end (Kafka's
     /// lastCaughtUpTime): too long ago and it leaves the in-sync set.
     last_caught_up: Instant,
+    /// The high watermark its last fetch response carried (-1: none yet).
+    hw_sent: i64,
 }
 
 /// Replication state of one partition in cluster mode.
@@ -221,6 +223,7 @@ impl Partition {
                     fetch_offset: -1,
                     prev_fetch: None,
                     last_caught_up: now,
+                    hw_sent: -1,
                 })
                 .collect::<Vec<_>>()
         };
@@ -316,6 +319,27 @@ impl Partition {
         }
         self.update_high_watermark();
         Ok(())
+    }
+
+    /// Leader: whether follower `id` has not been told the current high watermark yet;
+    /// marks it told, so the caller must answer its fetch now. A long-polling follower
+    /// fetch ends on this, so followers learn the high watermark when it moves rather
+    /// than with their next data or at the end of the long poll.
+    pub fn follower_hw_news(&self, id: i32) -> bool {
+        let end = self.log.log_end_offset();
+        let mut guard = self.repl.borrow_mut();
+        let Some(r) = guard.as_mut().filter(|r| r.role == Role::Leader) else {
+            return false;
+        };
+        let hw = r.high_watermark.min(end);
+        let Some(f) = r.followers.iter_mut().find(|f| f.id == id) else {
+            return false;
+        };
+        if hw > f.hw_sent {
+            f.hw_sent = hw;
+            return true;
+        }
+        false
     }
 
     /// Follower: the leader's high watermark as its fetch response said.

@@ -48,6 +48,8 @@ struct PartRead {
     /// What this fetcher may read up to: the high watermark for a consumer, the log
     /// end for a follower. Long polls wait for it to move.
     visible_end: i64,
+    /// A follower's fetch: `high_watermark` is news to it (answer now).
+    hw_news: bool,
 }
 
 impl PartRead {
@@ -96,12 +98,14 @@ async fn read_local(
     let hw = p.high_watermark();
     let log_end = p.log.log_end_offset();
     let end = if replica == -1 { hw } else { log_end };
+    let hw_news = replica >= 0 && p.follower_hw_news(replica);
     // No allowance left in this response (or nothing new): offsets only.
     if (offset >= end && offset <= log_end) || (max_bytes == 0 && (start..end).contains(&offset)) {
         return PartRead {
             log_start_offset: start,
             high_watermark: hw,
             visible_end: end,
+            hw_news,
             ..Default::default()
         };
     }
@@ -123,6 +127,7 @@ async fn read_local(
                 r.log_end_offset
             },
             visible_end: end,
+            hw_news,
         },
         Err(e @ StorageError::OffsetOutOfRange { .. }) => {
             tracing::debug!(error = %e, "fetch out of range");
@@ -439,8 +444,12 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         let reads = read_all(shard, &targets, response_max, replica).await;
         let total: usize = reads.iter().map(|r| r.bytes()).sum();
         let errored = reads.iter().any(|r| r.error_code != ec::NONE);
+        // A follower is told a moved high watermark at once (Kafka's DelayedFetch does
+        // the same): it is what a new leader starts from after a failover.
+        let hw_news = reads.iter().any(|r| r.hw_news);
         let elapsed = started.elapsed();
-        if total >= min_bytes.max(1) || errored || elapsed >= wait || targets.is_empty() {
+        if total >= min_bytes.max(1) || errored || hw_news || elapsed >= wait || targets.is_empty()
+        {
             break reads;
         }
         let ends: Vec<i64> = reads.iter().map(|r| r.visible_end).collect();
