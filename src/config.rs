@@ -86,6 +86,12 @@ pub struct BrokerConfig {
     pub offsets_retention_ms: Option<u64>,
     /// `offsets.retention.check.interval.ms`: how often expired offsets are removed.
     pub offsets_retention_check_interval_ms: u64,
+    /// `controlled.shutdown.enable`: on SIGTERM a cluster broker first moves its
+    /// leaderships to other in-sync replicas (`replication::shutdown`).
+    pub controlled_shutdown_enable: bool,
+    /// `controlled.shutdown.timeout.ms`: how long that may take before the broker
+    /// stops anyway (Runnel's; Kafka bounds it by retries × backoff instead).
+    pub controlled_shutdown_timeout_ms: u64,
 }
 
 /// `runnel serve`'s defaults with one core (the binary's default is every core).
@@ -120,9 +126,17 @@ impl Default for BrokerConfig {
             offsets_retention_minutes: OFFSETS_RETENTION_MINUTES_DEFAULT,
             offsets_retention_ms: None,
             offsets_retention_check_interval_ms: OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT,
+            controlled_shutdown_enable: true,
+            controlled_shutdown_timeout_ms: CONTROLLED_SHUTDOWN_TIMEOUT_MS_DEFAULT,
         }
     }
 }
+
+/// controlled.shutdown.timeout.ms default: a handover takes well under a second; the
+/// bound covers a metadata election in between.
+pub const CONTROLLED_SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Upper bound: a stop must not hang for long (systemd's default stop timeout is 90 s).
+pub const CONTROLLED_SHUTDOWN_TIMEOUT_MS_MAX: u64 = 60_000;
 
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,6 +339,13 @@ impl BrokerConfig {
                 self.offsets_retention_check_interval_ms
             ));
         }
+        if !(1..=CONTROLLED_SHUTDOWN_TIMEOUT_MS_MAX).contains(&self.controlled_shutdown_timeout_ms)
+        {
+            return Err(format!(
+                "controlled.shutdown.timeout.ms={}: must be between 1 and {CONTROLLED_SHUTDOWN_TIMEOUT_MS_MAX}",
+                self.controlled_shutdown_timeout_ms
+            ));
+        }
         if self.default_replication_factor < 1 {
             return Err(format!(
                 "default.replication.factor={}: must be at least 1",
@@ -386,6 +407,11 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     (
         "offsets.retention.check.interval.ms",
         "offsets-retention-check-interval-ms",
+    ),
+    ("controlled.shutdown.enable", "controlled-shutdown-enable"),
+    (
+        "controlled.shutdown.timeout.ms",
+        "controlled-shutdown-timeout-ms",
     ),
 ];
 
@@ -473,14 +499,16 @@ pub fn render_toml(c: &BrokerConfig) -> String {
 
 fn render_cluster(c: &BrokerConfig) -> String {
     let mut out = format!(
-        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n\"log.cleaner.dedupe.buffer.size\" = {}\n\"offsets.retention.minutes\" = {}\n\"offsets.retention.check.interval.ms\" = {}\n",
+        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n\"log.cleaner.dedupe.buffer.size\" = {}\n\"offsets.retention.minutes\" = {}\n\"offsets.retention.check.interval.ms\" = {}\n\"controlled.shutdown.enable\" = {}\n\"controlled.shutdown.timeout.ms\" = {}\n",
         c.advertised_port,
         c.default_replication_factor,
         c.replica_lag_time_max_ms,
         c.offsets_topic_replication_factor,
         c.log_cleaner_dedupe_buffer_size,
         c.offsets_retention_minutes,
-        c.offsets_retention_check_interval_ms
+        c.offsets_retention_check_interval_ms,
+        c.controlled_shutdown_enable,
+        c.controlled_shutdown_timeout_ms,
     );
     // The effective retention: reads back to the same value whether it came from the
     // minutes or the milliseconds.

@@ -148,6 +148,13 @@ struct ServeArgs {
     /// offsets.retention.check.interval.ms: how often expired offsets are removed.
     #[arg(long, env = "RUNNEL_OFFSETS_RETENTION_CHECK_INTERVAL_MS", default_value_t = config::OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT)]
     offsets_retention_check_interval_ms: u64,
+    /// controlled.shutdown.enable: on SIGTERM a cluster broker first moves its
+    /// partition leaderships to other in-sync replicas.
+    #[arg(long, env = "RUNNEL_CONTROLLED_SHUTDOWN_ENABLE", default_value_t = true, action = clap::ArgAction::Set)]
+    controlled_shutdown_enable: bool,
+    /// controlled.shutdown.timeout.ms: how long that handover may take.
+    #[arg(long, env = "RUNNEL_CONTROLLED_SHUTDOWN_TIMEOUT_MS", default_value_t = config::CONTROLLED_SHUTDOWN_TIMEOUT_MS_DEFAULT)]
+    controlled_shutdown_timeout_ms: u64,
 }
 
 fn main() {
@@ -357,6 +364,8 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         offsets_retention_minutes: a.offsets_retention_minutes,
         offsets_retention_ms: a.offsets_retention_ms,
         offsets_retention_check_interval_ms: a.offsets_retention_check_interval_ms,
+        controlled_shutdown_enable: a.controlled_shutdown_enable,
+        controlled_shutdown_timeout_ms: a.controlled_shutdown_timeout_ms,
     };
     config.validate()?;
     Ok(config)

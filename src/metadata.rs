@@ -122,6 +122,11 @@ pub enum MetaEvent {
         id: i32,
         fenced: bool,
     },
+    /// Cluster mode: a broker asked to leave (controlled shutdown): it is not elected,
+    /// added to in-sync sets or given new replicas until it registers again.
+    SetBrokerShuttingDown {
+        id: i32,
+    },
     /// Cluster mode: a partition's leader, epoch or in-sync set changed.
     ChangePartition {
         name: String,
@@ -138,6 +143,9 @@ pub struct Image {
     pub brokers: BTreeMap<i32, BrokerMeta>,
     /// Cluster mode: registered brokers the controller last found dead.
     pub fenced: BTreeSet<i32>,
+    /// Cluster mode: brokers in controlled shutdown; cleared by a registration of a new
+    /// process (incarnation) of the broker.
+    pub shutting_down: BTreeSet<i32>,
     /// Count of events applied; shards use it to tell images apart.
     pub version: u64,
 }
@@ -175,7 +183,13 @@ impl Image {
                 }
             }
             MetaEvent::RegisterBroker { broker } => {
-                self.brokers.insert(broker.id, broker.clone());
+                let old = self.brokers.insert(broker.id, broker.clone());
+                if old.is_none_or(|o| o.incarnation != broker.incarnation) {
+                    self.shutting_down.remove(&broker.id);
+                }
+            }
+            MetaEvent::SetBrokerShuttingDown { id } => {
+                self.shutting_down.insert(*id);
             }
             MetaEvent::SetBrokerFenced { id, fenced } => {
                 if *fenced {

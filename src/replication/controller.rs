@@ -11,6 +11,11 @@
 //! - A broker that registers with a new incarnation restarted: it lost its in-memory
 //!   replication state, so it is treated like a dead one for its partitions (the data
 //!   path adds it back to the in-sync sets once it has caught up).
+//! - A broker in controlled shutdown (SIGTERM; Kafka's ControlledShutdown, KRaft's
+//!   BrokerHeartbeat `wantShutDown`) is handled as if it had died, at once instead of
+//!   after the session timeout: it is fenced, leaves every in-sync set, and the
+//!   partitions it led move to another in-sync replica. It stays out (no elections, no
+//!   in-sync set, no new replicas) until a new process of it registers.
 
 use crate::metadata::{Image, MetaEvent, PartitionState};
 
@@ -72,6 +77,42 @@ pub fn check_brokers(image: &Image, live: &[i32]) -> Vec<MetaEvent> {
         .collect();
     events.extend(partition_changes(image, live));
     events
+}
+
+/// The controller's answer to broker `id` (process `incarnation`) asking to shut
+/// down, given the other brokers in `live`: the events to commit and how many
+/// leaderships move, or why it is refused (not registered as that process).
+pub fn controlled_shutdown(
+    image: &Image,
+    id: i32,
+    incarnation: u64,
+    live: &[i32],
+) -> (Vec<MetaEvent>, Result<usize, String>) {
+    match image.brokers.get(&id) {
+        Some(b) if b.incarnation == incarnation => {}
+        _ => {
+            return (
+                Vec::new(),
+                Err(format!("broker {id} is not registered as this process")),
+            )
+        }
+    }
+    let others: Vec<i32> = live.iter().copied().filter(|b| *b != id).collect();
+    let mut events = Vec::new();
+    if !image.shutting_down.contains(&id) {
+        events.push(MetaEvent::SetBrokerShuttingDown { id });
+    }
+    let changes = check_brokers(image, &others);
+    let moved = changes
+        .iter()
+        .filter(|e| {
+            matches!(e, MetaEvent::ChangePartition { name, partition, state }
+                if image.topic(name).and_then(|t| t.replicas.get(*partition as usize))
+                    .is_some_and(|old| old.leader == id && state.leader != id))
+        })
+        .count();
+    events.extend(changes);
+    (events, Ok(moved))
 }
 
 #[cfg(test)]
@@ -150,5 +191,62 @@ mod tests {
             image.apply(e);
         }
         assert!(check_brokers(&image, &[1, 3]).is_empty(), "a fixed point");
+    }
+
+    #[test]
+    fn controlled_shutdown_moves_leadership_and_fences_at_once() {
+        let mut image = Image::default();
+        for id in 1..=3 {
+            image.brokers.insert(
+                id,
+                crate::metadata::BrokerMeta {
+                    id,
+                    host: "h".into(),
+                    port: 1,
+                    incarnation: 7,
+                },
+            );
+        }
+        let topic = |replicas| {
+            Arc::new(crate::metadata::TopicMeta {
+                name: "t".into(),
+                id: 1,
+                owners: vec![0, 0],
+                configs: BTreeMap::new(),
+                internal: false,
+                replicas,
+            })
+        };
+        image.topics.insert(
+            "t".into(),
+            topic(vec![st(&[1, 2, 3], 1, 4, &[1, 2, 3]), st(&[1], 1, 0, &[1])]),
+        );
+        let (none, refused) = controlled_shutdown(&image, 1, 8, &[1, 2, 3]);
+        assert!(
+            none.is_empty() && refused.is_err(),
+            "another process of broker 1"
+        );
+        let (events, moved) = controlled_shutdown(&image, 1, 7, &[1, 2, 3]);
+        assert_eq!(moved, Ok(2));
+        for e in &events {
+            image.apply(e);
+        }
+        let t = image.topic("t").unwrap();
+        assert_eq!(t.replicas[0], st(&[1, 2, 3], 2, 5, &[2, 3]));
+        // Its only in-sync replica is leaving: offline, never an unclean election.
+        assert_eq!(t.replicas[1], st(&[1], -1, 1, &[1]));
+        assert!(image.fenced.contains(&1) && image.shutting_down.contains(&1));
+        // Asking again (a lost reply) changes nothing.
+        assert!(controlled_shutdown(&image, 1, 7, &[2, 3]).0.is_empty());
+        // A new process of broker 1 registers: no longer leaving.
+        image.apply(&MetaEvent::RegisterBroker {
+            broker: crate::metadata::BrokerMeta {
+                id: 1,
+                host: "h".into(),
+                port: 1,
+                incarnation: 9,
+            },
+        });
+        assert!(!image.shutting_down.contains(&1));
     }
 }

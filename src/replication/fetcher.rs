@@ -12,7 +12,7 @@
 //! Before fetching for a new leader or leader epoch, a partition truncates a tail the
 //! leader may not have (OffsetForLeaderEpoch; see `truncate`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -76,11 +76,52 @@ impl Fetcher {
 thread_local! {
     /// This shard's fetchers by leader id.
     static FETCHERS: RefCell<HashMap<i32, Rc<Fetcher>>> = RefCell::default();
+    /// Fetcher tasks of this shard still running.
+    static RUNNING: Cell<usize> = const { Cell::new(0) };
+    /// Set by `stop_all` (the broker is stopping): nothing is followed any more.
+    static STOPPED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Counts a running fetcher task while alive.
+struct Running;
+
+impl Running {
+    fn start() -> Running {
+        RUNNING.with(|r| r.set(r.get() + 1));
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.with(|r| r.set(r.get() - 1));
+    }
+}
+
+/// The broker is stopping: this shard's fetchers stop (no new ones start) and this
+/// waits, at most `max`, until none is running, so no replicated append or truncation
+/// races the logs being closed. Returns whether they all ended.
+pub async fn stop_all(max: Duration) -> bool {
+    STOPPED.with(|s| s.set(true));
+    let fetchers = FETCHERS.with(|m| std::mem::take(&mut *m.borrow_mut()));
+    for f in fetchers.values() {
+        // A fetch in flight finds nothing followed when its answer comes.
+        f.parts.borrow_mut().clear();
+        f.wake();
+    }
+    let deadline = Instant::now() + max;
+    while RUNNING.with(Cell::get) > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    RUNNING.with(Cell::get) == 0
 }
 
 /// Starts following `topic`-`partition` from `leader` at `epoch` (it truncates first),
 /// and stops following it from any other leader. Runs on the partition's owner shard.
 pub fn follow(shard: &Rc<Shard>, topic: &str, partition: i32, leader: i32, epoch: i32) {
+    if STOPPED.with(Cell::get) {
+        return;
+    }
     let key = (topic.to_string(), partition);
     remove_from_others(&key, Some(leader));
     let existing = FETCHERS.with(|m| m.borrow().get(&leader).cloned());
@@ -152,6 +193,7 @@ fn set_state(f: &Fetcher, key: &Key, epoch: i32, update: impl FnOnce(&mut Follow
 }
 
 async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
+    let _running = Running::start();
     let addr: Option<SocketAddr> = shard
         .config
         .cluster
@@ -518,10 +560,28 @@ pub async fn isr_task(shard: Rc<Shard>) {
             .iter()
             .flat_map(|(t, m)| m.iter().map(move |(i, p)| (t.to_string(), *i, p.clone())))
             .collect();
+        let image = shard.image();
         for (topic, partition, p) in parts {
-            let Some((leader_epoch, isr)) = p.isr_change(node, lag) else {
+            let Some((leader_epoch, mut isr)) = p.isr_change(node, lag) else {
                 continue;
             };
+            // A broker in controlled shutdown still fetches until it exits; it does not
+            // rejoin (the controller would drop it from the request anyway).
+            if !image.shutting_down.is_empty() {
+                let current = image
+                    .topic(&topic)
+                    .and_then(|t| t.replicas.get(partition as usize))
+                    .map(|s| s.isr.clone())
+                    .unwrap_or_default();
+                isr.retain(|r| current.contains(r) || !image.shutting_down.contains(r));
+                let mut a = isr.clone();
+                a.sort_unstable();
+                let mut b = current;
+                b.sort_unstable();
+                if a == b {
+                    continue;
+                }
+            }
             tracing::info!(%topic, partition, leader_epoch, ?isr, "asking to change the in-sync set");
             p.set_pending_isr(Some(isr.clone()));
             let shard = shard.clone();

@@ -10,6 +10,7 @@ pub mod fetcher;
 pub mod placement;
 pub mod quorum;
 pub mod raft_log;
+pub mod shutdown;
 pub mod transport;
 
 use std::sync::atomic::{AtomicI32, Ordering};

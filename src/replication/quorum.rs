@@ -78,6 +78,8 @@ enum Event {
     Tick,
     Raft(Message),
     Propose(Vec<u8>, oneshot::Sender<Result<u64, String>>),
+    /// Hand Raft leadership to this node (raft id), if this one leads.
+    TransferLeader(u64),
 }
 
 struct Waiter {
@@ -229,6 +231,53 @@ impl Quorum {
         live
     }
 
+    /// Peers heard from (any Raft message) within `within`, whatever this broker's role.
+    pub fn peers_heard(&self, within: Duration) -> Vec<i32> {
+        let now = Instant::now();
+        let mut heard: Vec<i32> = self
+            .last_heard
+            .borrow()
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) < within)
+            .map(|(id, _)| *id)
+            .collect();
+        heard.sort_unstable();
+        heard
+    }
+
+    /// Controlled shutdown: if this broker leads the metadata quorum, hands leadership
+    /// to a peer it has heard from (Raft leader transfer), so the cluster does not wait
+    /// out an election once it is gone. Returns whether another broker leads now
+    /// (`deadline` bounds the wait).
+    pub async fn hand_over_leadership(&self, deadline: Instant) -> bool {
+        let Some(to) = self
+            .peers_heard(BROKER_SESSION_TIMEOUT)
+            .into_iter()
+            .max_by_key(|id| self.last_heard.borrow().get(id).copied())
+        else {
+            return self.leader().is_some_and(|l| l != self.node_id);
+        };
+        while self.leader() == Some(self.node_id) && Instant::now() < deadline {
+            // Repeated while it has not happened: a transfer aborts after an election
+            // timeout if the transferee did not catch up.
+            if self
+                .events
+                .try_send(Event::TransferLeader(raft_id(to)))
+                .is_err()
+            {
+                break;
+            }
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(500));
+            let until = Instant::now() + wait;
+            while self.leader() == Some(self.node_id) && Instant::now() < until {
+                glommio::timer::sleep(LEADER_POLL).await;
+            }
+        }
+        self.leader().is_some_and(|l| l != self.node_id)
+    }
+
     /// Whether this broker has led for longer than the session timeout, so every live
     /// broker has been heard from during its term.
     fn knows_liveness(&self) -> bool {
@@ -300,13 +349,21 @@ impl Quorum {
         }
         let image = shard.image();
         let live = self.live_brokers(BROKER_SESSION_TIMEOUT);
+        // A broker leaving needs its partitions moved now: a leader that does not know
+        // liveness yet also takes the unfenced brokers it has not heard from for live
+        // (as the image does); one it takes wrongly is fenced by the next check.
+        let shutting = matches!(cmd, MetaCommand::ControlledShutdown { .. });
+        let optimistic = shutting && !self.knows_liveness();
         let eligible: Vec<i32> = image
             .brokers
             .keys()
             .copied()
-            .filter(|b| live.contains(b))
+            .filter(|b| {
+                !image.shutting_down.contains(b)
+                    && (live.contains(b) || optimistic && !image.fenced.contains(b))
+            })
             .collect();
-        let check = matches!(cmd, MetaCommand::CheckBrokers);
+        let check = matches!(cmd, MetaCommand::CheckBrokers) || shutting;
         let (events, reply) = cmd.decide(&image, Some(&eligible));
         if events.is_empty() {
             return Ok((reply, self.applied.get()));
@@ -489,6 +546,11 @@ impl Driver {
                         .insert(node_id(m.from), Instant::now());
                     if let Err(e) = self.node.step(m) {
                         tracing::debug!(error = %e, "raft step refused a message");
+                    }
+                }
+                Event::TransferLeader(to) => {
+                    if self.node.raft.state == StateRole::Leader {
+                        self.node.transfer_leader(to);
                     }
                 }
                 Event::Propose(data, tx) => {
@@ -735,10 +797,23 @@ async fn register(q: Rc<Quorum>, shard: Rc<Shard>) {
 fn log_failover(events: &[MetaEvent]) {
     for e in events {
         match e {
+            MetaEvent::SetBrokerFenced { id, fenced: true }
+                if events.iter().any(
+                    |e| matches!(e, MetaEvent::SetBrokerShuttingDown { id: x } if x == id),
+                ) =>
+            {
+                tracing::info!(broker = id, "broker leaving: fenced")
+            }
             MetaEvent::SetBrokerFenced { id, fenced: true } => {
                 tracing::warn!(
                     broker = id,
                     "broker not heard from within the session timeout: fenced"
+                )
+            }
+            MetaEvent::SetBrokerShuttingDown { id } => {
+                tracing::info!(
+                    broker = id,
+                    "broker in controlled shutdown: moving its partitions"
                 )
             }
             MetaEvent::SetBrokerFenced { id, fenced: false } => {

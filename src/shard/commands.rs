@@ -57,6 +57,13 @@ pub enum MetaCommand {
         leader_epoch: i32,
         isr: Vec<i32>,
     },
+    /// Broker `id` (the process registered with `incarnation`) is shutting down and
+    /// asks to give up its leaderships and in-sync memberships first
+    /// (`replication::controller::controlled_shutdown`).
+    ControlledShutdown {
+        id: i32,
+        incarnation: u64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,6 +75,8 @@ pub enum MetaReply {
     SetConfigs(Vec<(i8, String, i16, Option<String>)>),
     /// The partition's state after the change.
     AlterPartition(Result<PartitionState, Failure>),
+    /// How many leaderships the broker gave up, or why it was refused.
+    ControlledShutdown(Result<usize, String>),
     Done,
 }
 
@@ -122,6 +131,15 @@ impl MetaCommand {
                 leader_epoch,
                 isr,
             } => alter_partition(image, topic, partition, leader, leader_epoch, isr),
+            MetaCommand::ControlledShutdown { id, incarnation } => {
+                let (events, r) = controller::controlled_shutdown(
+                    image,
+                    id,
+                    incarnation,
+                    placement.unwrap_or(&[]),
+                );
+                (events, MetaReply::ControlledShutdown(r))
+            }
         }
     }
 }
@@ -155,7 +173,14 @@ fn alter_partition(
                 format!("in-sync set {isr:?} must hold the leader and only replicas"),
             ))
         }
-        Some(st) => Ok(PartitionState { isr, ..st.clone() }),
+        // A broker in controlled shutdown is about to go: it does not join.
+        Some(st) => Ok(PartitionState {
+            isr: isr
+                .into_iter()
+                .filter(|r| st.isr.contains(r) || !image.shutting_down.contains(r))
+                .collect(),
+            ..st.clone()
+        }),
     };
     let events = match (&r, state) {
         (Ok(new), Some(old)) if new != old => vec![MetaEvent::ChangePartition {

@@ -245,6 +245,15 @@ async fn shard_main(
             while !SHUTDOWN_REQUESTED.load(Ordering::Acquire) {
                 glommio::timer::sleep(SHUTDOWN_POLL_INTERVAL).await;
             }
+            // In a cluster, first hand this broker's leaderships to other in-sync
+            // replicas (bounded; see `replication::shutdown`).
+            if let Some(q) = shard.quorum.get().cloned() {
+                if shard.config.controlled_shutdown_enable {
+                    let timeout =
+                        Duration::from_millis(shard.config.controlled_shutdown_timeout_ms);
+                    crate::replication::shutdown::run(&shard, &q, timeout).await;
+                }
+            }
             // Graceful stop: every shard stops accepting and reading requests, answers
             // the ones in flight (bounded by SHUTDOWN_DRAIN_MAX), then flushes and closes
             // its logs, and the process exits.
@@ -294,8 +303,16 @@ async fn drain_connections(shard: &Rc<Shard>) -> u64 {
     shard.metrics.connections.get()
 }
 
+/// How long a stop waits for replica fetchers to finish what they are doing (a long
+/// poll's answer, a truncation) before closing the logs.
+const FETCHERS_STOP_MAX: Duration = Duration::from_secs(2);
+
 /// Flushes and closes every log this shard owns; returns how many.
 async fn close_partitions(shard: &Rc<Shard>) -> usize {
+    // Replication stops first: a replicated append or truncation must not race a close.
+    if !crate::replication::fetcher::stop_all(FETCHERS_STOP_MAX).await {
+        tracing::warn!("replica fetchers still busy; closing the logs anyway");
+    }
     let parts: Vec<Rc<Partition>> = shard
         .partitions
         .borrow_mut()

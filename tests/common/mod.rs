@@ -287,6 +287,33 @@ impl Broker {
         false
     }
 
+    /// Sends SIGTERM and returns at once (see `wait_exit`). No-op if not running.
+    pub fn sigterm(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            // SAFETY: kill(2) on our own child, not yet reaped, so the pid is its.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit and returns its status (`None`
+    /// if it is still running then, or was not running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.child.as_mut()?.try_wait().ok().flatten();
+            if let Some(status) = status {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL (if running) and start again on the same port and data dir.
     pub fn restart(&mut self) {
         self.kill();

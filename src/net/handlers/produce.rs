@@ -102,6 +102,14 @@ pub async fn handle(
             Some(StagedApi::Produce),
             work,
             move |p, (records, min_isr)| async move {
+                // Controlled shutdown: leadership is about to move; nothing more is
+                // appended here, and the client retries at the next leader.
+                if p.is_replicated() && crate::replication::shutdown::leaving() {
+                    return ProduceOutcome::error(
+                        ec::NOT_LEADER_OR_FOLLOWER,
+                        "this broker is shutting down; leadership is moving",
+                    );
+                }
                 if acks != -1 || !p.is_replicated() {
                     return p.produce(records, d).await;
                 }
