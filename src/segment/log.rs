@@ -953,6 +953,12 @@ impl PartitionLog {
         self.durable_offset.get()
     }
 
+    /// Offsets below are written to the segment files (maybe not fdatasync'd): they
+    /// survive a crash of the process, unlike batches still in the write buffers.
+    pub fn written_offset(&self) -> i64 {
+        self.written_offset.get()
+    }
+
     /// Flush measurements since open or the last `take_flush_stats`.
     pub fn take_flush_stats(&self) -> FlushStats {
         self.stats.borrow_mut().take().unwrap_or_default()
@@ -1015,6 +1021,13 @@ impl PartitionLog {
     pub async fn sync_to(&self, target: i64) -> Result<(), StorageError> {
         self.check_usable()?;
         self.flush_to(target.min(self.log_end.get()), true).await
+    }
+
+    /// Writes (without fdatasync) everything below `target`: once it returns, a crash
+    /// of the process can no longer take those batches back.
+    pub async fn write_to(&self, target: i64) -> Result<(), StorageError> {
+        self.check_usable()?;
+        self.flush_to(target.min(self.log_end.get()), false).await
     }
 
     /// `batch` is exactly one v2 record batch as received (`records` field may hold

@@ -44,7 +44,7 @@ pub struct Partition {
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
     /// Cluster mode: this broker's role and, while it leads, what it knows of the
     /// followers. `None` on a single node (and for partitions without a replica
-    /// table), where the high watermark is the log end.
+    /// table), where the high watermark is the written log end.
     repl: RefCell<Option<Replication>>,
     /// acks=all requests waiting for the high watermark to pass their offset; sent
     /// false when this broker stops leading.
@@ -52,6 +52,10 @@ pub struct Partition {
     /// A sync of the leader's log, started because followers are ahead of its durable
     /// end, is running.
     syncing: Cell<bool>,
+    /// A write of batches appended without a flush (acks=0/1) is running, so that
+    /// consumers, who see only written batches, get them without waiting for a full
+    /// write buffer.
+    writing: Cell<bool>,
     me: Weak<Partition>,
 }
 
@@ -168,6 +172,7 @@ impl Partition {
             repl: RefCell::default(),
             hw_waiters: RefCell::default(),
             syncing: Cell::new(false),
+            writing: Cell::new(false),
             me: me.clone(),
         })
     }
@@ -189,11 +194,13 @@ impl Partition {
     }
 
     /// Offsets below this are on every in-sync replica, durably: what consumers may
-    /// read. On a single node, the log end.
+    /// read. On a single node, the written log end: batches still in the write buffers
+    /// die with the process, and a consumer that read them would find its position (and
+    /// its committed offset) past the log end after a restart, and be reset.
     #[inline]
     pub fn high_watermark(&self) -> i64 {
         match self.repl.borrow().as_ref() {
-            None => self.log.log_end_offset(),
+            None => self.log.written_offset().min(self.log.log_end_offset()),
             Some(r) => r.high_watermark.min(self.log.log_end_offset()),
         }
     }
@@ -371,7 +378,7 @@ impl Partition {
                 .min();
             let (candidate, sync_to) = match followers_min {
                 // Alone in sync: what it has written, as on a single node.
-                None => (end, None),
+                None => (self.log.written_offset().min(end), None),
                 Some(m) => {
                     let durable = self.log.durable_offset();
                     // Followers hold data the leader has not synced yet (acks=1
@@ -407,6 +414,36 @@ impl Partition {
             }
         }
         self.wake_waiters();
+    }
+
+    /// Writes what was appended but not written yet (acks=0/1 leave it in the write
+    /// buffers) and then wakes consumers: they only see written batches. One writer at
+    /// a time; it goes on while appends arrive during its writes (group commit).
+    fn start_write(&self) {
+        if self.writing.get() || self.log.written_offset() >= self.log.log_end_offset() {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        self.writing.set(true);
+        glommio::spawn_local(async move {
+            loop {
+                let target = me.log.log_end_offset();
+                let result = me.log.write_to(target).await;
+                me.wake_waiters();
+                if me.is_replicated() {
+                    me.update_high_watermark();
+                }
+                if let Err(e) = result {
+                    tracing::warn!(dir = %me.log.dir().display(), error = %e, "log write failed");
+                    break;
+                }
+                if me.log.written_offset() >= me.log.log_end_offset() {
+                    break;
+                }
+            }
+            me.writing.set(false);
+        })
+        .detach();
     }
 
     fn start_sync(&self, target: i64) {
@@ -692,6 +729,7 @@ impl Partition {
             if self.is_replicated() {
                 self.update_high_watermark();
             }
+            self.start_write();
         }
         if let (Some(end), Durability::Durable) = (duplicate_end, durability) {
             // A retried batch is acknowledged with the same promise as the first try:

@@ -155,6 +155,10 @@ impl Broker {
         self.data_dir.path()
     }
 
+    pub fn log_dir(&self) -> &Path {
+        self.log_dir.path()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("broker is running").id()
     }

@@ -110,7 +110,9 @@ async fn read_local(
         };
     }
     let read_started = Instant::now();
-    let read = if replica == -1 && p.is_replicated() {
+    // Consumers read below the high watermark, a single node's included (its written
+    // end): batches still in the write buffers would die with the process.
+    let read = if replica == -1 {
         p.log.read_below(offset, max_bytes, hw).await
     } else {
         p.log.read(offset, max_bytes).await
@@ -121,7 +123,7 @@ async fn read_local(
             error_code: ec::NONE,
             chunks: r.chunks,
             log_start_offset: r.log_start_offset,
-            high_watermark: if p.is_replicated() {
+            high_watermark: if p.is_replicated() || replica == -1 {
                 hw
             } else {
                 r.log_end_offset
