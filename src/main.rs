@@ -201,6 +201,19 @@ fn serve(args: ServeArgs) -> cli::CliResult {
             config.data_dir.display()
         )));
     }
+    // Relative data dirs (the default is ./data) are resolved once here: glommio
+    // cannot open a relative directory path (EBADF), and a later chdir must not move
+    // the data.
+    let mut config = config;
+    match std::path::absolute(&config.data_dir) {
+        Ok(abs) => config.data_dir = abs,
+        Err(e) => {
+            return Err(CliError::error(format!(
+                "cannot resolve data directory {}: {e}",
+                config.data_dir.display()
+            )))
+        }
+    }
     check_memlock(&config);
     if let Err(e) = runnel::shard::runtime::run(config.clone()) {
         eprintln!("runnel: {e:#}");

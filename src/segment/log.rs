@@ -603,6 +603,8 @@ impl PartitionLog {
     pub async fn open(dir: PathBuf, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
         let config = sanitize(config);
         std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create dir", &dir, e))?;
+        // glommio cannot open relative directory paths.
+        let dir = std::path::absolute(&dir).map_err(|e| StorageError::io("open dir", &dir, e))?;
         probe_device(&dir).await?;
         super::segment::remove_stale_tmp(&dir);
         let checkpoint = read_checkpoint(&dir);

@@ -436,7 +436,9 @@ pub(crate) fn remove_stale_tmp(dir: &Path) {
 
 /// `sync_dir` through io_uring (see `write_replace_durable_async`).
 pub(crate) async fn sync_dir_async(dir: &Path) -> Result<(), StorageError> {
-    let d = glommio::io::Directory::open(dir)
+    // glommio opens a relative directory path against no fd (EBADF).
+    let abs = std::path::absolute(dir).map_err(|e| StorageError::io("open dir", dir, e))?;
+    let d = glommio::io::Directory::open(&abs)
         .await
         .map_err(|e| StorageError::io("open dir", dir, e))?;
     let synced = d.sync().await;
