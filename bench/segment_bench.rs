@@ -2,15 +2,20 @@
 //!
 //! `cargo run --release --bin segment-bench -- --dir DIR [--seconds 4]`
 //!
-//! For batch sizes 1 KiB, 16 KiB, 256 KiB and 1 MiB, two modes:
-//! - flush-per-batch: one appender, every append `Durable` (write + fdatasync each);
-//!   fio: `--direct=1 --fdatasync=1`, same block size.
+//! For batch sizes 1 KiB, 16 KiB, 256 KiB and 1 MiB (batches of exactly that many
+//! bytes; `--skew` adds bytes to each, as real batches are not block-sized), two modes:
+//! - flush-per-batch: one appender, every append `Durable` (each batch durable before
+//!   the next: one O_DSYNC write, or write + fdatasync); fio: `--direct=1
+//!   --fdatasync=1`, same block size; and fio `--sync=dsync` (one O_DSYNC write each).
 //! - group commit: `--appenders` concurrent tasks, every append `Durable`, so one
 //!   flusher round writes and syncs many batches; fio: `--direct=1`, same block size,
-//!   no fdatasync (the raw O_DIRECT bandwidth the disk gives one sequential writer).
+//!   no fdatasync (the raw O_DIRECT bandwidth the disk gives one sequential writer);
+//!   and fio `--fdatasync=N` (one fdatasync per N writes, like a round).
 //!
-//! Latencies: our append→durable latency and our fdatasync alone (hdrhistogram), fio's
-//! write completion and fdatasync latencies (from its JSON output).
+//! Latencies (hdrhistogram): our append→durable latency; our flush, i.e. one round's
+//! write(s) + sync; our fdatasync alone where a round has one. fio's from its JSON
+//! output: for flush-per-batch the O_DSYNC write (one block written and synced, the
+//! same work as our flush) and the fdatasync alone of the `--fdatasync=1` run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,6 +54,9 @@ struct Args {
     /// Skip fio (print only our numbers).
     #[arg(long)]
     no_fio: bool,
+    /// Bytes added to every batch (0: batches of exactly the block size).
+    #[arg(long, default_value_t = 0)]
+    skew: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -60,9 +68,14 @@ enum Mode {
 #[derive(Default, Clone)]
 struct Outcome {
     mb_s: f64,
-    /// p50, p99, p99.9 in µs.
+    /// p50, p99, p99.9 in µs: append→durable (ours), write completion (fio).
     lat_us: [f64; 3],
+    /// One flush round: write(s) + sync (ours).
+    flush_us: [f64; 3],
+    /// fdatasync alone.
     sync_us: [f64; 3],
+    /// fdatasync calls (ours).
+    syncs: u64,
     /// Flush rounds (group commits) and bytes written per round.
     rounds: u64,
     kib_per_round: f64,
@@ -80,6 +93,7 @@ fn pcts(h: &Histogram<u64>, scale: f64) -> [f64; 3] {
 }
 
 fn run_ours(dir: &Path, size: usize, mode: Mode, seconds: u64, appenders: usize) -> Outcome {
+    assert!(size >= 128, "a batch holds a header and a record");
     let dir = dir.to_path_buf();
     LocalExecutorBuilder::default()
         .io_memory(4 << 20)
@@ -135,10 +149,12 @@ fn run_ours(dir: &Path, size: usize, mode: Mode, seconds: u64, appenders: usize)
                 mb_s: bytes as f64 / elapsed / 1e6,
                 lat_us: pcts(&lat, 1e3),
                 sync_us: pcts(&stats.fdatasync_ns, 1e3),
-                rounds: stats.fdatasync_ns.len(),
+                flush_us: pcts(&stats.round_ns, 1e3),
+                syncs: stats.fdatasync_ns.len(),
+                rounds: stats.round_ns.len(),
                 kib_per_round: stats.bytes_written as f64
                     / 1024.0
-                    / stats.fdatasync_ns.len().max(1) as f64,
+                    / stats.round_ns.len().max(1) as f64,
             }
         })
         .expect("executor")
@@ -146,8 +162,16 @@ fn run_ours(dir: &Path, size: usize, mode: Mode, seconds: u64, appenders: usize)
         .expect("bench thread")
 }
 
-/// `fdatasync_every`: fio's `--fdatasync=N` (0 = never).
-fn run_fio(dir: &Path, size: usize, fdatasync_every: usize, seconds: u64) -> Option<Outcome> {
+#[derive(Clone, Copy)]
+enum FioSync {
+    None,
+    /// `--fdatasync=N`.
+    Every(usize),
+    /// `--sync=dsync`: the file opened O_DSYNC.
+    Dsync,
+}
+
+fn run_fio(dir: &Path, size: usize, sync: FioSync, seconds: u64) -> Option<Outcome> {
     std::fs::create_dir_all(dir).ok()?;
     let mut cmd = Command::new("fio");
     cmd.args([
@@ -164,8 +188,14 @@ fn run_fio(dir: &Path, size: usize, fdatasync_every: usize, seconds: u64) -> Opt
         "--time_based",
         "--output-format=json",
     ]);
-    if fdatasync_every > 0 {
-        cmd.arg(format!("--fdatasync={fdatasync_every}"));
+    match sync {
+        FioSync::None => {}
+        FioSync::Every(n) => {
+            cmd.arg(format!("--fdatasync={n}"));
+        }
+        FioSync::Dsync => {
+            cmd.arg("--sync=dsync");
+        }
     }
     let out = cmd.output().ok()?;
     let _ = std::fs::remove_dir_all(dir);
@@ -199,45 +229,54 @@ fn main() {
         eprintln!("fio not found: install it (apt-get install -y fio) or pass --no-fio");
     }
     println!(
-        "best of {} runs x {} s per case; group commit = {} concurrent Durable appenders",
-        args.repeat, args.seconds, args.appenders
+        "best of {} runs x {} s per case; group commit = {} concurrent Durable appenders; \
+         batches of block size + {} bytes",
+        args.repeat, args.seconds, args.appenders, args.skew
     );
     println!(
-        "fio: psync, --direct=1, same bs, fresh file. 'fio MB/s' = --fdatasync=1 (flush-per-batch) \
-         or no fdatasync (group commit: raw O_DIRECT bandwidth); 'fio sync/N' = --fdatasync={} \
-         (one fdatasync per group, like ours)",
+        "fio: psync, --direct=1, same bs, fresh file. 'fio MB/s': --fdatasync=1 \
+         (flush-per-batch) or no fdatasync (group commit: raw O_DIRECT bandwidth). \
+         'fio alt': --sync=dsync (flush-per-batch) or --fdatasync={} (group commit: one \
+         fdatasync per group, like ours).",
         args.appenders
     );
     println!(
-        "{:<15} {:>7} | {:>9} {:>9} {:>6} | {:>10} {:>6} | {:>22} | {:>22} | {:>22} | {:>8} | {:>14}",
+        "'flush' = making a write durable: ours = one round (write(s) + fdatasync, or one \
+         O_DSYNC write); fio = an O_DSYNC write (flush-per-batch). 'fdatasync' = the call \
+         alone (fio: the --fdatasync run of the row)."
+    );
+    let header = |c: [&str; 11]| {
+        println!(
+            "{:<15} {:>7} | {:>9} {:>9} {:>6} | {:>9} {:>6} | {:>20} | {:>18} | {:>18} | {:>8} | {:>16} | {:>13}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], "fdatasync p99 µs", "ours rounds"
+        );
+    };
+    header([
         "mode",
         "batch",
         "ours MB/s",
         "fio MB/s",
         "ratio",
-        "fio sync/N",
+        "fio alt",
         "ratio",
         "ours append->durable",
-        "ours fdatasync",
-        "fio fdatasync",
-        "sync p99",
-        "ours rounds"
-    );
-    println!(
-        "{:<15} {:>7} | {:>9} {:>9} {:>6} | {:>10} {:>6} | {:>22} | {:>22} | {:>22} | {:>8} | {:>14}",
+        "ours flush",
+        "fio flush",
+        "flush p99",
+    ]);
+    header([
         "",
         "",
         "",
         "",
         "",
-        "",
+        "MB/s",
         "",
         "µs p50/p99/p99.9",
         "µs p50/p99/p99.9",
         "µs p50/p99/p99.9",
         "ours/fio",
-        "n x KiB/round"
-    );
+    ]);
     for mode in [Mode::FlushPerBatch, Mode::GroupCommit] {
         for &size in &sizes {
             let label = match mode {
@@ -251,10 +290,10 @@ fn main() {
             {
                 continue;
             }
-            // fio runs: the headline comparison and, for group commit, like-for-like.
-            let (main_sync, grouped_sync) = match mode {
-                Mode::FlushPerBatch => (1, None),
-                Mode::GroupCommit => (0, Some(args.appenders)),
+            // fio runs: the headline comparison and the alternative.
+            let (main_sync, alt_sync) = match mode {
+                Mode::FlushPerBatch => (FioSync::Every(1), FioSync::Dsync),
+                Mode::GroupCommit => (FioSync::None, FioSync::Every(args.appenders)),
             };
             let best = |slot: &mut Option<Outcome>, o: Option<Outcome>| {
                 if let Some(o) = o {
@@ -265,9 +304,15 @@ fn main() {
             };
             let mut ours = Outcome::default();
             let mut fio: Option<Outcome> = None;
-            let mut fio_grouped: Option<Outcome> = None;
+            let mut fio_alt: Option<Outcome> = None;
             for _ in 0..args.repeat.max(1) {
-                let o = run_ours(&root.join("ours"), size, mode, args.seconds, args.appenders);
+                let o = run_ours(
+                    &root.join("ours"),
+                    size + args.skew,
+                    mode,
+                    args.seconds,
+                    args.appenders,
+                );
                 if o.mb_s > ours.mb_s {
                     ours = o;
                 }
@@ -276,12 +321,10 @@ fn main() {
                         &mut fio,
                         run_fio(&root.join("fio"), size, main_sync, args.seconds),
                     );
-                    if let Some(n) = grouped_sync {
-                        best(
-                            &mut fio_grouped,
-                            run_fio(&root.join("fio"), size, n, args.seconds),
-                        );
-                    }
+                    best(
+                        &mut fio_alt,
+                        run_fio(&root.join("fio"), size, alt_sync, args.seconds),
+                    );
                 }
             }
             let ratio = |a: f64, b: Option<f64>| match b {
@@ -291,25 +334,41 @@ fn main() {
             let mbs =
                 |o: &Option<Outcome>| o.as_ref().map_or("-".into(), |f| format!("{:.1}", f.mb_s));
             let tri = |v: [f64; 3]| format!("{:.0} / {:.0} / {:.0}", v[0], v[1], v[2]);
-            // The fio run whose fdatasync latency is comparable with ours.
-            let fio_sync = if mode == Mode::FlushPerBatch {
-                &fio
+            let dash = || "-".to_string();
+            // fio's flush: the O_DSYNC write of one block (flush-per-batch only).
+            let (fio_flush, flush_ratio) = match (mode, &fio_alt) {
+                (Mode::FlushPerBatch, Some(f)) => {
+                    (tri(f.lat_us), ratio(ours.flush_us[1], Some(f.lat_us[1])))
+                }
+                _ => (dash(), dash()),
+            };
+            // fdatasync alone: ours where rounds had one, fio's from its --fdatasync run.
+            let fio_sync = match mode {
+                Mode::FlushPerBatch => &fio,
+                Mode::GroupCommit => &fio_alt,
+            };
+            let fio_p99 = fio_sync
+                .as_ref()
+                .map_or(dash(), |f| format!("{:.0}", f.sync_us[1]));
+            let sync_cmp = if ours.syncs > 0 {
+                format!("{:.0}/{fio_p99} n={}", ours.sync_us[1], ours.syncs)
             } else {
-                &fio_grouped
+                format!("-/{fio_p99} n=0")
             };
             println!(
-                "{:<15} {:>6}K | {:>9.1} {:>9} {:>6} | {:>10} {:>6} | {:>22} | {:>22} | {:>22} | {:>8} | {:>14}",
+                "{:<15} {:>6}K | {:>9.1} {:>9} {:>6} | {:>9} {:>6} | {:>20} | {:>18} | {:>18} | {:>8} | {:>18} | {:>13}",
                 label,
                 size >> 10,
                 ours.mb_s,
                 mbs(&fio),
                 ratio(ours.mb_s, fio.as_ref().map(|f| f.mb_s)),
-                mbs(&fio_grouped),
-                ratio(ours.mb_s, fio_grouped.as_ref().map(|f| f.mb_s)),
+                mbs(&fio_alt),
+                ratio(ours.mb_s, fio_alt.as_ref().map(|f| f.mb_s)),
                 tri(ours.lat_us),
-                tri(ours.sync_us),
-                fio_sync.as_ref().map_or("-".into(), |f| tri(f.sync_us)),
-                ratio(ours.sync_us[1], fio_sync.as_ref().map(|f| f.sync_us[1])),
+                tri(ours.flush_us),
+                fio_flush,
+                flush_ratio,
+                sync_cmp,
                 format!("{} x {:.0}", ours.rounds, ours.kib_per_round),
             );
         }

@@ -598,3 +598,45 @@ fn closed_and_deleted_logs_refuse_work() {
             .is_err());
     });
 }
+
+#[test]
+fn durable_appends_one_at_a_time_go_o_dsync_without_an_fdatasync() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path().to_path_buf(), small_config())
+            .await
+            .unwrap();
+        // Unaligned sizes: every round after the first rewrites a partial tail block,
+        // and rolls (16 KiB segments) start new files.
+        let mut batches = Vec::new();
+        for i in 0..40usize {
+            let b = encode_batch(0, 0, &[value(i, 700 + i * 37).as_slice()]);
+            let info = log.append(b.clone(), Durability::Durable).await.unwrap();
+            assert_eq!(log.durable_offset(), info.last_offset + 1);
+            batches.push(b);
+        }
+        let stats = log.take_flush_stats();
+        assert!(
+            stats.round_ns.len() >= 40,
+            "one round per append: {}",
+            stats.round_ns.len()
+        );
+        // Each round's single write went through the O_DSYNC handle (at most the very
+        // first rounds of a segment, which start with an empty buffer, may differ).
+        assert!(
+            stats.fdatasync_ns.len() <= 4,
+            "{} fdatasyncs for {} rounds",
+            stats.fdatasync_ns.len(),
+            stats.round_ns.len()
+        );
+        assert!(log.segment_count() > 2, "the appends rolled segments");
+        let log = reopen(dir.path(), log).await;
+        assert_eq!(log.log_end_offset(), 40);
+        let mut expected = Vec::new();
+        for (i, b) in batches.iter().enumerate() {
+            expected.extend(stored(b, i as i64));
+        }
+        assert_eq!(read_all(&log, 0).await, expected);
+        log.close().await.unwrap();
+    });
+}

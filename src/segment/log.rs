@@ -331,8 +331,7 @@ struct PendingWrite {
 #[derive(Default)]
 struct WriteTracker {
     next_seq: u64,
-    /// (seq, segment, logical end, done)
-    in_flight: VecDeque<(u64, Rc<Segment>, u64, bool)>,
+    in_flight: VecDeque<InFlight>,
     /// Every write with seq below this is complete.
     done_prefix: u64,
     waiters: Vec<(u64, oneshot::Sender<()>)>,
@@ -341,11 +340,26 @@ struct WriteTracker {
     unwritten_bytes: usize,
 }
 
+struct InFlight {
+    seq: u64,
+    seg: Rc<Segment>,
+    /// Logical segment position the write ends at.
+    logical_end: u64,
+    done: bool,
+    /// Through the O_DSYNC handle: durable once complete, needs no fdatasync.
+    dsync: bool,
+}
+
 struct Appender {
     cur: WriteBuf,
     queue: VecDeque<PendingWrite>,
     /// Capacity of the buffer that follows a one-block head buffer (see `rotate`).
     next_capacity: usize,
+    /// A flush carries its partial tail block in a one-block buffer of its own (see
+    /// `rotate`). Off after a sync round of one write: the next such round then has
+    /// one write again, which goes O_DSYNC (one I/O instead of two writes plus an
+    /// fdatasync).
+    split_tail: bool,
 }
 
 impl Appender {
@@ -364,13 +378,15 @@ impl Appender {
     /// write that covers both written and unwritten extents without blocking, so
     /// io_uring would hand every such write to a worker thread (one more thread
     /// wakeup per write, which on a busy machine costs up to a scheduler tick).
+    /// Unless `split_tail` is off (see there): one punted O_DSYNC write beats two
+    /// writes and an fdatasync.
     fn rotate(&mut self, capacity: usize, for_flush: bool) {
         let tail_start = align_down(self.cur.len as u64) as usize;
         let tail_len = self.cur.len - tail_start;
         if for_flush {
             self.next_capacity = capacity;
         }
-        let capacity = if for_flush && tail_len > 0 {
+        let capacity = if for_flush && tail_len > 0 && self.split_tail {
             BLOCK_BYTES as usize
         } else {
             align_up(capacity.max(tail_len + 1) as u64) as usize
@@ -727,6 +743,7 @@ impl PartitionLog {
                 cur,
                 queue: VecDeque::new(),
                 next_capacity: BLOCK_BYTES as usize,
+                split_tail: true,
             }),
             tracker: RefCell::new(WriteTracker::default()),
             cache: RefCell::new(BatchCache::default()),
@@ -1431,19 +1448,25 @@ impl PartitionLog {
                 app.queue.pop_front().expect("front exists")
             };
             let file = w.seg.file.borrow().clone().expect("checked above");
-            self.submit(w, file);
+            self.submit(w, file, false);
         }
     }
 
     /// Starts one O_DIRECT write as its own task; `complete` records the result.
-    fn submit(&self, w: PendingWrite, file: Rc<DmaFile>) {
+    /// `dsync`: `file` is the O_DSYNC handle.
+    fn submit(&self, w: PendingWrite, file: Rc<DmaFile>, dsync: bool) {
         let me = self.me.upgrade().expect("a PartitionLog lives in an Rc");
         let seq = {
             let mut t = self.tracker.borrow_mut();
             let seq = t.next_seq;
             t.next_seq += 1;
-            t.in_flight
-                .push_back((seq, w.seg.clone(), w.logical_end, false));
+            t.in_flight.push_back(InFlight {
+                seq,
+                seg: w.seg.clone(),
+                logical_end: w.logical_end,
+                done: false,
+                dsync,
+            });
             t.barrier_in_flight |= w.barrier;
             t.unwritten_bytes += w.buf.len();
             seq
@@ -1483,18 +1506,18 @@ impl PartitionLog {
             if barrier {
                 t.barrier_in_flight = false;
             }
-            let front = t.in_flight.front().map_or(seq, |e| e.0);
+            let front = t.in_flight.front().map_or(seq, |e| e.seq);
             let i = (seq - front) as usize;
-            t.in_flight[i].3 = true;
+            t.in_flight[i].done = true;
             // Only a complete prefix is readable from the file.
-            while t.in_flight.front().is_some_and(|e| e.3) {
-                let (s, seg, logical_end, _) = t.in_flight.pop_front().expect("front exists");
-                seg.written.set(seg.written.get().max(logical_end));
+            while t.in_flight.front().is_some_and(|e| e.done) {
+                let e = t.in_flight.pop_front().expect("front exists");
+                e.seg.written.set(e.seg.written.get().max(e.logical_end));
                 let mut unsynced = self.unsynced.borrow_mut();
-                if !unsynced.iter().any(|u| Rc::ptr_eq(u, &seg)) {
-                    unsynced.push(seg);
+                if !e.dsync && !unsynced.iter().any(|u| Rc::ptr_eq(u, &e.seg)) {
+                    unsynced.push(e.seg);
                 }
-                t.done_prefix = s + 1;
+                t.done_prefix = e.seq + 1;
             }
             let done = t.done_prefix;
             let failed = self.failed.borrow().is_some();
@@ -1539,9 +1562,16 @@ impl PartitionLog {
             let mut app = self.appender.borrow_mut();
             if app.cur.dirty {
                 // The next buffer is sized by what this round carried (twice it, up
-                // to WRITE_BUFFER_BYTES): steady small flushes never reallocate
-                // mid-round, and an idle partition does not pin a large buffer.
-                let capacity = (2 * app.cur.len).clamp(BLOCK_BYTES as usize, WRITE_BUFFER_BYTES);
+                // to WRITE_BUFFER_BYTES, or what it carried plus a block if more):
+                // steady flushes never reallocate mid-round, so a round of one large
+                // batch stays one write, and an idle partition does not pin a large
+                // buffer.
+                let most = WRITE_BUFFER_BYTES
+                    .max(align_up(app.cur.len as u64) as usize + BLOCK_BYTES as usize);
+                let capacity = (2 * app.cur.len).clamp(BLOCK_BYTES as usize, most);
+                // A sync round of this one buffer (it goes O_DSYNC): steady
+                // flush-per-batch traffic, so the next round likely is one too.
+                app.split_tail = !(sync && app.queue.is_empty());
                 app.rotate(capacity, true);
                 // From now until that write completes, no write-behind may start:
                 // the next one would share its last block.
@@ -1552,6 +1582,14 @@ impl PartitionLog {
         let config = self.config.borrow().clone();
         let started = std::time::Instant::now();
         let mut synced = None;
+        // A sync round whose one write is all that is not yet durable writes it
+        // O_DSYNC: durable when it completes (the kernel syncs in its completion), no
+        // second round trip for an fdatasync (which io_uring always hands to a worker
+        // thread). With more writes, one fdatasync for all is cheaper than a sync each.
+        let dsync = sync
+            && writes.len() == 1
+            && self.unsynced.borrow().is_empty()
+            && self.tracker.borrow().in_flight.is_empty();
         // No barrier can be in flight here: only rounds submit barriers and every
         // round waits for its writes. The queued writes are disjoint from each other
         // and from the write-behind ones (see `Appender::rotate`).
@@ -1577,7 +1615,15 @@ impl PartitionLog {
                 Err(e) => return Err(e),
             };
             let barrier = w.barrier;
-            self.submit(w, file);
+            let dsync_file = if dsync {
+                self.dsync_file(&w.seg).await
+            } else {
+                None
+            };
+            match dsync_file {
+                Some(f) => self.submit(w, f, true),
+                None => self.submit(w, file, false),
+            }
             if barrier && i < count {
                 // A barrier write put back by an out-of-space round shares its last
                 // block with the next write of this round: it must land first.
@@ -1594,6 +1640,7 @@ impl PartitionLog {
             .cloned()
             .collect();
         for seg in untrimmed {
+            seg.close_dsync().await;
             let file = seg.file.borrow().clone();
             if let Some(file) = file {
                 file.truncate(align_up(seg.size.get()))
@@ -1629,10 +1676,12 @@ impl PartitionLog {
                 }
             });
             let sync_started = std::time::Instant::now();
+            let any = !segs.is_empty();
             for r in futures::future::join_all(syncs).await {
                 r?;
             }
-            synced = Some(sync_started.elapsed());
+            // Nothing to sync: the round's write went O_DSYNC.
+            synced = any.then(|| sync_started.elapsed());
             self.durable_offset
                 .set(self.durable_offset.get().max(synced_to));
             // Bound recovery time of the active segment: its index is written every
@@ -1690,6 +1739,32 @@ impl PartitionLog {
         result.map_err(|e| StorageError::io("fallocate", w.seg.path("log"), e))?;
         w.seg.allocated.set(got);
         Ok(file)
+    }
+
+    /// The segment's O_DSYNC handle, opened on first use (after `ensure_file` created
+    /// the file). `None` if it cannot be opened: the caller writes through the plain
+    /// handle and fdatasyncs.
+    async fn dsync_file(&self, seg: &Rc<Segment>) -> Option<Rc<DmaFile>> {
+        if let Some(f) = seg.dsync_file.borrow().as_ref() {
+            return Some(f.clone());
+        }
+        let path = seg.path("log");
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .dma_open(&path)
+            .await
+        {
+            Ok(f) => {
+                let f = Rc::new(f);
+                *seg.dsync_file.borrow_mut() = Some(f.clone());
+                Some(f)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, path = %path.display(), "no O_DSYNC handle");
+                None
+            }
+        }
     }
 
     /// The segment's file, created (and the directory synced) on first use.
@@ -2137,6 +2212,7 @@ impl PartitionLog {
         } else {
             assert_eq!(cut_pos, 0, "a segment with bytes has a file");
         }
+        cut_seg.close_dsync().await;
         // Memory, in one synchronous step: from here readers see the shorter log.
         assert!(self.truncating.get() && self.flushing.get());
         kept.written.set(cut_pos);
@@ -2269,6 +2345,7 @@ impl PartitionLog {
     /// Unlinks a segment no longer in the list and closes its file (readers may still
     /// hold it; the last `Rc` closes it then). The caller syncs the directory.
     async fn remove_segment_files(&self, seg: &Rc<Segment>) {
+        seg.close_dsync().await;
         let file = seg.file.borrow_mut().take();
         seg.remove_files();
         if let Some(file) = file {
@@ -2359,6 +2436,7 @@ impl PartitionLog {
         assert!(Rc::ptr_eq(&popped, seg));
         self.cache.borrow_mut().drop_segment(seg);
         self.unsynced.borrow_mut().retain(|s| !Rc::ptr_eq(s, seg));
+        seg.close_dsync().await;
         let file = seg.file.borrow_mut().take();
         seg.remove_files();
         if let Some(file) = file {
@@ -2688,6 +2766,7 @@ impl PartitionLog {
         self.cache.borrow_mut().drop_below(seg.next_offset.get());
         self.unsynced.borrow_mut().retain(|s| !Rc::ptr_eq(s, seg));
         new.persist_index()?;
+        seg.close_dsync().await;
         let old = seg.file.borrow_mut().take();
         if let Some(old) = old {
             // Readers still inside the old segment hold it; the last Rc closes it.
@@ -2725,6 +2804,7 @@ impl PartitionLog {
             {
                 result = s.persist_index();
             }
+            s.close_dsync().await;
             let file = s.file.borrow_mut().take();
             if let Some(file) = file {
                 if let Ok(f) = Rc::try_unwrap(file) {

@@ -11,7 +11,10 @@
 //! - The future returned by `append` resolves at the durability point asked for:
 //!   `Durability::Written` = visible to `read` (in the write buffer / batch cache),
 //!   `Durability::Durable` = written and fdatasync'd. Durable appends are group
-//!   committed (one write + one fdatasync for all appends waiting at that moment).
+//!   committed (one write + one fdatasync for all appends waiting at that moment); a
+//!   round whose one write is all that is not yet durable writes it through an
+//!   O_DSYNC handle instead (durable on completion: one I/O, no fdatasync round trip,
+//!   which io_uring always hands to a worker thread).
 //!   The topic's `flush.messages` / `flush.ms` drive background fdatasyncs of
 //!   `Written` appends; a caller that wants "durable per the topic's flush policy"
 //!   asks for `Written` and reads `durable_offset()`.

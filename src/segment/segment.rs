@@ -60,6 +60,9 @@ pub(crate) struct Segment {
     /// Bytes preallocated (or already present) in the file.
     pub allocated: Cell<u64>,
     pub file: RefCell<Option<Rc<DmaFile>>>,
+    /// The same file opened O_DSYNC, for flush rounds whose one write is all that is
+    /// not yet durable: the write is durable when it completes, no fdatasync follows.
+    pub dsync_file: RefCell<Option<Rc<DmaFile>>>,
     pub index: RefCell<Vec<IndexEntry>>,
     pub time_index: RefCell<Vec<TimeEntry>>,
     bytes_since_index: Cell<u64>,
@@ -91,6 +94,7 @@ impl Segment {
             written: Cell::new(0),
             allocated: Cell::new(0),
             file: RefCell::new(None),
+            dsync_file: RefCell::new(None),
             index: RefCell::new(Vec::new()),
             time_index: RefCell::new(Vec::new()),
             bytes_since_index: Cell::new(0),
@@ -101,6 +105,15 @@ impl Segment {
             sealed: Cell::new(false),
             persisted_entries: Cell::new(0),
             trimmed: Cell::new(false),
+        }
+    }
+
+    /// Closes the O_DSYNC handle, if any (the segment takes no more writes, or its
+    /// file is going away).
+    pub async fn close_dsync(&self) {
+        let f = self.dsync_file.borrow_mut().take();
+        if let Some(f) = f.and_then(|f| Rc::try_unwrap(f).ok()) {
+            let _ = f.close().await;
         }
     }
 

@@ -58,10 +58,21 @@ pub fn encode_batch(base_offset: i64, base_timestamp: i64, values: &[&[u8]]) -> 
     Bytes::from(h)
 }
 
-/// A batch of about `size` bytes (one record whose value fills it), for benchmarks.
+/// A one-record batch of `size` bytes, for benchmarks: exactly, when a value length
+/// gives it (the record's varint lengths make a few sizes unreachable: then within a
+/// few bytes).
 pub fn encode_batch_of_size(size: usize, base_timestamp: i64) -> Bytes {
-    let value = vec![0x5au8; size.saturating_sub(BATCH_HEADER_LEN + 12).max(1)];
-    encode_batch(0, base_timestamp, &[&value])
+    let mut value_len = size.saturating_sub(BATCH_HEADER_LEN + 12).max(1);
+    let mut batch = encode_batch(0, base_timestamp, &[&vec![0x5au8; value_len]]);
+    // The record's varint lengths depend on the value length: adjust, a few steps.
+    for _ in 0..4 {
+        if batch.len() == size {
+            break;
+        }
+        value_len = (value_len as i64 + size as i64 - batch.len() as i64).max(1) as usize;
+        batch = encode_batch(0, base_timestamp, &[&vec![0x5au8; value_len]]);
+    }
+    batch
 }
 
 /// Encodes a v2 batch of keyed records (`None` key or value = null) with `codec`;
@@ -112,4 +123,18 @@ pub fn encode_keyed_batch(
         super::compact::build_batch(&template, codec, base_offset, n - 1, &raw, n, None)
             .expect("compress in memory"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_of_the_bench_sizes_are_exact() {
+        for size in [1 << 10, 16 << 10, 256 << 10, 1 << 20, 100_000] {
+            let b = encode_batch_of_size(size, 0);
+            assert_eq!(b.len(), size);
+            crate::segment::batch::ValidBatch::new(b).expect("a valid batch");
+        }
+    }
 }
