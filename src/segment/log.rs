@@ -2048,6 +2048,22 @@ impl PartitionLog {
         Ok(None)
     }
 
+    /// ListOffsets MAX_TIMESTAMP (KIP-734): the first batch holding the log's largest
+    /// timestamp, as (base offset, timestamp); `None` for a log without timestamps.
+    pub async fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        let max = self
+            .segments
+            .borrow()
+            .iter()
+            .map(|s| s.max_timestamp.get())
+            .max()
+            .unwrap_or(-1);
+        if max < 0 {
+            return Ok(None);
+        }
+        self.offset_for_timestamp(max).await
+    }
+
     /// DeleteRecords: moves the log start to `offset` (<= log end), persisting it, and
     /// deletes the whole segments below it. Returns the new log start offset.
     pub async fn delete_records_before(&self, offset: i64) -> Result<i64, StorageError> {

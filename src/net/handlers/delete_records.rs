@@ -25,8 +25,10 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> DeleteRecor
     // (error, new low watermark) per partition.
     let done = shard
         .on_partitions(work, |p, offset| async move {
-            // -1 means "up to the high watermark".
-            let end = p.log.log_end_offset();
+            // -1 means "up to the high watermark", and nothing past it may go (Kafka):
+            // records a consumer cannot read yet (unreplicated, or on a single node
+            // still in the write buffers) cannot be deleted either.
+            let end = p.high_watermark();
             let target = if offset == -1 { end } else { offset };
             if target < 0 || target > end {
                 return (ec::OFFSET_OUT_OF_RANGE, p.log.log_start_offset());

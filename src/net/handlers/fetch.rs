@@ -123,11 +123,9 @@ async fn read_local(
             error_code: ec::NONE,
             chunks: r.chunks,
             log_start_offset: r.log_start_offset,
-            high_watermark: if p.is_replicated() || replica == -1 {
-                hw
-            } else {
-                r.log_end_offset
-            },
+            // Every fetcher is told the high watermark (Kafka's rule), a debugging
+            // consumer's too, though it may read past it.
+            high_watermark: hw,
             visible_end: end,
             hw_news,
         },

@@ -42,15 +42,34 @@ pub async fn handle(
                 return (ec::NOT_LEADER_OR_FOLLOWER, -1, -1, -1);
             }
             let epoch = p.leader_epoch();
+            // Kafka's last fetchable offset: a consumer sees offsets below the high
+            // watermark (on a single node the written end: what Fetch serves it), a
+            // debugging consumer or a replica up to the log end. No transactions yet,
+            // so read_committed's last stable offset is the same.
+            let fetchable = if replica == -1 {
+                p.high_watermark()
+            } else {
+                p.log.log_end_offset()
+            };
             let (code, ts, offset) = match ts {
-                LATEST if replicated && replica == -1 => (ec::NONE, -1, p.high_watermark()),
-                LATEST | MAX_TIMESTAMP => (ec::NONE, -1, p.log.log_end_offset()),
+                LATEST => (ec::NONE, -1, fetchable),
                 EARLIEST => (ec::NONE, -1, p.log.log_start_offset()),
-                ts => match p.log.offset_for_timestamp(ts).await {
-                    Ok(Some((offset, found_ts))) => (ec::NONE, found_ts, offset),
-                    Ok(None) => (ec::NONE, -1, -1),
-                    Err(e) => (e.kafka_error_code(), -1, -1),
-                },
+                ts => {
+                    let found = if ts == MAX_TIMESTAMP {
+                        p.log.max_timestamp_offset().await
+                    } else {
+                        p.log.offset_for_timestamp(ts).await
+                    };
+                    match found {
+                        // A hit at or past the fetchable end is not reported (Kafka):
+                        // a consumer seeking there could not read it yet.
+                        Ok(Some((offset, found_ts))) if offset < fetchable => {
+                            (ec::NONE, found_ts, offset)
+                        }
+                        Ok(_) => (ec::NONE, -1, -1),
+                        Err(e) => (e.kafka_error_code(), -1, -1),
+                    }
+                }
             };
             (code, ts, offset, epoch)
         })
