@@ -41,7 +41,8 @@ use super::epoch::LeaderEpochCache;
 use super::error::StorageError;
 use super::recovery::{recover_segment, scan, BATCH_BYTES_MAX};
 use super::segment::{
-    align_down, align_up, sync_dir, sync_dir_async, write_replace_durable, Segment, BLOCK_BYTES,
+    align_down, align_up, sync_dir, sync_dir_async, write_replace_durable, DsyncHandle, Segment,
+    BLOCK_BYTES,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1742,12 +1743,14 @@ impl PartitionLog {
     }
 
     /// The segment's O_DSYNC handle, opened on first use (after `ensure_file` created
-    /// the file). `None` if it cannot be opened: the caller writes through the plain
-    /// handle and fdatasyncs.
+    /// the file). `None` if the shard has no handle slot left (`DSYNC_HANDLES_MAX`;
+    /// the first partitions to flush alone keep theirs until their segment rolls) or
+    /// it cannot be opened: the caller writes through the plain handle and fdatasyncs.
     async fn dsync_file(&self, seg: &Rc<Segment>) -> Option<Rc<DmaFile>> {
-        if let Some(f) = seg.dsync_file.borrow().as_ref() {
-            return Some(f.clone());
+        if let Some(f) = seg.dsync_file.borrow().as_ref().and_then(|h| h.file()) {
+            return Some(f);
         }
+        let mut slot = DsyncHandle::reserve()?;
         let path = seg.path("log");
         match OpenOptions::new()
             .write(true)
@@ -1757,7 +1760,8 @@ impl PartitionLog {
         {
             Ok(f) => {
                 let f = Rc::new(f);
-                *seg.dsync_file.borrow_mut() = Some(f.clone());
+                slot.set(f.clone());
+                *seg.dsync_file.borrow_mut() = Some(slot);
                 Some(f)
             }
             Err(e) => {

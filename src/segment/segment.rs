@@ -48,6 +48,47 @@ pub(crate) struct TimeEntry {
     pub rel_offset: u32,
 }
 
+/// O_DSYNC handles open on this shard at most: each is a second descriptor of an
+/// active segment, and thousands of partitions must not run the process out of
+/// descriptors. Partitions beyond it flush with write + fdatasync.
+const DSYNC_HANDLES_MAX: usize = 256;
+
+thread_local! {
+    static DSYNC_HANDLES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A segment's O_DSYNC handle, counted against `DSYNC_HANDLES_MAX` while it lives.
+pub(crate) struct DsyncHandle {
+    file: Option<Rc<DmaFile>>,
+}
+
+impl DsyncHandle {
+    /// A slot for one more handle on this shard, or `None` if all are taken.
+    pub fn reserve() -> Option<DsyncHandle> {
+        DSYNC_HANDLES.with(|n| {
+            if n.get() >= DSYNC_HANDLES_MAX {
+                return None;
+            }
+            n.set(n.get() + 1);
+            Some(DsyncHandle { file: None })
+        })
+    }
+
+    pub fn set(&mut self, file: Rc<DmaFile>) {
+        self.file = Some(file);
+    }
+
+    pub fn file(&self) -> Option<Rc<DmaFile>> {
+        self.file.clone()
+    }
+}
+
+impl Drop for DsyncHandle {
+    fn drop(&mut self) {
+        DSYNC_HANDLES.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
 pub(crate) struct Segment {
     pub base_offset: i64,
     pub dir: PathBuf,
@@ -62,7 +103,7 @@ pub(crate) struct Segment {
     pub file: RefCell<Option<Rc<DmaFile>>>,
     /// The same file opened O_DSYNC, for flush rounds whose one write is all that is
     /// not yet durable: the write is durable when it completes, no fdatasync follows.
-    pub dsync_file: RefCell<Option<Rc<DmaFile>>>,
+    pub dsync_file: RefCell<Option<DsyncHandle>>,
     pub index: RefCell<Vec<IndexEntry>>,
     pub time_index: RefCell<Vec<TimeEntry>>,
     bytes_since_index: Cell<u64>,
@@ -111,9 +152,11 @@ impl Segment {
     /// Closes the O_DSYNC handle, if any (the segment takes no more writes, or its
     /// file is going away).
     pub async fn close_dsync(&self) {
-        let f = self.dsync_file.borrow_mut().take();
-        if let Some(f) = f.and_then(|f| Rc::try_unwrap(f).ok()) {
-            let _ = f.close().await;
+        let h = self.dsync_file.borrow_mut().take();
+        if let Some(f) = h.and_then(|mut h| h.file.take()) {
+            if let Ok(f) = Rc::try_unwrap(f) {
+                let _ = f.close().await;
+            }
         }
     }
 
