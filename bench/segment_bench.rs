@@ -237,7 +237,8 @@ fn main() {
         "fio: psync, --direct=1, same bs, fresh file. 'fio MB/s': --fdatasync=1 \
          (flush-per-batch) or no fdatasync (group commit: raw O_DIRECT bandwidth). \
          'fio alt': --sync=dsync (flush-per-batch) or --fdatasync={} (group commit: one \
-         fdatasync per group, like ours).",
+         fdatasync per group, like ours). 'ratio best' = best ours / best fio; 'paired \
+         median' = median over the runs of ours / the fio run right after it.",
         args.appenders
     );
     println!(
@@ -245,10 +246,10 @@ fn main() {
          O_DSYNC write); fio = an O_DSYNC write (flush-per-batch). 'fdatasync' = the call \
          alone (fio: the --fdatasync run of the row)."
     );
-    let header = |c: [&str; 11]| {
+    let header = |c: [&str; 12]| {
         println!(
-            "{:<15} {:>7} | {:>9} {:>9} {:>6} | {:>9} {:>6} | {:>20} | {:>18} | {:>18} | {:>8} | {:>16} | {:>13}",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], "fdatasync p99 µs", "ours rounds"
+            "{:<15} {:>7} | {:>9} {:>9} {:>6} {:>6} | {:>9} {:>6} | {:>20} | {:>18} | {:>18} | {:>8} | {:>16} | {:>13}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], "fdatasync p99 µs", "ours rounds"
         );
     };
     header([
@@ -257,6 +258,7 @@ fn main() {
         "ours MB/s",
         "fio MB/s",
         "ratio",
+        "paired",
         "fio alt",
         "ratio",
         "ours append->durable",
@@ -269,7 +271,8 @@ fn main() {
         "",
         "",
         "",
-        "",
+        "best",
+        "median",
         "MB/s",
         "",
         "µs p50/p99/p99.9",
@@ -305,6 +308,9 @@ fn main() {
             let mut ours = Outcome::default();
             let mut fio: Option<Outcome> = None;
             let mut fio_alt: Option<Outcome> = None;
+            // ours / fio of each repeat (fio run right after ours): the disk of a
+            // shared machine swings for seconds at a time, so a pair sees one state.
+            let mut paired = Vec::new();
             for _ in 0..args.repeat.max(1) {
                 let o = run_ours(
                     &root.join("ours"),
@@ -313,20 +319,26 @@ fn main() {
                     args.seconds,
                     args.appenders,
                 );
+                let ours_mb_s = o.mb_s;
                 if o.mb_s > ours.mb_s {
                     ours = o;
                 }
                 if have_fio {
-                    best(
-                        &mut fio,
-                        run_fio(&root.join("fio"), size, main_sync, args.seconds),
-                    );
+                    let f = run_fio(&root.join("fio"), size, main_sync, args.seconds);
+                    if let Some(f) = &f {
+                        paired.push(ours_mb_s / f.mb_s.max(1e-9));
+                    }
+                    best(&mut fio, f);
                     best(
                         &mut fio_alt,
                         run_fio(&root.join("fio"), size, alt_sync, args.seconds),
                     );
                 }
             }
+            paired.sort_by(f64::total_cmp);
+            let paired_median = paired
+                .get(paired.len() / 2)
+                .map_or("-".to_string(), |r| format!("{r:.2}"));
             let ratio = |a: f64, b: Option<f64>| match b {
                 Some(b) if b > 0.0 => format!("{:.2}", a / b),
                 _ => "-".into(),
@@ -356,12 +368,13 @@ fn main() {
                 format!("-/{fio_p99} n=0")
             };
             println!(
-                "{:<15} {:>6}K | {:>9.1} {:>9} {:>6} | {:>9} {:>6} | {:>20} | {:>18} | {:>18} | {:>8} | {:>18} | {:>13}",
+                "{:<15} {:>6}K | {:>9.1} {:>9} {:>6} {:>6} | {:>9} {:>6} | {:>20} | {:>18} | {:>18} | {:>8} | {:>18} | {:>13}",
                 label,
                 size >> 10,
                 ours.mb_s,
                 mbs(&fio),
                 ratio(ours.mb_s, fio.as_ref().map(|f| f.mb_s)),
+                paired_median,
                 mbs(&fio_alt),
                 ratio(ours.mb_s, fio_alt.as_ref().map(|f| f.mb_s)),
                 tri(ours.lat_us),
