@@ -1750,6 +1750,11 @@ impl PartitionLog {
         if let Some(f) = seg.dsync_file.borrow().as_ref().and_then(|h| h.file()) {
             return Some(f);
         }
+        // A closing or deleted log: its directory may be going away (and glommio's
+        // open cannot survive the file vanishing mid-open).
+        if self.closed.get() || self.failed.borrow().is_some() {
+            return None;
+        }
         let mut slot = DsyncHandle::reserve()?;
         let path = seg.path("log");
         match OpenOptions::new()
