@@ -8,15 +8,15 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 
 const BROKERS: usize = 3;
 const PARTITIONS: i32 = 3;
@@ -27,38 +27,6 @@ const GROUP: &str = "chaos-group";
 const IN_FLIGHT_MAX: u64 = 2000;
 /// Acks that must arrive while a broker is down (the cluster keeps serving).
 const ACKS_WHILE_DOWN: usize = 200;
-
-#[derive(Default)]
-struct Acks {
-    /// (partition, offset, payload) in delivery order.
-    acked: Mutex<Vec<(i32, i64, String)>>,
-    failed: AtomicU64,
-    outstanding: AtomicU64,
-}
-
-struct AckContext(Arc<Acks>);
-
-impl ClientContext for AckContext {}
-
-impl ProducerContext for AckContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
-        match result {
-            Ok(m) => {
-                let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-                self.0
-                    .acked
-                    .lock()
-                    .unwrap()
-                    .push((m.partition(), m.offset(), payload));
-            }
-            Err(_) => {
-                self.0.failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
 
 fn run_producer(bootstrap: String, topic: String, stop: Arc<AtomicBool>, acks: Arc<Acks>) {
     let mut c = base_config(&bootstrap);
@@ -214,7 +182,7 @@ fn ten_sigkill_restarts_under_acks_all_lose_no_acknowledged_record() {
         eprintln!(
             "round {round}: killed and restarted broker {victim}; {} acked, {} failed",
             acked_count(),
-            acks.failed.load(Ordering::Relaxed)
+            acks.failures()
         );
     }
     assert!(killed_leaders >= ROUNDS / 2);
@@ -223,7 +191,7 @@ fn ten_sigkill_restarts_under_acks_all_lose_no_acknowledged_record() {
     producer.join().expect("producer thread");
     let committed = group.join().expect("group consumer thread");
     let acked = acks.acked.lock().unwrap().clone();
-    assert_eq!(acks.failed.load(Ordering::Relaxed), 0, "no record may fail");
+    assert_eq!(acks.failures(), 0, "no record may fail");
 
     // Every acknowledged record is there once, at its acknowledged offset.
     let reader = consumer(&all, &[]);

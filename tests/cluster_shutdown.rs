@@ -7,16 +7,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::MetadataRequest;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 const PARTITIONS: i32 = 3;
 /// The controller fences a broker it has not heard from for this long
@@ -60,42 +59,6 @@ fn agreed(addrs: &[String], topic: &str) -> Option<BTreeMap<i32, (i32, i32, Vec<
         .iter()
         .all(|a| states(a, topic).as_ref() == Some(&first))
         .then_some(first)
-}
-
-#[derive(Default)]
-struct Acks {
-    /// (partition, offset, payload) in delivery order.
-    acked: Mutex<Vec<(i32, i64, String)>>,
-    failed: Mutex<Vec<String>>,
-    outstanding: AtomicU64,
-}
-
-impl Acks {
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-}
-
-struct AckContext(Arc<Acks>);
-
-impl ClientContext for AckContext {}
-
-impl ProducerContext for AckContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
-        match result {
-            Ok(m) => {
-                let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-                self.0
-                    .acked
-                    .lock()
-                    .unwrap()
-                    .push((m.partition(), m.offset(), payload));
-            }
-            Err((e, _)) => self.0.failed.lock().unwrap().push(e.to_string()),
-        }
-    }
 }
 
 /// Produces `p<partition>-<n>` round robin over the partitions until `stop`, then

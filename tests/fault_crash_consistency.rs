@@ -19,7 +19,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,8 @@ use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 4;
 const PRODUCERS: usize = 2;
@@ -41,38 +41,6 @@ const KILL_GAP_MS_MIN: u64 = 100;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Unacknowledged records one producer may have outstanding.
 const IN_FLIGHT_MAX: u64 = 2000;
-
-/// Acknowledged (partition, offset) per payload, filled by delivery callbacks.
-#[derive(Default)]
-struct Acks {
-    acked: Mutex<Vec<(i32, i64, String)>>,
-    failed: AtomicU64,
-    outstanding: AtomicU64,
-}
-
-struct AckContext(Arc<Acks>);
-
-impl ClientContext for AckContext {}
-
-impl ProducerContext for AckContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
-        match result {
-            Ok(m) => {
-                let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-                self.0
-                    .acked
-                    .lock()
-                    .unwrap()
-                    .push((m.partition(), m.offset(), payload));
-            }
-            Err(_) => {
-                self.0.failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
 
 fn payload(producer: usize, seq: u64) -> String {
     // Some bulk so batches span buffer and block boundaries.
@@ -357,7 +325,7 @@ fn acknowledged_records_survive_repeated_sigkill_exactly_once() {
         .iter()
         .flat_map(|a| a.acked.lock().unwrap().clone())
         .collect();
-    let failed: u64 = acks.iter().map(|a| a.failed.load(Ordering::Relaxed)).sum();
+    let failed: u64 = acks.iter().map(|a| a.failures() as u64).sum();
     let mut lost = Vec::new();
     for (p, o, v) in &acked {
         if at.get(&(*p, *o)) != Some(v) {

@@ -20,7 +20,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -33,9 +34,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{DeliveryResult, FutureProducer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::TopicPartitionList;
+use rdkafka::{ClientContext, TopicPartitionList};
 
 /// How long the broker may take from spawn to its ready line. Generous because
 /// a cold debug binary on a loaded 2-core CI box can be slow to start.
@@ -1217,4 +1218,48 @@ pub fn dump_partition(data_dir: &Path, topic: &str, partition: i32) -> Vec<(i64,
             )
         })
         .collect()
+}
+
+/// What an rdkafka producer's delivery reports said (filled by `AckContext`).
+#[derive(Default)]
+pub struct Acks {
+    /// (partition, offset, payload) in delivery order.
+    pub acked: Mutex<Vec<(i32, i64, String)>>,
+    /// Delivery errors, as rdkafka words them.
+    pub failed: Mutex<Vec<String>>,
+    /// Records sent and not reported yet: the sender adds, the report subtracts.
+    pub outstanding: AtomicU64,
+}
+
+impl Acks {
+    pub fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    pub fn failures(&self) -> usize {
+        self.failed.lock().unwrap().len()
+    }
+}
+
+/// Producer context recording every delivery report into its `Acks`.
+pub struct AckContext(pub Arc<Acks>);
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Ok(m) => {
+                let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                self.0
+                    .acked
+                    .lock()
+                    .unwrap()
+                    .push((m.partition(), m.offset(), payload));
+            }
+            Err((e, _)) => self.0.failed.lock().unwrap().push(e.to_string()),
+        }
+    }
 }
