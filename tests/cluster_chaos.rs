@@ -133,6 +133,7 @@ fn wait_fully_in_sync(bootstrap: &str, topic: &str) -> TopicView {
 #[test]
 fn ten_sigkill_restarts_under_acks_all_lose_no_acknowledged_record() {
     let mut cluster = Cluster::start(BROKERS, BrokerOptions::default());
+    cluster.wait_registered();
     let all = cluster.bootstrap_all();
     let topic = topic_name("chaos");
     create_replicated_with(

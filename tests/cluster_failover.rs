@@ -125,12 +125,7 @@ fn killed_leader_is_replaced_from_the_isr_with_a_higher_epoch_and_rejoins_after_
         .enable_all()
         .build()
         .unwrap();
-    wait_for("all three brokers registered", CLUSTER_TIMEOUT, || {
-        addrs
-            .iter()
-            .all(|a| raw_cluster_view(a).1.len() == 3 && raw_cluster_view(a).0 > 0)
-            .then_some(())
-    });
+    cluster.wait_registered();
     let replicated = topic_name("failover-rf3");
     create(&rt, &addrs[0], &replicated, 1, 3);
     // One partition per broker, each with no other copy.
@@ -353,12 +348,7 @@ fn group_coordinator_moves_with_the_offsets_partition_leader() {
         .enable_all()
         .build()
         .unwrap();
-    wait_for("all three brokers registered", CLUSTER_TIMEOUT, || {
-        addrs
-            .iter()
-            .all(|a| raw_cluster_view(a).1.len() == 3 && raw_cluster_view(a).0 > 0)
-            .then_some(())
-    });
+    cluster.wait_registered();
     let topic = topic_name("coordinated");
     create(&rt, &addrs[0], &topic, 1, 3);
     let group = topic_name("group");
@@ -475,12 +465,7 @@ fn subscribed_consumer_follows_its_coordinator_to_another_broker() {
         .enable_all()
         .build()
         .unwrap();
-    wait_for("all three brokers registered", CLUSTER_TIMEOUT, || {
-        addrs
-            .iter()
-            .all(|a| raw_cluster_view(a).1.len() == 3 && raw_cluster_view(a).0 > 0)
-            .then_some(())
-    });
+    cluster.wait_registered();
     let topic = topic_name("subscribed");
     create(&rt, &addrs[0], &topic, 1, 3);
     let group = topic_name("members");
@@ -609,12 +594,7 @@ fn idempotent_producer_continues_its_sequences_on_the_new_leader() {
     const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     let mut cluster = Cluster::start(3, BrokerOptions::default());
     let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.bootstrap()).collect();
-    wait_for("all three brokers registered", CLUSTER_TIMEOUT, || {
-        addrs
-            .iter()
-            .all(|a| raw_cluster_view(a).1.len() == 3 && raw_cluster_view(a).0 > 0)
-            .then_some(())
-    });
+    cluster.wait_registered();
     let topic = topic_name("failover-idem");
     create_replicated_with(
         &addrs[0],

@@ -50,6 +50,7 @@ fn values(prefix: &str, n: usize) -> Vec<String> {
 #[test]
 fn isolated_leader_takes_no_acks_all_write_majority_moves_on_and_nothing_acked_is_lost() {
     let mut cluster = Cluster::start_proxied(BROKERS, BrokerOptions::default());
+    cluster.wait_registered();
     let topic = topic_name("netsplit");
     create_replicated_with(
         &cluster.brokers[0].bootstrap(),

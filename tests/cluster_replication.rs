@@ -137,16 +137,7 @@ fn start_cluster() -> Cluster {
     let mut options = BrokerOptions::default();
     options.extra_args = vec!["--replica-lag-time-max-ms".into(), LAG_MS.into()];
     let cluster = Cluster::start(3, options);
-    let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.bootstrap()).collect();
-    wait_for(
-        "all brokers registered under one controller",
-        CLUSTER_TIMEOUT,
-        || {
-            let views: Vec<_> = addrs.iter().map(|a| raw_cluster_view(a)).collect();
-            let c = views[0].0;
-            (c > 0 && views.iter().all(|v| v.0 == c && v.1.len() == 3)).then_some(())
-        },
-    );
+    cluster.wait_registered();
     cluster
 }
 

@@ -116,11 +116,7 @@ fn run_producer(
 fn sigterm_hands_leadership_over_before_the_session_timeout_and_the_producer_sees_no_error() {
     let mut cluster = Cluster::start(3, BrokerOptions::default());
     let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.bootstrap()).collect();
-    let controller = wait_for("all three brokers registered", CLUSTER_TIMEOUT, || {
-        let views: Vec<_> = addrs.iter().map(|a| raw_cluster_view(a)).collect();
-        let c = views[0].0;
-        (c > 0 && views.iter().all(|(id, b)| *id == c && b.len() == 3)).then_some(c)
-    });
+    let controller = cluster.wait_registered();
     let topic = topic_name("shutdown");
     create_replicated(&addrs[0], &topic, PARTITIONS, 3).expect("create the RF=3 topic");
     let before = wait_for("every replica in sync everywhere", CLUSTER_TIMEOUT, || {

@@ -207,12 +207,7 @@ fn leader_of(bootstrap: &str, topic: &str) -> Option<(i32, i32)> {
 fn in_a_cluster_followers_refuse_and_a_failover_fences_the_old_epoch() {
     let mut cluster = Cluster::start(3, BrokerOptions::default());
     let addrs: Vec<String> = cluster.brokers.iter().map(|b| b.bootstrap()).collect();
-    wait_for("all three brokers registered", CLUSTER_TIMEOUT, || {
-        addrs
-            .iter()
-            .all(|a| raw_cluster_view(a).1.len() == 3 && raw_cluster_view(a).0 > 0)
-            .then_some(())
-    });
+    cluster.wait_registered();
     let topic = topic_name("ofle-rf3");
     wait_for("the RF=3 topic created", CLUSTER_TIMEOUT, || {
         create_replicated(&addrs[0], &topic, 1, 3).ok()

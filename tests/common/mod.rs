@@ -467,6 +467,27 @@ impl Cluster {
         }
     }
 
+    /// Waits until every broker reports the same elected controller and all `n`
+    /// brokers registered; returns the controller id. A broker registers itself only
+    /// after the quorum has a leader, so until then an RF=n CreateTopics is (rightly)
+    /// refused with INVALID_REPLICATION_FACTOR.
+    pub fn wait_registered(&self) -> i32 {
+        let addrs: Vec<String> = self.brokers.iter().map(|b| b.bootstrap()).collect();
+        wait_for(
+            "all brokers registered under one controller",
+            CLUSTER_TIMEOUT,
+            || {
+                let views: Vec<_> = addrs.iter().map(|a| raw_cluster_view(a)).collect();
+                let c = views[0].0;
+                (c > 0
+                    && views
+                        .iter()
+                        .all(|(id, b)| *id == c && b.len() == addrs.len()))
+                .then_some(c)
+            },
+        )
+    }
+
     /// The broker with Kafka node id `id`.
     pub fn node(&mut self, id: i32) -> &mut Broker {
         &mut self.brokers[(id - 1) as usize]
