@@ -221,7 +221,7 @@ fn reported_offsets_never_pass_what_fetch_serves_under_acks1_load() {
 }
 
 /// MAX_TIMESTAMP (KIP-734) names the record with the largest timestamp and its
-/// timestamp, not the log end; a timestamp lookup names the first batch at or after
+/// timestamp, not the log end; a timestamp lookup names the first record at or after
 /// the timestamp; past every timestamp there is nothing (-1).
 #[test]
 fn max_timestamp_and_timestamp_lookups_name_records() {
@@ -269,4 +269,78 @@ fn max_timestamp_and_timestamp_lookups_name_records() {
         (0, TS_BASE + 10, 0)
     );
     assert_eq!(list_offset(&mut wire, &topic, TS_BASE + 31), (0, -1, -1));
+}
+
+/// A timestamp lookup and MAX_TIMESTAMP name the exact record inside a batch, as Kafka
+/// does, also in compressed batches: a consumer seeking by time must not get the
+/// earlier records of the batch.
+#[test]
+fn timestamp_lookups_name_the_record_inside_a_batch() {
+    use kafka_protocol::records::Compression;
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    // Record i has timestamp TS_BASE + DELTAS[i]; all in one batch.
+    const DELTAS: [i64; 8] = [10, 30, 20, 30, 5, 40, 40, 15];
+    for (codec, expect) in [
+        ("none", Compression::None),
+        ("gzip", Compression::Gzip),
+        ("snappy", Compression::Snappy),
+        ("lz4", Compression::Lz4),
+        ("zstd", Compression::Zstd),
+    ] {
+        let topic = topic_name(&format!("ts-in-batch-{codec}"));
+        create_topic_blocking(&bootstrap, &topic, 1);
+        let p: ThreadedProducer<DefaultProducerContext> = {
+            let mut c = base_config(&bootstrap);
+            c.set("acks", "all")
+                .set("compression.type", codec)
+                // Everything sent before the flush leaves as one batch.
+                .set("linger.ms", "60000")
+                .set("batch.num.messages", "1000");
+            c.create().expect("create producer")
+        };
+        for d in DELTAS {
+            p.send(
+                BaseRecord::<(), _>::to(&topic)
+                    .partition(0)
+                    .payload("value")
+                    .timestamp(TS_BASE + d),
+            )
+            .expect("enqueue");
+        }
+        p.flush(CLIENT_TIMEOUT).expect("flush");
+        assert_eq!(
+            stored_batch_codecs(&bootstrap, &topic),
+            vec![expect],
+            "{codec}: the records are stored as one batch"
+        );
+        let mut wire = Wire::connect(&bootstrap);
+        for (ts, want) in [
+            (TS_BASE, (TS_BASE + 10, 0)),
+            (TS_BASE + 11, (TS_BASE + 30, 1)),
+            (TS_BASE + 31, (TS_BASE + 40, 5)),
+            (TS_BASE + 40, (TS_BASE + 40, 5)),
+            (MAX_TIMESTAMP, (TS_BASE + 40, 5)),
+        ] {
+            assert_eq!(
+                list_offset(&mut wire, &topic, ts),
+                (0, want.0, want.1),
+                "{codec}: lookup of {ts}"
+            );
+        }
+        assert_eq!(list_offset(&mut wire, &topic, TS_BASE + 41), (0, -1, -1));
+
+        // A real consumer seeking by time starts at that record.
+        let consumer = consumer(&bootstrap, &[]);
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(TS_BASE + 31))
+            .expect("tpl");
+        let found = consumer
+            .offsets_for_times(tpl, CLIENT_TIMEOUT)
+            .expect("offsets_for_times");
+        let offset = found.elements()[0].offset();
+        assert_eq!(offset, Offset::Offset(5), "{codec}: offsets_for_times");
+        assign(&consumer, &topic, &[0], offset);
+        first_record_at(&consumer, 5);
+    }
 }

@@ -247,7 +247,7 @@ fn log_append_time_sets_max_timestamp() {
 }
 
 #[test]
-fn offset_for_timestamp_finds_the_first_batch_at_or_after() {
+fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();
         let log = PartitionLog::open(dir.path().to_path_buf(), small_config())
@@ -264,16 +264,17 @@ fn offset_for_timestamp_finds_the_first_batch_at_or_after() {
         }
         log.flush().await.unwrap();
         let check = |log: Rc<PartitionLog>| async move {
-            assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some((0, 1)));
-            assert_eq!(log.offset_for_timestamp(1).await.unwrap(), Some((0, 1)));
-            assert_eq!(log.offset_for_timestamp(2).await.unwrap(), Some((2, 11)));
+            assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some((0, 0)));
+            // The batch's second record, not its base offset.
+            assert_eq!(log.offset_for_timestamp(1).await.unwrap(), Some((1, 1)));
+            assert_eq!(log.offset_for_timestamp(2).await.unwrap(), Some((2, 10)));
             assert_eq!(
                 log.offset_for_timestamp(1234).await.unwrap(),
-                Some((248, 1241))
+                Some((248, 1240))
             );
             assert_eq!(
                 log.offset_for_timestamp(2991).await.unwrap(),
-                Some((598, 2991))
+                Some((599, 2991))
             );
             assert_eq!(log.offset_for_timestamp(2992).await.unwrap(), None);
             log

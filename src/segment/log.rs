@@ -213,12 +213,26 @@ pub struct ReadResult {
 
 /// One batch found by the read path, with the header fields callers need.
 pub(crate) struct ReadBatch {
-    pub base_offset: i64,
     pub last_offset: i64,
     pub max_timestamp: i64,
     /// Holds no records (left by compaction).
     pub empty: bool,
     pub chunks: [Option<Bytes>; 2],
+}
+
+/// The first record of `b` at or after offset `start` whose timestamp is >= `ts`:
+/// (offset, timestamp). None if the batch's matching records all lie below `start`.
+fn first_record_at_or_after(
+    b: &ReadBatch,
+    ts: i64,
+    start: i64,
+) -> Result<Option<(i64, i64)>, StorageError> {
+    let parts: Vec<&[u8]> = b.chunks.iter().flatten().map(|c| c.as_ref()).collect();
+    let d = compact::decode_batch(&parts.concat())?;
+    Ok(d.refs
+        .iter()
+        .map(|r| (d.offset(r), d.timestamp(r)))
+        .find(|&(o, t)| o >= start && t >= ts))
 }
 
 impl ReadBatch {
@@ -295,7 +309,6 @@ impl BatchCache {
             }
             total += e.batch.len();
             out.push(ReadBatch {
-                base_offset: e.base_offset,
                 last_offset: e.last_offset,
                 max_timestamp: e.max_timestamp,
                 empty: false, // produced batches hold at least one record
@@ -2001,7 +2014,6 @@ impl PartitionLog {
                     .set(self.read_copied_bytes.get() + copied.len() as u64);
                 for (at, len, h) in served {
                     out.push(ReadBatch {
-                        base_offset: h.base_offset,
                         last_offset: h.last_offset(),
                         max_timestamp: h.max_timestamp,
                         empty: h.records_count == 0,
@@ -2031,9 +2043,10 @@ impl PartitionLog {
         Ok(out)
     }
 
-    /// First batch whose max timestamp is >= `ts`: Some((offset, max timestamp)), where
-    /// offset is the batch's base offset (records are not decoded; the consumer skips
-    /// earlier records in the batch by itself), or the log start if that is later.
+    /// The first record at or after the log start whose timestamp is >= `ts`, as
+    /// Some((offset, its timestamp)) (Kafka's ListOffsets by timestamp). Only the batch
+    /// holding it is decoded (decompressed if need be): the indexes and batch headers
+    /// find that batch.
     pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
         let segs: Vec<Rc<Segment>> = self.segments.borrow().iter().cloned().collect();
         for seg in segs {
@@ -2045,11 +2058,11 @@ impl PartitionLog {
                 let batches = self.read_batches(offset, 256 << 10).await?;
                 let Some(last) = batches.last() else { break };
                 let next = last.last_offset + 1;
-                if let Some(b) = batches.iter().find(|b| b.max_timestamp >= ts) {
-                    return Ok(Some((
-                        b.base_offset.max(self.log_start.get()),
-                        b.max_timestamp,
-                    )));
+                let start = self.log_start.get();
+                for b in batches.iter().filter(|b| b.max_timestamp >= ts && !b.empty) {
+                    if let Some(hit) = first_record_at_or_after(b, ts, start)? {
+                        return Ok(Some(hit));
+                    }
                 }
                 offset = next;
             }
@@ -2057,8 +2070,8 @@ impl PartitionLog {
         Ok(None)
     }
 
-    /// ListOffsets MAX_TIMESTAMP (KIP-734): the first batch holding the log's largest
-    /// timestamp, as (base offset, timestamp); `None` for a log without timestamps.
+    /// ListOffsets MAX_TIMESTAMP (KIP-734): the first record holding the log's largest
+    /// timestamp, as (offset, timestamp); `None` for a log without timestamps.
     pub async fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, StorageError> {
         let max = self
             .segments
