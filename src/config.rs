@@ -86,6 +86,9 @@ pub struct BrokerConfig {
     pub offsets_retention_ms: Option<u64>,
     /// `offsets.retention.check.interval.ms`: how often expired offsets are removed.
     pub offsets_retention_check_interval_ms: u64,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is
+    /// created (afterwards the topic's own count, from the metadata, is what counts).
+    pub offsets_topic_num_partitions: u32,
     /// `controlled.shutdown.enable`: on SIGTERM a cluster broker first moves its
     /// leaderships to other in-sync replicas (`replication::shutdown`).
     pub controlled_shutdown_enable: bool,
@@ -126,11 +129,18 @@ impl Default for BrokerConfig {
             offsets_retention_minutes: OFFSETS_RETENTION_MINUTES_DEFAULT,
             offsets_retention_ms: None,
             offsets_retention_check_interval_ms: OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT,
+            offsets_topic_num_partitions: OFFSETS_TOPIC_NUM_PARTITIONS_DEFAULT,
             controlled_shutdown_enable: true,
             controlled_shutdown_timeout_ms: CONTROLLED_SHUTDOWN_TIMEOUT_MS_DEFAULT,
         }
     }
 }
+
+/// offsets.topic.num.partitions, Kafka's default. Partitions are empty until a group
+/// commits, and a group's coordinator loads only its own partition.
+pub const OFFSETS_TOPIC_NUM_PARTITIONS_DEFAULT: u32 = 50;
+/// The most partitions any topic may have (CreateTopics' bound).
+pub const OFFSETS_TOPIC_NUM_PARTITIONS_MAX: u32 = 100_000;
 
 /// controlled.shutdown.timeout.ms default: a handover takes well under a second; the
 /// bound covers a metadata election in between.
@@ -339,6 +349,12 @@ impl BrokerConfig {
                 self.offsets_retention_check_interval_ms
             ));
         }
+        if !(1..=OFFSETS_TOPIC_NUM_PARTITIONS_MAX).contains(&self.offsets_topic_num_partitions) {
+            return Err(format!(
+                "offsets.topic.num.partitions={}: must be between 1 and {OFFSETS_TOPIC_NUM_PARTITIONS_MAX}",
+                self.offsets_topic_num_partitions
+            ));
+        }
         if !(1..=CONTROLLED_SHUTDOWN_TIMEOUT_MS_MAX).contains(&self.controlled_shutdown_timeout_ms)
         {
             return Err(format!(
@@ -407,6 +423,10 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     (
         "offsets.retention.check.interval.ms",
         "offsets-retention-check-interval-ms",
+    ),
+    (
+        "offsets.topic.num.partitions",
+        "offsets-topic-num-partitions",
     ),
     ("controlled.shutdown.enable", "controlled-shutdown-enable"),
     (
@@ -499,7 +519,7 @@ pub fn render_toml(c: &BrokerConfig) -> String {
 
 fn render_cluster(c: &BrokerConfig) -> String {
     let mut out = format!(
-        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n\"log.cleaner.dedupe.buffer.size\" = {}\n\"offsets.retention.minutes\" = {}\n\"offsets.retention.check.interval.ms\" = {}\n\"controlled.shutdown.enable\" = {}\n\"controlled.shutdown.timeout.ms\" = {}\n",
+        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n\"log.cleaner.dedupe.buffer.size\" = {}\n\"offsets.retention.minutes\" = {}\n\"offsets.retention.check.interval.ms\" = {}\n\"offsets.topic.num.partitions\" = {}\n\"controlled.shutdown.enable\" = {}\n\"controlled.shutdown.timeout.ms\" = {}\n",
         c.advertised_port,
         c.default_replication_factor,
         c.replica_lag_time_max_ms,
@@ -507,6 +527,7 @@ fn render_cluster(c: &BrokerConfig) -> String {
         c.log_cleaner_dedupe_buffer_size,
         c.offsets_retention_minutes,
         c.offsets_retention_check_interval_ms,
+        c.offsets_topic_num_partitions,
         c.controlled_shutdown_enable,
         c.controlled_shutdown_timeout_ms,
     );

@@ -148,6 +148,9 @@ struct ServeArgs {
     /// offsets.retention.check.interval.ms: how often expired offsets are removed.
     #[arg(long, env = "RUNNEL_OFFSETS_RETENTION_CHECK_INTERVAL_MS", default_value_t = config::OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT)]
     offsets_retention_check_interval_ms: u64,
+    /// offsets.topic.num.partitions: partitions of __consumer_offsets when created.
+    #[arg(long, env = "RUNNEL_OFFSETS_TOPIC_NUM_PARTITIONS", default_value_t = config::OFFSETS_TOPIC_NUM_PARTITIONS_DEFAULT)]
+    offsets_topic_num_partitions: u32,
     /// controlled.shutdown.enable: on SIGTERM a cluster broker first moves its
     /// partition leaderships to other in-sync replicas.
     #[arg(long, env = "RUNNEL_CONTROLLED_SHUTDOWN_ENABLE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -377,6 +380,7 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         offsets_retention_minutes: a.offsets_retention_minutes,
         offsets_retention_ms: a.offsets_retention_ms,
         offsets_retention_check_interval_ms: a.offsets_retention_check_interval_ms,
+        offsets_topic_num_partitions: a.offsets_topic_num_partitions,
         controlled_shutdown_enable: a.controlled_shutdown_enable,
         controlled_shutdown_timeout_ms: a.controlled_shutdown_timeout_ms,
     };

@@ -651,3 +651,110 @@ fn committed_offsets_expire_once_a_group_is_empty_for_the_retention_and_stay_gon
     assert_eq!(committed_both(&bootstrap, &kept, &topic), vec![5, 5]);
     close(live);
 }
+
+/// Partition count of `__consumer_offsets` as rdkafka's Metadata request shows it.
+fn offsets_topic_partitions(bootstrap: &str) -> usize {
+    let c = consumer(bootstrap, &[]);
+    let md = c
+        .fetch_metadata(Some("__consumer_offsets"), CLIENT_TIMEOUT)
+        .expect("metadata");
+    let t = &md.topics()[0];
+    assert!(t.error().is_none(), "__consumer_offsets: {:?}", t.error());
+    t.partitions().len()
+}
+
+/// End offset (ListOffsets) of partition `p` of `__consumer_offsets`.
+fn offsets_topic_end(bootstrap: &str, p: i32) -> i64 {
+    consumer(bootstrap, &[])
+        .fetch_watermarks("__consumer_offsets", p, CLIENT_TIMEOUT)
+        .expect("watermarks")
+        .1
+}
+
+/// A group name with `prefix` whose Kafka partition among `partitions` is `want`.
+fn group_in_partition(prefix: &str, partitions: i32, want: i32) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|g| kafka_offsets_partition(g, partitions) == want)
+        .expect("a group id for every partition within 10000 tries")
+}
+
+fn commit_one(bootstrap: &str, group: &str, topic: &str, offset: i64) {
+    let c = consumer(bootstrap, &[("group.id", group)]);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset))
+        .unwrap();
+    c.commit(&tpl, CommitMode::Sync).expect("commit");
+}
+
+fn committed_one(bootstrap: &str, group: &str, topic: &str) -> Offset {
+    let c = consumer(bootstrap, &[("group.id", group)]);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c.committed_offsets(tpl, CLIENT_TIMEOUT).expect("committed");
+    let offset = got
+        .find_partition(topic, 0)
+        .expect("asked partition")
+        .offset();
+    offset
+}
+
+#[test]
+fn offsets_topic_num_partitions_sizes_the_offsets_topic_once_and_groups_sit_where_kafka_puts_them()
+{
+    let args = |n: &str| vec!["--offsets-topic-num-partitions".to_string(), n.to_string()];
+    // Two cores, three partitions: the shards do not divide the partitions.
+    let mut broker = Broker::start_with(BrokerOptions {
+        extra_args: args("3"),
+        ..BrokerOptions::default().cores(2)
+    });
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("sized");
+    create_topic_blocking(&bootstrap, &topic, 1);
+    let prefix = topic_name("placed");
+    let in_0 = group_in_partition(&prefix, 3, 0);
+    let in_2 = group_in_partition(&prefix, 3, 2);
+    commit_one(&bootstrap, &in_0, &topic, 7);
+    commit_one(&bootstrap, &in_2, &topic, 9);
+    assert_eq!(offsets_topic_partitions(&bootstrap), 3);
+    // Each group's commit is in its Kafka partition and nowhere else.
+    let ends: Vec<i64> = (0..3).map(|p| offsets_topic_end(&bootstrap, p)).collect();
+    assert!(ends[0] > 0 && ends[1] == 0 && ends[2] > 0, "ends {ends:?}");
+
+    // Another setting does not resize the existing topic: groups keep their partitions
+    // and their offsets.
+    broker.restart_with_args(args("5"));
+    assert_eq!(offsets_topic_partitions(&bootstrap), 3);
+    assert!(
+        broker
+            .log_tail(1 << 20)
+            .contains("__consumer_offsets exists with 3 partitions and keeps them"),
+        "no log line about the kept count"
+    );
+    assert_eq!(committed_one(&bootstrap, &in_0, &topic), Offset::Offset(7));
+    assert_eq!(committed_one(&bootstrap, &in_2, &topic), Offset::Offset(9));
+    commit_one(&bootstrap, &in_2, &topic, 10);
+    assert_eq!(committed_one(&bootstrap, &in_2, &topic), Offset::Offset(10));
+    assert_eq!(
+        offsets_topic_end(&bootstrap, 1),
+        0,
+        "partition 1 stays empty"
+    );
+}
+
+#[test]
+fn offsets_topic_has_kafkas_default_of_50_partitions() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("sized-default");
+    create_topic_blocking(&bootstrap, &topic, 1);
+    let group = topic_name("default-placed");
+    commit_one(&bootstrap, &group, &topic, 3);
+    assert_eq!(offsets_topic_partitions(&bootstrap), 50);
+    let p = kafka_offsets_partition(&group, 50);
+    assert!(
+        offsets_topic_end(&bootstrap, p) > 0,
+        "{group} not in partition {p}"
+    );
+    assert_eq!(committed_one(&bootstrap, &group, &topic), Offset::Offset(3));
+}

@@ -658,6 +658,12 @@ fn invalid_settings_are_refused_with_the_key_the_value_and_why() {
             "below",
         ),
         (
+            "\"offsets.topic.num.partitions\" = 0",
+            "offsets.topic.num.partitions",
+            "0",
+            "between 1 and",
+        ),
+        (
             "\"log.retention.check.interval.ms\" = 0",
             "log.retention.check.interval.ms",
             "0",

@@ -51,18 +51,27 @@ impl Default for Leadership {
     }
 }
 
-/// (partition, leader, leader epoch) of `group`'s offsets partition in `image`.
-fn placement(image: &Image, group: &str) -> Option<(i32, i32, i32)> {
+/// (partition, leader, leader epoch) of `group`'s offsets partition in `image`, as
+/// broker `me` sees it. A restarted broker's replayed image names it leader of what it
+/// led before it stopped until its new registration commits (every leadership change
+/// since is then applied, as in `runtime::apply_partition_state`): until then it is no
+/// leader (-1), so it neither coordinates nor names itself coordinator on that image.
+fn placement(image: &Image, group: &str, me: i32) -> Option<(i32, i32, i32)> {
     let topic = image.topic(OFFSETS_TOPIC)?;
     let p = store::partition_for(group, topic.partition_count());
     let state = topic.replicas.get(p as usize)?;
-    Some((p, state.leader, state.leader_epoch))
+    let leader = if state.leader == me && !crate::replication::registered(image, me) {
+        -1
+    } else {
+        state.leader
+    };
+    Some((p, leader, state.leader_epoch))
 }
 
-/// The broker coordinating `group`: the leader of its offsets partition, with the
-/// address it registered. `Err` is the FindCoordinator error code.
-pub fn coordinator(image: &Image, group: &str) -> Result<BrokerMeta, i16> {
-    match placement(image, group) {
+/// The broker coordinating `group` as broker `me` sees it: the leader of its offsets
+/// partition, with the address it registered. `Err` is the FindCoordinator error code.
+pub fn coordinator(image: &Image, group: &str, me: i32) -> Result<BrokerMeta, i16> {
+    match placement(image, group, me) {
         Some((_, leader, _)) if leader >= 0 => image
             .brokers
             .get(&leader)
@@ -81,8 +90,8 @@ pub async fn ensure(shard: &Rc<Shard>, group: &str) -> Result<(), i16> {
     start_watch(shard);
     let deadline = Instant::now() + LOAD_WAIT;
     loop {
-        let (p, leader, epoch) =
-            placement(&shard.image(), group).ok_or(codes::COORDINATOR_NOT_AVAILABLE)?;
+        let (p, leader, epoch) = placement(&shard.image(), group, shard.config.node_id)
+            .ok_or(codes::COORDINATOR_NOT_AVAILABLE)?;
         if leader != shard.config.node_id {
             return Err(NOT_COORDINATOR);
         }
@@ -97,8 +106,8 @@ pub async fn ensure(shard: &Rc<Shard>, group: &str) -> Result<(), i16> {
             return Err(codes::COORDINATOR_LOAD_IN_PROGRESS);
         };
         // Loaded by the request that held the lock, or leadership moved meanwhile.
-        let (p2, leader2, epoch2) =
-            placement(&shard.image(), group).ok_or(codes::COORDINATOR_NOT_AVAILABLE)?;
+        let (p2, leader2, epoch2) = placement(&shard.image(), group, shard.config.node_id)
+            .ok_or(codes::COORDINATOR_NOT_AVAILABLE)?;
         if (p2, leader2, epoch2) != (p, leader, epoch) {
             continue;
         }

@@ -52,9 +52,18 @@ pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 /// Granularity of session and rebalance timeouts.
 const TICK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Stable hash of a group id (CRC32C: same value on every core, every run).
+/// Kafka's placement hash of a group id: `Utils.abs(groupId.hashCode())`, Java's
+/// `String.hashCode` over UTF-16 units (`abs(i32::MIN)` is 0), so a group sits in the
+/// same `__consumer_offsets` partition as on Kafka.
 pub fn group_hash(group: &str) -> u32 {
-    crc32c::crc32c(group.as_bytes())
+    let h = group
+        .encode_utf16()
+        .fold(0i32, |h, u| h.wrapping_mul(31).wrapping_add(i32::from(u)));
+    if h == i32::MIN {
+        0
+    } else {
+        h.unsigned_abs()
+    }
 }
 
 /// The shard that coordinates `group`. A function of the id today; kept in one place so
@@ -907,4 +916,25 @@ pub async fn delete(shard: &Rc<Shard>, group_id: String) -> i16 {
         }
     }
     codes::NONE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_placement_is_kafkas_java_string_hash() {
+        // Values from Java: s.hashCode(), and Utils.abs(h) % 50 as Kafka places groups.
+        for (group, hash, partition) in [
+            ("hello", 99_162_322, 22),
+            ("my-group", 1_906_497_762, 12),
+            ("console-consumer-12345", 158_455_506, 6),
+            ("\u{1F600}grp", 1_276_929_186, 36),
+            // hashCode() == Integer.MIN_VALUE: Kafka's Utils.abs gives 0.
+            ("polygenelubricants", 0, 0),
+        ] {
+            assert_eq!(group_hash(group), hash, "{group}");
+            assert_eq!(store::partition_for(group, 50), partition, "{group}");
+        }
+    }
 }

@@ -32,8 +32,10 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Bytes read per hop while replaying the offsets topic.
 const REPLAY_READ_BYTES: usize = 1 << 20;
 
-/// Creates `__consumer_offsets` (one partition per shard, compacted) if it does not exist
-/// and returns its partition → shard table.
+/// Creates `__consumer_offsets` (`offsets.topic.num.partitions` partitions, compacted)
+/// if it does not exist and returns its partition → shard table. Where a group lives
+/// follows the topic's partition count in the metadata, never this broker's settings
+/// or cores, so every broker of a cluster agrees.
 pub async fn ensure_topic(shard: &Rc<Shard>) -> Result<Vec<u32>, String> {
     if let Some(t) = shard.image().topic(OFFSETS_TOPIC) {
         return Ok(t.owners.clone());
@@ -52,7 +54,12 @@ pub async fn ensure_topic(shard: &Rc<Shard>) -> Result<Vec<u32>, String> {
     };
     let created = crate::net::handlers::create_topics::create_topics_rf(
         shard,
-        vec![(OFFSETS_TOPIC.to_string(), shard.nshards as i32, configs, rf)],
+        vec![(
+            OFFSETS_TOPIC.to_string(),
+            shard.config.offsets_topic_num_partitions as i32,
+            configs,
+            rf,
+        )],
         false,
     )
     .await;
@@ -66,6 +73,26 @@ pub async fn ensure_topic(shard: &Rc<Shard>) -> Result<Vec<u32>, String> {
             .ok_or_else(|| "offsets topic exists but is not in the image".to_string()),
         Some((_, Err((_, msg)))) => Err(msg),
         None => Err("offsets topic creation returned nothing".to_string()),
+    }
+}
+
+/// Says at startup when an existing `__consumer_offsets` has another partition count
+/// than `offsets.topic.num.partitions`: the topic keeps its count (changing it would
+/// move groups away from their committed offsets), as on Kafka.
+pub fn note_existing_partition_count(shard: &Shard) {
+    let image = shard.image();
+    let Some(topic) = image.topic(OFFSETS_TOPIC) else {
+        return;
+    };
+    let existing = topic.partition_count();
+    let configured = shard.config.offsets_topic_num_partitions as usize;
+    if existing != configured {
+        tracing::warn!(
+            existing,
+            configured,
+            "{OFFSETS_TOPIC} exists with {existing} partitions and keeps them; \
+             offsets.topic.num.partitions={configured} applies only when the topic is created"
+        );
     }
 }
 
@@ -470,10 +497,14 @@ pub fn partitions_for_shard(shard: &Shard) -> Vec<i32> {
         return Vec::new();
     };
     let partitions = topic.owners.len();
-    // With one partition per shard, group → shard and group → partition use the same
-    // modulus, so a shard's groups all sit in its own partition.
-    if partitions == shard.nshards {
-        vec![shard.id as i32]
+    // group → shard is hash % nshards and group → partition hash % partitions: when the
+    // shards divide the partitions, a shard's groups sit only in partitions p with
+    // p % nshards == its id.
+    if partitions % shard.nshards == 0 {
+        (shard.id..partitions)
+            .step_by(shard.nshards)
+            .map(|p| p as i32)
+            .collect()
     } else {
         (0..partitions as i32).collect()
     }
@@ -563,6 +594,21 @@ pub async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn when_shards_divide_the_partitions_a_shards_groups_sit_in_its_partitions() {
+        for i in 0..500 {
+            let g = format!("group-{i}");
+            for nshards in [1, 2, 5] {
+                let p = partition_for(&g, 50) as usize;
+                assert_eq!(
+                    p % nshards,
+                    super::super::coordinator_shard(&g, nshards),
+                    "{g}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn offset_records_round_trip() {

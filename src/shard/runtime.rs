@@ -166,6 +166,7 @@ async fn shard_main(
             recovery_scanned_bytes = crate::segment::recovery::scanned_bytes(),
             "metadata replayed, partition logs open"
         );
+        crate::group::store::note_existing_partition_count(&shard);
         // Bind shard 0 first so that a port of 0 picks one port, which the rest share.
         let addr = match net::listener::ensure_port_free(config.listen)
             .and_then(|()| net::listener::bind(&shard, config.listen))

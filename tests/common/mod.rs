@@ -325,6 +325,14 @@ impl Broker {
         self.spawn();
     }
 
+    /// SIGKILL (if running) and start again on the same port and data dir with
+    /// `extra_args` in place of the options' (a changed setting across a restart).
+    pub fn restart_with_args(&mut self, extra_args: Vec<String>) {
+        self.kill();
+        self.options.extra_args = extra_args;
+        self.spawn();
+    }
+
     /// True while the process has not exited.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -752,6 +760,15 @@ pub fn create_topic_blocking(bootstrap: &str, name: &str, partitions: i32) {
 }
 
 /// Unique topic names so tests that share nothing never collide.
+/// Kafka's placement of a group in `__consumer_offsets`, written here independently of
+/// the broker: `Utils.abs(groupId.hashCode()) % partitions` (Java's String.hashCode).
+pub fn kafka_offsets_partition(group: &str, partitions: i32) -> i32 {
+    let h = group
+        .encode_utf16()
+        .fold(0i32, |h, u| h.wrapping_mul(31).wrapping_add(i32::from(u)));
+    (if h == i32::MIN { 0 } else { h.abs() }) % partitions
+}
+
 pub fn topic_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);

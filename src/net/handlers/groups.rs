@@ -123,7 +123,7 @@ pub async fn find_coordinator(
             );
         }
         // In a cluster: the leader of the group's offsets partition.
-        match group::cluster::coordinator(&image, key) {
+        match group::cluster::coordinator(&image, key, cfg.node_id) {
             Ok(b) => (ec::NONE, None, b.id, b.host, i32::from(b.port)),
             Err(code) => (
                 code,
