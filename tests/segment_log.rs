@@ -641,3 +641,64 @@ fn durable_appends_one_at_a_time_go_o_dsync_without_an_fdatasync() {
         log.close().await.unwrap();
     });
 }
+
+/// Producer-state snapshot files (`<offset>.snapshot`) follow the log: the newest
+/// three are kept, a truncation below one removes it (and a snapshot taken before a
+/// truncation never lands), the log start moving past one removes it, an emptied log
+/// has none, and a reopened log drops those past its recovered end.
+#[test]
+fn producer_snapshots_are_kept_within_the_log() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path().to_path_buf(), small_config())
+            .await
+            .unwrap();
+        for i in 0..100usize {
+            log.append(
+                encode_batch(0, 0, &[value(i, 500).as_slice()]),
+                Durability::Written,
+            )
+            .await
+            .unwrap();
+        }
+        log.flush().await.unwrap();
+        let token = log.producer_snapshot_token();
+        for offset in [10, 20, 40, 60, 80] {
+            assert!(log
+                .write_producer_snapshot(offset, token, format!("s{offset}").as_bytes())
+                .await
+                .unwrap());
+        }
+        assert_eq!(log.producer_snapshot_offsets(), vec![40, 60, 80]);
+        assert_eq!(log.read_producer_snapshot(60).unwrap(), b"s60");
+        assert!(
+            !log.write_producer_snapshot(101, token, b"x").await.unwrap(),
+            "past the log end"
+        );
+
+        log.truncate_to(70).await.unwrap();
+        assert_eq!(log.producer_snapshot_offsets(), vec![40, 60]);
+        assert!(
+            !log.write_producer_snapshot(65, token, b"x").await.unwrap(),
+            "taken before the truncation"
+        );
+        let token = log.producer_snapshot_token();
+        assert!(log
+            .write_producer_snapshot(70, token, b"s70")
+            .await
+            .unwrap());
+        assert_eq!(log.producer_snapshot_offsets(), vec![40, 60, 70]);
+
+        log.delete_records_before(50).await.unwrap();
+        assert_eq!(log.producer_snapshot_offsets(), vec![60, 70]);
+
+        // One past the end, as a crash that lost the batches it covers leaves it.
+        std::fs::write(dir.path().join(format!("{:020}.snapshot", 90)), b"s90").unwrap();
+        let log = reopen(dir.path(), log).await;
+        assert_eq!(log.producer_snapshot_offsets(), vec![60, 70]);
+
+        log.truncate_fully_and_start_at(500).await.unwrap();
+        assert!(log.producer_snapshot_offsets().is_empty());
+        log.close().await.unwrap();
+    });
+}

@@ -174,6 +174,15 @@ const CLEANER_CHECKPOINT: &str = "cleaner-offset";
 const CLEANED_SUFFIX: &str = "cleaned";
 /// Bytes read per hop while compacting a segment.
 const COMPACT_READ_BYTES: usize = 1 << 20;
+/// `<offset, 20 digits>.snapshot`: an idempotent-producer state snapshot covering the
+/// log below `offset` (opaque here: `shard::producer_state` encodes it).
+const PRODUCER_SNAPSHOT_EXT: &str = "snapshot";
+/// Snapshots kept: the newest is the one a restart loads; older ones are the fallback
+/// when it is damaged.
+const PRODUCER_SNAPSHOTS_KEPT: usize = 3;
+/// A snapshot file larger than this is refused unread (a bound on what a damaged or
+/// foreign file can make a restart allocate): ~10 million producers.
+const PRODUCER_SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
 
 const _: () = assert!((WRITE_BUFFER_BYTES as u64).is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(UNWRITTEN_BYTES_MAX >= WRITE_BUFFER_BYTES);
@@ -561,6 +570,8 @@ pub struct PartitionLog {
     compacting: Cell<bool>,
     /// A truncation is running: appends and maintenance are refused (`Truncating`).
     truncating: Cell<bool>,
+    /// Truncations started so far: a producer snapshot taken before one must not land.
+    truncations: Cell<u64>,
     /// Stamped into produced batches (`set_leader_epoch`); 0 on a single node.
     leader_epoch: Cell<i32>,
     /// Where each leader epoch starts (see `epoch`).
@@ -775,6 +786,7 @@ impl PartitionLog {
             clean_end: Cell::new(clean_end),
             compacting: Cell::new(false),
             truncating: Cell::new(false),
+            truncations: Cell::new(0),
             leader_epoch: Cell::new(0),
             epochs: RefCell::new(LeaderEpochCache::default()),
             epoch_latest: Cell::new(-1),
@@ -786,6 +798,12 @@ impl PartitionLog {
         // A crash between the checkpoint and the deletions leaves segments below the
         // log start: finish the job.
         log.delete_segments_below_start().await?;
+        // Snapshots past the recovered end (taken before a crash lost the batches they
+        // cover) must go before appends reach their offsets again; those below the log
+        // start cover batches that are gone.
+        if log.remove_producer_snapshots(|o| o > log_end || o < log_start) {
+            sync_dir_async(&log.dir).await?;
+        }
         log.load_epochs().await?;
         // Produce continues in the log's latest epoch until a cluster leader sets its
         // own: a single node (epoch 0) must not refuse appends to a log whose batches
@@ -2189,6 +2207,8 @@ impl PartitionLog {
             for seg in &old {
                 self.remove_segment_files(seg).await;
             }
+            // No producer has batches left in an emptied log.
+            self.remove_producer_snapshots(|_| true);
             if epochs_changed {
                 self.persist_epochs().await?;
             }
@@ -2322,6 +2342,8 @@ impl PartitionLog {
         for ext in ["index", "timeindex"] {
             let _ = std::fs::remove_file(kept.path(ext));
         }
+        // Durably gone (the dir sync) before appends can reach those offsets again.
+        self.remove_producer_snapshots(|o| o > new_end);
         sync_dir(&self.dir)?;
         if let Some(file) = &file {
             repair_tail(file, cut_pos, &kept.path("log")).await?;
@@ -2400,6 +2422,7 @@ impl PartitionLog {
         if self.truncating.replace(true) {
             return Err(StorageError::Truncating);
         }
+        self.truncations.set(self.truncations.get() + 1);
         let guard = Exclusive {
             log: self,
             flusher: Cell::new(false),
@@ -2439,6 +2462,9 @@ impl PartitionLog {
             format!("{offset}\n").as_bytes(),
         )?;
         self.log_start.set(offset);
+        // A snapshot below the log start covers batches retention or DeleteRecords
+        // removed: a rebuild cannot replay from it.
+        self.remove_producer_snapshots(|o| o < offset);
         if self.epochs.borrow_mut().truncate_from_start(offset) {
             self.persist_epochs().await?;
         }
@@ -2851,6 +2877,112 @@ impl PartitionLog {
             }
         }
         result
+    }
+
+    /// Offsets of the producer-state snapshots in the log's directory, ascending.
+    pub fn producer_snapshot_offsets(&self) -> Vec<i64> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let suffix = format!(".{PRODUCER_SNAPSHOT_EXT}");
+        let mut offsets: Vec<i64> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let stem = name.to_str()?.strip_suffix(&suffix)?.to_owned();
+                (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| stem.parse::<i64>().ok())
+                    .flatten()
+                    .filter(|o| *o < OFFSET_MAX)
+            })
+            .collect();
+        offsets.sort_unstable();
+        offsets
+    }
+
+    fn producer_snapshot_path(&self, offset: i64) -> PathBuf {
+        self.dir
+            .join(super::segment::file_name(offset, PRODUCER_SNAPSHOT_EXT))
+    }
+
+    /// The bytes of the snapshot covering the log below `offset` (rare: a rebuild).
+    pub fn read_producer_snapshot(&self, offset: i64) -> Result<Vec<u8>, StorageError> {
+        let path = self.producer_snapshot_path(offset);
+        let len = std::fs::metadata(&path)
+            .map_err(|e| StorageError::io("stat", &path, e))?
+            .len();
+        if len > PRODUCER_SNAPSHOT_BYTES_MAX {
+            return Err(StorageError::CorruptBatch(format!(
+                "{path:?}: {len} bytes, more than a producer snapshot can hold"
+            )));
+        }
+        std::fs::read(&path).map_err(|e| StorageError::io("read", &path, e))
+    }
+
+    /// Removes the snapshots whose offset `doomed` picks; whether any was removed. The
+    /// caller syncs the directory where a removal must survive a crash.
+    pub fn remove_producer_snapshots(&self, doomed: impl Fn(i64) -> bool) -> bool {
+        let mut removed = false;
+        for offset in self.producer_snapshot_offsets() {
+            if doomed(offset) {
+                let path = self.producer_snapshot_path(offset);
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove a producer snapshot");
+                } else {
+                    removed = true;
+                }
+            }
+        }
+        removed
+    }
+
+    /// What `write_producer_snapshot` needs along with a snapshot taken now: it lands
+    /// only if no truncation started since.
+    pub fn producer_snapshot_token(&self) -> u64 {
+        self.truncations.get()
+    }
+
+    /// Writes `data`, a producer snapshot of the log below `offset` taken when
+    /// `producer_snapshot_token()` was `token`, durably (fsync'd, renamed into place,
+    /// directory synced), then keeps only the newest `PRODUCER_SNAPSHOTS_KEPT`. Not
+    /// written (`Ok(false)`) if a truncation started since the snapshot was taken, the
+    /// log no longer holds `offset`, or the log is closed or failed. Runs its I/O
+    /// through io_uring: call it from a task, off the append path.
+    pub async fn write_producer_snapshot(
+        &self,
+        offset: i64,
+        token: u64,
+        data: &[u8],
+    ) -> Result<bool, StorageError> {
+        let wanted = || {
+            self.truncations.get() == token
+                && !self.truncating.get()
+                && !self.closed.get()
+                && self.failed.borrow().is_none()
+                && (self.log_start.get()..=self.log_end.get()).contains(&offset)
+        };
+        if !wanted() {
+            return Ok(false);
+        }
+        let path = self.producer_snapshot_path(offset);
+        let written = super::segment::write_replace_durable_async_if(&path, data, wanted).await?;
+        if written {
+            let offsets = self.producer_snapshot_offsets();
+            if offsets.len() > PRODUCER_SNAPSHOTS_KEPT {
+                let oldest_kept = offsets[offsets.len() - PRODUCER_SNAPSHOTS_KEPT];
+                self.remove_producer_snapshots(|o| o < oldest_kept);
+            }
+        }
+        Ok(written)
+    }
+
+    /// The base offset of the active (last) segment: it changes when the log rolls.
+    pub fn active_segment_base(&self) -> i64 {
+        self.segments
+            .borrow()
+            .back()
+            .expect("at least one segment")
+            .base_offset
     }
 
     /// Removes the whole log directory (DeleteTopics).

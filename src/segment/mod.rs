@@ -32,7 +32,10 @@
 //! preallocated, zero-padded to 4 KiB at the logical end), `.index` (sparse offset ->
 //! position, every `index.interval.bytes`), `.timeindex` (max timestamp so far ->
 //! offset), both ending in a CRC32C; `log-start-offset` (DeleteRecords / retention
-//! checkpoint, written atomically and fsync'd).
+//! checkpoint, written atomically and fsync'd); `<offset>.snapshot` (idempotent-producer
+//! state covering the log below `offset`, opaque here, written by
+//! `write_producer_snapshot`; the newest three are kept, and truncation, retention and
+//! reopening remove those outside the log).
 //!
 //! Replication: a follower stores the leader's batches as they are with
 //! `append_replicated` (offsets kept, must continue the log) and cuts a divergent tail

@@ -451,6 +451,19 @@ pub(crate) async fn write_replace_durable_async(
     path: &Path,
     data: &[u8],
 ) -> Result<(), StorageError> {
+    write_replace_durable_async_if(path, data, || true)
+        .await
+        .map(|_| ())
+}
+
+/// `write_replace_durable_async` that renames only if `still_wanted()` holds once the
+/// data is durable (checked with no await before the rename, so nothing the caller
+/// guards against can slip in between). Returns whether it renamed.
+pub(crate) async fn write_replace_durable_async_if(
+    path: &Path,
+    data: &[u8],
+    still_wanted: impl FnOnce() -> bool,
+) -> Result<bool, StorageError> {
     thread_local!(static NEXT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
     // A name per write: writes can overlap across awaits (a dropped log's last write
     // and its reopened successor's), and a shared tmp name would be renamed under one
@@ -470,9 +483,18 @@ pub(crate) async fn write_replace_durable_async(
         .map_err(|e| StorageError::io("open", &tmp, e))?;
     let synced = file.fdatasync().await;
     let _ = file.close().await;
-    synced.map_err(|e| StorageError::io("fsync", &tmp, e))?;
+    if let Err(e) = synced {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StorageError::io("fsync", &tmp, e));
+    }
+    if !still_wanted() {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(false);
+    }
     std::fs::rename(&tmp, path).map_err(|e| StorageError::io("rename", path, e))?;
-    sync_dir_async(path.parent().unwrap_or(Path::new("."))).await
+    sync_dir_async(path.parent().unwrap_or(Path::new(".")))
+        .await
+        .map(|()| true)
 }
 
 const STALE_TMP_MARK: &str = ".tmp-";

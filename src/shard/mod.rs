@@ -7,6 +7,7 @@
 
 pub mod commands;
 pub mod partition;
+pub mod producer_state;
 pub mod runtime;
 
 use std::any::Any;

@@ -2,31 +2,23 @@
 //! the waiters of long-polling fetches. Lives on exactly one shard; never `Send`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 
+use super::producer_state::{self as pstate, Producers, PRODUCER_BATCHES_REMEMBERED};
 use crate::config::BrokerConfig;
 use crate::net::error_code as ec;
 use crate::net::metrics::{self, Stage, StagedApi};
 use crate::segment::{self, Durability, LogConfig, PartitionLog, TimestampType, ValidBatch};
 
-/// Batches per producer remembered for duplicate detection (Kafka keeps 5: the most a
-/// client may have in flight with idempotence on).
-const PRODUCER_BATCHES_REMEMBERED: usize = 5;
-/// How much of a log's tail a restart scans to rebuild producer state.
-const PRODUCER_STATE_SCAN_BYTES: usize = 16 << 20;
 const PRODUCER_STATE_READ_BYTES: usize = 1 << 20;
-
-#[derive(Default)]
-struct ProducerState {
-    epoch: i16,
-    /// (first sequence, last sequence, base offset) of the latest batches.
-    recent: VecDeque<(i32, i32, i64)>,
-}
+/// Appended bytes after which the producer state is snapshotted even without a roll:
+/// bounds what a restart after a crash replays (segments can be 1 GiB).
+const PRODUCER_SNAPSHOT_INTERVAL_BYTES: usize = 32 << 20;
 
 pub struct Partition {
     pub log: Rc<PartitionLog>,
@@ -34,13 +26,20 @@ pub struct Partition {
     /// (produced batches) and on a follower (replicated ones), as Kafka's
     /// ProducerStateManager is: a follower taking over must answer the producer's next
     /// batch from the same state the old leader had.
-    producers: RefCell<HashMap<i64, ProducerState>>,
+    producers: RefCell<Producers>,
     /// `producers` matches the log. False from a truncation (or a failed replicated
     /// append) until the rebuild from the log finishes; produce is refused meanwhile.
     producers_valid: Cell<bool>,
     /// Bumped whenever `producers` stops matching the log: a rebuild started before
     /// does not install what it read.
     producers_gen: Cell<u64>,
+    /// Snapshot policy (`maybe_snapshot`): bytes appended since the last snapshot, the
+    /// active segment's base then (a roll snapshots), the offset it covered (-1: none),
+    /// and whether a write is running.
+    snapshot_bytes: Cell<usize>,
+    snapshot_segment: Cell<i64>,
+    snapshot_offset: Cell<i64>,
+    snapshotting: Cell<bool>,
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
     /// Cluster mode: this broker's role and, while it leads, what it knows of the
     /// followers. `None` on a single node (and for partitions without a replica
@@ -141,26 +140,6 @@ enum SequenceCheck {
     Reject(i16, String),
 }
 
-/// Records a batch that is in the log (replicated, or read back from it) without
-/// checking its sequence, keeping the newest `PRODUCER_BATCHES_REMEMBERED` per producer.
-fn record_batch(producers: &mut HashMap<i64, ProducerState>, h: &segment::BatchHeader) {
-    if h.producer_id < 0 {
-        return;
-    }
-    let state = producers.entry(h.producer_id).or_default();
-    if h.producer_epoch > state.epoch {
-        state.epoch = h.producer_epoch;
-        state.recent.clear();
-    }
-    let last_seq = h.base_sequence.wrapping_add(h.last_offset_delta);
-    state
-        .recent
-        .push_back((h.base_sequence, last_seq, h.base_offset));
-    if state.recent.len() > PRODUCER_BATCHES_REMEMBERED {
-        state.recent.pop_front();
-    }
-}
-
 impl Partition {
     pub fn new(log: Rc<PartitionLog>) -> Rc<Self> {
         Rc::new_cyclic(|me| Partition {
@@ -168,6 +147,10 @@ impl Partition {
             producers: RefCell::default(),
             producers_valid: Cell::new(true),
             producers_gen: Cell::new(0),
+            snapshot_bytes: Cell::new(0),
+            snapshot_segment: Cell::new(-1),
+            snapshot_offset: Cell::new(-1),
+            snapshotting: Cell::new(false),
             waiters: RefCell::default(),
             repl: RefCell::default(),
             hw_waiters: RefCell::default(),
@@ -562,15 +545,19 @@ impl Partition {
             .iter()
             .map(|b| segment::BatchHeader::parse(b))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut producers = self.producers.borrow_mut();
-        for h in &headers {
-            record_batch(&mut producers, h);
+        {
+            let mut producers = self.producers.borrow_mut();
+            for h in &headers {
+                pstate::record_batch(&mut producers, h);
+            }
         }
-        drop(producers);
+        let len = records.len();
         let result = self.log.append_replicated(records).await;
         if result.is_err() {
             // Recorded, but not (or not surely) in the log: rebuild before leading.
             self.invalidate_producer_state();
+        } else {
+            self.maybe_snapshot(len);
         }
         result
     }
@@ -730,6 +717,7 @@ impl Partition {
                 self.update_high_watermark();
             }
             self.start_write();
+            self.maybe_snapshot(records.len());
         }
         if let (Some(end), Durability::Durable) = (duplicate_end, durability) {
             // A retried batch is acknowledged with the same promise as the first try:
@@ -810,53 +798,142 @@ impl Partition {
         }
     }
 
-    /// Rebuilds idempotent-producer state from the log's tail (on open, and after a
-    /// truncation), so a producer retrying a batch the log holds gets the original
-    /// offset back instead of a second copy, and its next batch continues its sequence.
-    /// The scan covers the newest batches (about `PRODUCER_STATE_SCAN_BYTES`), which
-    /// hold every batch a live producer can retry, up to the log end as it is when the
-    /// scan ends; the result replaces the state unless it was invalidated meanwhile.
+    /// Rebuilds idempotent-producer state (on open, and after a truncation), so a
+    /// producer retrying a batch the log holds gets the original offset back instead of
+    /// a second copy, and its next batch continues its sequence, however long it was
+    /// idle: from the newest intact snapshot within the log (`maybe_snapshot`) plus the
+    /// batches after it, or, with none, from every batch from the log start (a damaged
+    /// snapshot is removed and the next older one tried). Reads up to the log end as it
+    /// is when the scan ends; the result replaces the state unless it was invalidated
+    /// meanwhile.
     pub async fn rebuild_producer_state(&self) -> Result<usize, segment::StorageError> {
         let gen = self.producers_gen.get();
-        let start = self.log.log_start_offset();
-        let mut window: i64 = 256;
-        let headers = loop {
-            let from = start.max(self.log.log_end_offset() - window);
-            let mut headers = Vec::new();
-            let mut scanned = 0usize;
-            let mut offset = from;
-            // The log end is read afresh: batches a follower appends meanwhile count.
-            while offset < self.log.log_end_offset() {
-                let read = self.log.read(offset, PRODUCER_STATE_READ_BYTES).await?;
-                // Joining the chunks (one copy) keeps the parsing simple; rare path.
-                let joined: Bytes = read.chunks.concat().into();
-                if joined.is_empty() {
+        let (start, end) = (self.log.log_start_offset(), self.log.log_end_offset());
+        let mut producers = Producers::new();
+        let mut from = start;
+        let mut loaded = None;
+        for offset in self.log.producer_snapshot_offsets().into_iter().rev() {
+            if !(start..=end).contains(&offset) {
+                continue;
+            }
+            let decoded = self
+                .log
+                .read_producer_snapshot(offset)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| pstate::decode_snapshot(&raw, offset));
+            match decoded {
+                Ok(p) => {
+                    producers = p;
+                    from = offset;
+                    loaded = Some(offset);
                     break;
                 }
-                scanned += joined.len();
-                for b in segment::batch::split_batches(&joined)? {
-                    let h = segment::BatchHeader::parse(&b)?;
-                    offset = h.last_offset() + 1;
-                    headers.push(h);
+                Err(e) => {
+                    tracing::warn!(dir = %self.log.dir().display(), offset, error = %e,
+                        "producer-state snapshot unusable: removed; falling back to an older one or the log");
+                    self.log.remove_producer_snapshots(|o| o == offset);
                 }
             }
-            if from == start || scanned >= PRODUCER_STATE_SCAN_BYTES {
-                break headers;
+        }
+        if loaded.is_none() && end > start {
+            tracing::info!(dir = %self.log.dir().display(), from = start, to = end,
+                "no producer-state snapshot within the log: rebuilding from every batch");
+        }
+        let mut scanned = 0usize;
+        let mut offset = from;
+        // The log end is read afresh: batches a follower appends meanwhile count.
+        while offset < self.log.log_end_offset() {
+            let read = self.log.read(offset, PRODUCER_STATE_READ_BYTES).await?;
+            // Joining the chunks (one copy) keeps the parsing simple; rare path.
+            let joined: Bytes = read.chunks.concat().into();
+            if joined.is_empty() {
+                break;
             }
-            window = window.saturating_mul(4);
-        };
+            scanned += joined.len();
+            for b in segment::batch::split_batches(&joined)? {
+                let h = segment::BatchHeader::parse(&b)?;
+                offset = h.last_offset() + 1;
+                pstate::record_batch(&mut producers, &h);
+            }
+        }
         if self.producers_gen.get() != gen {
             // Truncated meanwhile: that truncation's own rebuild installs the state.
             return Ok(0);
         }
-        let mut producers = HashMap::new();
-        for h in &headers {
-            record_batch(&mut producers, h);
-        }
         let n = producers.len();
+        tracing::debug!(dir = %self.log.dir().display(), snapshot = ?loaded, scanned_bytes = scanned,
+            producers = n, "producer state rebuilt");
         *self.producers.borrow_mut() = producers;
         self.producers_valid.set(true);
+        self.snapshot_offset.set(loaded.unwrap_or(-1));
+        self.snapshot_bytes.set(scanned);
+        self.snapshot_segment.set(self.log.active_segment_base());
+        // A long replay is not repeated by the next restart.
+        self.maybe_snapshot(0);
         Ok(n)
+    }
+
+    /// After `bytes` were appended: snapshots the producer state when the log rolled
+    /// since the last snapshot or `PRODUCER_SNAPSHOT_INTERVAL_BYTES` went by (Kafka
+    /// snapshots at each roll). The state is encoded here, in step with the log end
+    /// (every batch below it recorded, none above), and written by a task.
+    fn maybe_snapshot(&self, bytes: usize) {
+        self.snapshot_bytes
+            .set(self.snapshot_bytes.get().saturating_add(bytes));
+        let rolled = self.log.active_segment_base() != self.snapshot_segment.get();
+        if self.snapshotting.get()
+            || !(rolled || self.snapshot_bytes.get() >= PRODUCER_SNAPSHOT_INTERVAL_BYTES)
+        {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        let Some(taken) = self.take_snapshot() else {
+            return;
+        };
+        self.snapshotting.set(true);
+        glommio::spawn_local(async move {
+            me.write_snapshot(taken).await;
+            me.snapshotting.set(false);
+        })
+        .detach();
+    }
+
+    /// The producer state encoded as of the log end now, with what the write needs;
+    /// `None` while the state does not match the log.
+    fn take_snapshot(&self) -> Option<(i64, u64, Vec<u8>)> {
+        if !self.producers_valid.get() {
+            return None;
+        }
+        let offset = self.log.log_end_offset();
+        let token = self.log.producer_snapshot_token();
+        let data = pstate::encode_snapshot(offset, &self.producers.borrow());
+        self.snapshot_bytes.set(0);
+        self.snapshot_segment.set(self.log.active_segment_base());
+        Some((offset, token, data))
+    }
+
+    async fn write_snapshot(&self, (offset, token, data): (i64, u64, Vec<u8>)) {
+        match self.log.write_producer_snapshot(offset, token, &data).await {
+            Ok(true) => self.snapshot_offset.set(offset),
+            // Truncated or closed meanwhile: the snapshot no longer describes the log.
+            Ok(false) => {}
+            // Snapshots only shorten a rebuild: the next one retries.
+            Err(e) => {
+                tracing::warn!(dir = %self.log.dir().display(), error = %e, "could not write a producer-state snapshot")
+            }
+        }
+    }
+
+    /// Clean shutdown: snapshots the producer state at the log end (unless the newest
+    /// snapshot is there already), so the next start replays nothing. Call before the
+    /// log closes, with appends stopped.
+    pub async fn snapshot_producer_state(&self) {
+        if self.snapshot_offset.get() == self.log.log_end_offset() {
+            return;
+        }
+        if let Some(taken) = self.take_snapshot() {
+            self.write_snapshot(taken).await;
+        }
     }
 
     fn wake_waiters(&self) {

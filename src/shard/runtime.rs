@@ -321,6 +321,7 @@ async fn close_partitions(shard: &Rc<Shard>) -> usize {
         .flat_map(|(_, m)| m.into_values())
         .collect();
     for p in &parts {
+        p.snapshot_producer_state().await;
         if let Err(e) = p.log.close().await {
             tracing::error!(dir = %p.log.dir().display(), error = %e, "closing log failed");
         }
