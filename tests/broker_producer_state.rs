@@ -325,3 +325,53 @@ async fn retry_of_an_idle_producers_batch_is_a_duplicate_after_a_restart_past_mu
 async fn a_damaged_newest_snapshot_falls_back_to_an_older_one() {
     idle_producer_state_survives_a_restart(true).await;
 }
+
+/// A clean stop (SIGTERM) snapshots the state at the log end, so the next start
+/// replays no batch, and the producer's retry is still a duplicate after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_snapshots_the_state_at_the_log_end() {
+    let mut broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("pstate-stop");
+    create_topic(&bootstrap, &topic, 1).await;
+    let mut w = Wire::connect(&bootstrap);
+    let init = w.call(
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000),
+        4,
+    );
+    assert_eq!(init.error_code, 0, "InitProducerId");
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert_eq!(
+        produce(&mut w, &topic, idempotent_batch(3, pid, epoch, 0)),
+        (0, 0)
+    );
+    let second = idempotent_batch(2, pid, epoch, 3);
+    assert_eq!(produce(&mut w, &topic, second.clone()), (0, 3));
+    drop(w);
+    assert!(
+        snapshots(&broker, &topic).is_empty(),
+        "no roll, no snapshot yet"
+    );
+
+    assert!(broker.terminate(CLIENT_TIMEOUT), "clean exit on SIGTERM");
+    assert_eq!(
+        snapshots(&broker, &topic),
+        vec![5],
+        "a snapshot at the log end"
+    );
+    broker.restart();
+    assert!(!logged(
+        &broker,
+        &topic,
+        "no producer-state snapshot within the log"
+    ));
+    let mut w = Wire::connect(&bootstrap);
+    let (code, base) = produce(&mut w, &topic, second);
+    assert!(
+        (code, base) == (0, 3) || code == DUPLICATE_SEQUENCE_NUMBER,
+        "retry after a clean stop: error {code} base offset {base}"
+    );
+    assert_eq!(high_watermark(&bootstrap, &topic), 5, "not stored twice");
+}
