@@ -31,6 +31,9 @@ pub const LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT: u64 = 128 << 20;
 /// offsets.retention.minutes, Kafka's default (7 days): how long a group without
 /// members keeps its committed offsets (KIP-211).
 pub const OFFSETS_RETENTION_MINUTES_DEFAULT: u32 = 7 * 24 * 60;
+/// producer.id.expiration.ms, Kafka's default (1 day): how long a partition keeps an
+/// idle idempotent producer's state.
+pub const PRODUCER_ID_EXPIRATION_MS_DEFAULT: u64 = 86_400_000;
 /// offsets.retention.check.interval.ms, Kafka's default (10 minutes).
 pub const OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 600_000;
 /// Smallest share of the dedupe buffer a shard may get (about 15 keys of 4 bytes per
@@ -89,6 +92,9 @@ pub struct BrokerConfig {
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is
     /// created (afterwards the topic's own count, from the metadata, is what counts).
     pub offsets_topic_num_partitions: u32,
+    /// `producer.id.expiration.ms`: a partition forgets an idempotent producer that
+    /// wrote nothing to it for this long (when it next snapshots its producer state).
+    pub producer_id_expiration_ms: u64,
     /// `controlled.shutdown.enable`: on SIGTERM a cluster broker first moves its
     /// leaderships to other in-sync replicas (`replication::shutdown`).
     pub controlled_shutdown_enable: bool,
@@ -130,6 +136,7 @@ impl Default for BrokerConfig {
             offsets_retention_ms: None,
             offsets_retention_check_interval_ms: OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT,
             offsets_topic_num_partitions: OFFSETS_TOPIC_NUM_PARTITIONS_DEFAULT,
+            producer_id_expiration_ms: PRODUCER_ID_EXPIRATION_MS_DEFAULT,
             controlled_shutdown_enable: true,
             controlled_shutdown_timeout_ms: CONTROLLED_SHUTDOWN_TIMEOUT_MS_DEFAULT,
         }
@@ -355,6 +362,13 @@ impl BrokerConfig {
                 self.offsets_topic_num_partitions
             ));
         }
+        if !(1..=i64::MAX as u64).contains(&self.producer_id_expiration_ms) {
+            return Err(format!(
+                "producer.id.expiration.ms={}: must be between 1 and {}",
+                self.producer_id_expiration_ms,
+                i64::MAX
+            ));
+        }
         if !(1..=CONTROLLED_SHUTDOWN_TIMEOUT_MS_MAX).contains(&self.controlled_shutdown_timeout_ms)
         {
             return Err(format!(
@@ -428,6 +442,7 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
         "offsets.topic.num.partitions",
         "offsets-topic-num-partitions",
     ),
+    ("producer.id.expiration.ms", "producer-id-expiration-ms"),
     ("controlled.shutdown.enable", "controlled-shutdown-enable"),
     (
         "controlled.shutdown.timeout.ms",
@@ -519,7 +534,7 @@ pub fn render_toml(c: &BrokerConfig) -> String {
 
 fn render_cluster(c: &BrokerConfig) -> String {
     let mut out = format!(
-        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n\"log.cleaner.dedupe.buffer.size\" = {}\n\"offsets.retention.minutes\" = {}\n\"offsets.retention.check.interval.ms\" = {}\n\"offsets.topic.num.partitions\" = {}\n\"controlled.shutdown.enable\" = {}\n\"controlled.shutdown.timeout.ms\" = {}\n",
+        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n\"log.cleaner.dedupe.buffer.size\" = {}\n\"offsets.retention.minutes\" = {}\n\"offsets.retention.check.interval.ms\" = {}\n\"offsets.topic.num.partitions\" = {}\n\"producer.id.expiration.ms\" = {}\n\"controlled.shutdown.enable\" = {}\n\"controlled.shutdown.timeout.ms\" = {}\n",
         c.advertised_port,
         c.default_replication_factor,
         c.replica_lag_time_max_ms,
@@ -528,6 +543,7 @@ fn render_cluster(c: &BrokerConfig) -> String {
         c.offsets_retention_minutes,
         c.offsets_retention_check_interval_ms,
         c.offsets_topic_num_partitions,
+        c.producer_id_expiration_ms,
         c.controlled_shutdown_enable,
         c.controlled_shutdown_timeout_ms,
     );

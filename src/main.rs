@@ -151,6 +151,10 @@ struct ServeArgs {
     /// offsets.topic.num.partitions: partitions of __consumer_offsets when created.
     #[arg(long, env = "RUNNEL_OFFSETS_TOPIC_NUM_PARTITIONS", default_value_t = config::OFFSETS_TOPIC_NUM_PARTITIONS_DEFAULT)]
     offsets_topic_num_partitions: u32,
+    /// producer.id.expiration.ms: how long a partition keeps an idle idempotent
+    /// producer's state.
+    #[arg(long, env = "RUNNEL_PRODUCER_ID_EXPIRATION_MS", default_value_t = config::PRODUCER_ID_EXPIRATION_MS_DEFAULT)]
+    producer_id_expiration_ms: u64,
     /// controlled.shutdown.enable: on SIGTERM a cluster broker first moves its
     /// partition leaderships to other in-sync replicas.
     #[arg(long, env = "RUNNEL_CONTROLLED_SHUTDOWN_ENABLE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -381,6 +385,7 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         offsets_retention_ms: a.offsets_retention_ms,
         offsets_retention_check_interval_ms: a.offsets_retention_check_interval_ms,
         offsets_topic_num_partitions: a.offsets_topic_num_partitions,
+        producer_id_expiration_ms: a.producer_id_expiration_ms,
         controlled_shutdown_enable: a.controlled_shutdown_enable,
         controlled_shutdown_timeout_ms: a.controlled_shutdown_timeout_ms,
     };

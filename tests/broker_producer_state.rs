@@ -375,3 +375,57 @@ async fn a_clean_stop_snapshots_the_state_at_the_log_end() {
     );
     assert_eq!(high_watermark(&bootstrap, &topic), 5, "not stored twice");
 }
+
+/// `producer.id.expiration.ms`: a producer idle longer than it is left out of the next
+/// snapshot, so after the restart its old batch is no longer known (stored again, as
+/// on Kafka once the producer id expired), while the state of one that wrote recently
+/// survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_idle_past_the_expiration_are_not_kept_across_a_restart() {
+    let expiration = Duration::from_millis(1500);
+    let mut broker = Broker::start_with(BrokerOptions {
+        extra_args: vec![
+            "--producer-id-expiration-ms".into(),
+            expiration.as_millis().to_string(),
+        ],
+        ..BrokerOptions::default()
+    });
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("pstate-expiry");
+    create_topic(&bootstrap, &topic, 1).await;
+    let mut w = Wire::connect(&bootstrap);
+    let mut init = || {
+        let r = w.call(
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000),
+            4,
+        );
+        assert_eq!(r.error_code, 0, "InitProducerId");
+        (r.producer_id.0, r.producer_epoch)
+    };
+    let (idle, idle_epoch) = init();
+    let (busy, busy_epoch) = init();
+    let idle_batch = idempotent_batch(2, idle, idle_epoch, 0);
+    assert_eq!(produce(&mut w, &topic, idle_batch.clone()), (0, 0));
+    // Time passing is the point here: the idle producer's state must age out.
+    tokio::time::sleep(expiration + Duration::from_millis(500)).await;
+    let busy_batch = idempotent_batch(2, busy, busy_epoch, 0);
+    assert_eq!(produce(&mut w, &topic, busy_batch.clone()), (0, 2));
+    drop(w);
+
+    assert!(broker.terminate(CLIENT_TIMEOUT), "clean exit on SIGTERM");
+    assert_eq!(snapshots(&broker, &topic), vec![4]);
+    broker.restart();
+    let mut w = Wire::connect(&bootstrap);
+    let (code, base) = produce(&mut w, &topic, busy_batch);
+    assert!(
+        (code, base) == (0, 2) || code == DUPLICATE_SEQUENCE_NUMBER,
+        "the busy producer's retry: error {code} base offset {base}"
+    );
+    assert_eq!(
+        produce(&mut w, &topic, idle_batch),
+        (0, 4),
+        "the expired producer is new again"
+    );
+}

@@ -20,6 +20,12 @@ const PRODUCER_STATE_READ_BYTES: usize = 1 << 20;
 /// bounds what a restart after a crash replays (segments can be 1 GiB).
 const PRODUCER_SNAPSHOT_INTERVAL_BYTES: usize = 32 << 20;
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub struct Partition {
     pub log: Rc<PartitionLog>,
     /// Idempotent-producer state of the whole log, kept in step with it on a leader
@@ -40,6 +46,9 @@ pub struct Partition {
     snapshot_segment: Cell<i64>,
     snapshot_offset: Cell<i64>,
     snapshotting: Cell<bool>,
+    /// `producer.id.expiration.ms`: producers idle this long are left out of the next
+    /// snapshot (and forgotten).
+    producer_expiration_ms: Cell<i64>,
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
     /// Cluster mode: this broker's role and, while it leads, what it knows of the
     /// followers. `None` on a single node (and for partitions without a replica
@@ -151,6 +160,9 @@ impl Partition {
             snapshot_segment: Cell::new(-1),
             snapshot_offset: Cell::new(-1),
             snapshotting: Cell::new(false),
+            producer_expiration_ms: Cell::new(
+                crate::config::PRODUCER_ID_EXPIRATION_MS_DEFAULT as i64,
+            ),
             waiters: RefCell::default(),
             repl: RefCell::default(),
             hw_waiters: RefCell::default(),
@@ -158,6 +170,12 @@ impl Partition {
             writing: Cell::new(false),
             me: me.clone(),
         })
+    }
+
+    /// `producer.id.expiration.ms` (validated positive); set before the first rebuild.
+    pub fn set_producer_id_expiration_ms(&self, ms: u64) {
+        self.producer_expiration_ms
+            .set(i64::try_from(ms).unwrap_or(i64::MAX).max(1));
     }
 
     /// Whether this partition is replicated (cluster mode, with a replica table).
@@ -546,9 +564,10 @@ impl Partition {
             .map(|b| segment::BatchHeader::parse(b))
             .collect::<Result<Vec<_>, _>>()?;
         {
+            let now = now_ms();
             let mut producers = self.producers.borrow_mut();
             for h in &headers {
-                pstate::record_batch(&mut producers, h);
+                pstate::record_batch(&mut producers, h, now);
             }
         }
         let len = records.len();
@@ -743,6 +762,7 @@ impl Partition {
         let last_seq = first_seq.wrapping_add(h.last_offset_delta);
         let mut producers = self.producers.borrow_mut();
         let state = producers.entry(h.producer_id).or_default();
+        state.last_ms = state.last_ms.max(now_ms());
         if h.producer_epoch < state.epoch {
             return SequenceCheck::Reject(
                 ec::INVALID_PRODUCER_EPOCH,
@@ -839,6 +859,10 @@ impl Partition {
             tracing::info!(dir = %self.log.dir().display(), from = start, to = end,
                 "no producer-state snapshot within the log: rebuilding from every batch");
         }
+        // A snapshot may be old: its idle producers expire as they would have live.
+        // Replayed batches count as seen now (the log does not say when they came).
+        let now = now_ms();
+        pstate::expire(&mut producers, now, self.producer_expiration_ms.get());
         let mut scanned = 0usize;
         let mut offset = from;
         // The log end is read afresh: batches a follower appends meanwhile count.
@@ -853,7 +877,7 @@ impl Partition {
             for b in segment::batch::split_batches(&joined)? {
                 let h = segment::BatchHeader::parse(&b)?;
                 offset = h.last_offset() + 1;
-                pstate::record_batch(&mut producers, &h);
+                pstate::record_batch(&mut producers, &h, now);
             }
         }
         if self.producers_gen.get() != gen {
@@ -906,7 +930,13 @@ impl Partition {
         }
         let offset = self.log.log_end_offset();
         let token = self.log.producer_snapshot_token();
-        let data = pstate::encode_snapshot(offset, &self.producers.borrow());
+        let mut producers = self.producers.borrow_mut();
+        let expired = pstate::expire(&mut producers, now_ms(), self.producer_expiration_ms.get());
+        if expired > 0 {
+            tracing::debug!(dir = %self.log.dir().display(), expired, "idle idempotent producers expired");
+        }
+        let data = pstate::encode_snapshot(offset, &producers);
+        drop(producers);
         self.snapshot_bytes.set(0);
         self.snapshot_segment.set(self.log.active_segment_base());
         Some((offset, token, data))

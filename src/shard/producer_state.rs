@@ -5,10 +5,10 @@
 //! state. Pure data and encoding; the files themselves are the log's
 //! (`PartitionLog::write_producer_snapshot`), the policy is `Partition`'s.
 //!
-//! Snapshot format, version 1, big-endian:
+//! Snapshot format, version 2, big-endian (version 1 lacked the last-write time):
 //! ```text
 //! version u16 | crc32c u32 (of every byte after it) | offset i64 | producers u32 |
-//! producers × { producer id i64 | epoch i16 | batches u8 |
+//! producers × { producer id i64 | epoch i16 | last write ms i64 | batches u8 |
 //!               batches × { first sequence i32 | last sequence i32 | base offset i64 } }
 //! ```
 //! `offset` is the log offset the state covers: every batch below it, none above.
@@ -21,9 +21,9 @@ use crate::segment::BatchHeader;
 /// client may have in flight with idempotence on).
 pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
 
-const SNAPSHOT_VERSION: u16 = 1;
+const SNAPSHOT_VERSION: u16 = 2;
 const SNAPSHOT_HEADER_BYTES: usize = 2 + 4 + 8 + 4;
-const SNAPSHOT_PRODUCER_BYTES_MIN: usize = 8 + 2 + 1;
+const SNAPSHOT_PRODUCER_BYTES_MIN: usize = 8 + 2 + 8 + 1;
 const SNAPSHOT_BATCH_BYTES: usize = 4 + 4 + 8;
 const _: () = assert!(PRODUCER_BATCHES_REMEMBERED <= u8::MAX as usize);
 
@@ -32,17 +32,22 @@ pub struct ProducerState {
     pub epoch: i16,
     /// (first sequence, last sequence, base offset) of the latest batches, oldest first.
     pub recent: VecDeque<(i32, i32, i64)>,
+    /// Broker wall-clock time (ms) this partition last saw a batch of it (a replay from
+    /// the log counts as seeing it): what `producer.id.expiration.ms` is measured from.
+    /// Not the batch's timestamp, which a client may set to any time.
+    pub last_ms: i64,
 }
 
 pub type Producers = HashMap<i64, ProducerState>;
 
 /// Records a batch that is in the log (replicated, or read back from it) without
 /// checking its sequence, keeping the newest `PRODUCER_BATCHES_REMEMBERED` per producer.
-pub fn record_batch(producers: &mut Producers, h: &BatchHeader) {
+pub fn record_batch(producers: &mut Producers, h: &BatchHeader, now_ms: i64) {
     if h.producer_id < 0 {
         return;
     }
     let state = producers.entry(h.producer_id).or_default();
+    state.last_ms = state.last_ms.max(now_ms);
     if h.producer_epoch > state.epoch {
         state.epoch = h.producer_epoch;
         state.recent.clear();
@@ -54,6 +59,15 @@ pub fn record_batch(producers: &mut Producers, h: &BatchHeader) {
     if state.recent.len() > PRODUCER_BATCHES_REMEMBERED {
         state.recent.pop_front();
     }
+}
+
+/// Forgets the producers that wrote nothing for `expiration_ms` (Kafka's
+/// `producer.id.expiration.ms`); returns how many. A forgotten producer that comes
+/// back is a new one: its next batch starts wherever it says.
+pub fn expire(producers: &mut Producers, now_ms: i64, expiration_ms: i64) -> usize {
+    let before = producers.len();
+    producers.retain(|_, s| now_ms.saturating_sub(s.last_ms) < expiration_ms);
+    before - producers.len()
 }
 
 /// The snapshot of `producers` covering the log below `offset`. Producers in id order,
@@ -76,6 +90,7 @@ pub fn encode_snapshot(offset: i64, producers: &Producers) -> Vec<u8> {
         assert!(s.recent.len() <= PRODUCER_BATCHES_REMEMBERED);
         out.extend_from_slice(&id.to_be_bytes());
         out.extend_from_slice(&s.epoch.to_be_bytes());
+        out.extend_from_slice(&s.last_ms.to_be_bytes());
         out.push(s.recent.len() as u8);
         for &(first, last, base) in &s.recent {
             out.extend_from_slice(&first.to_be_bytes());
@@ -127,6 +142,7 @@ pub fn decode_snapshot(raw: &[u8], offset: i64) -> Result<Producers, String> {
     for _ in 0..count {
         let id = i64::from_be_bytes(c.take()?);
         let epoch = i16::from_be_bytes(c.take()?);
+        let last_ms = i64::from_be_bytes(c.take()?);
         let [n] = c.take::<1>()?;
         if id < 0 || usize::from(n) > PRODUCER_BATCHES_REMEMBERED {
             return Err(format!("producer {id} with {n} batches"));
@@ -144,7 +160,14 @@ pub fn decode_snapshot(raw: &[u8], offset: i64) -> Result<Producers, String> {
             recent.push_back((first, last, base));
         }
         if producers
-            .insert(id, ProducerState { epoch, recent })
+            .insert(
+                id,
+                ProducerState {
+                    epoch,
+                    recent,
+                    last_ms,
+                },
+            )
             .is_some()
         {
             return Err(format!("producer {id} twice"));
@@ -167,6 +190,7 @@ mod tests {
             ProducerState {
                 epoch: 2,
                 recent: VecDeque::from([(0, 4, 10), (5, 9, 20), (10, 10, 31)]),
+                last_ms: 1_000,
             },
         );
         p.insert(
@@ -174,6 +198,7 @@ mod tests {
             ProducerState {
                 epoch: 0,
                 recent: VecDeque::from([(i32::MAX - 1, 0, 40)]),
+                last_ms: 5_000,
             },
         );
         p.insert(12, ProducerState::default());
@@ -225,8 +250,8 @@ mod tests {
         let e = decode_snapshot(&encode_snapshot(50, &p), 50).unwrap_err();
         assert!(e.contains("not below 50"), "{e}");
         let mut raw = encode_snapshot(50, &sample());
-        // Producer 3 is first (id order); its batch count sits after id and epoch.
-        let at = SNAPSHOT_HEADER_BYTES + 8 + 2;
+        // Producer 3 is first (id order); its batch count sits after id, epoch, time.
+        let at = SNAPSHOT_HEADER_BYTES + 8 + 2 + 8;
         raw[at] = 6;
         let crc = crc32c::crc32c(&raw[6..]);
         raw[2..6].copy_from_slice(&crc.to_be_bytes());
@@ -237,5 +262,32 @@ mod tests {
         huge[2..6].copy_from_slice(&crc.to_be_bytes());
         let e = decode_snapshot(&huge, 50).unwrap_err();
         assert!(e.contains("producers in 0 bytes"), "{e}");
+    }
+
+    #[test]
+    fn producers_idle_for_the_expiration_are_forgotten() {
+        let mut p = sample();
+        // Producer 12 last wrote at 0, 7 at 1000, 3 at 5000; 1000 ms expiration at 5500.
+        assert_eq!(expire(&mut p, 5_500, 1_000), 2);
+        assert_eq!(p.keys().copied().collect::<Vec<_>>(), vec![3]);
+        let mut p = sample();
+        assert_eq!(expire(&mut p, 6_000, i64::MAX), 0, "nothing expires");
+        // Seeing a batch refreshes the time, never moves it back.
+        let mut h = crate::segment::BatchHeader::parse(&crate::segment::testing::encode_batch(
+            0,
+            0,
+            &[b"v"],
+        ))
+        .unwrap();
+        h.producer_id = 7;
+        h.producer_epoch = 2;
+        h.base_sequence = 11;
+        h.base_offset = 32;
+        record_batch(&mut p, &h, 9_000);
+        assert_eq!(p[&7].last_ms, 9_000);
+        record_batch(&mut p, &h, 8_000);
+        assert_eq!(p[&7].last_ms, 9_000);
+        assert_eq!(expire(&mut p, 9_500, 1_000), 2);
+        assert_eq!(p.keys().copied().collect::<Vec<_>>(), vec![7]);
     }
 }

@@ -384,6 +384,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
             match PartitionLog::open(dir.clone(), log_config).await {
                 Ok(log) => {
                     let partition = Partition::new(log);
+                    partition.set_producer_id_expiration_ms(shard.config.producer_id_expiration_ms);
                     if let Err(e) = partition.rebuild_producer_state().await {
                         tracing::warn!(dir = %dir.display(), error = %e, "producer state not rebuilt; idempotent retries may duplicate");
                     }
