@@ -429,3 +429,62 @@ async fn producers_idle_past_the_expiration_are_not_kept_across_a_restart() {
         "the expired producer is new again"
     );
 }
+
+/// DeleteRecords past the newest snapshot removes it (it can no longer be replayed
+/// from); the next append snapshots again, so producers whose batches are all deleted
+/// keep their state across a crash, as on Kafka (until they expire).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_the_log_start_passed_is_replaced_by_the_next_append() {
+    let mut broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("pstate-trim");
+    create_topic(&bootstrap, &topic, 1).await;
+    let mut w = Wire::connect(&bootstrap);
+    let init = w.call(
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000),
+        4,
+    );
+    assert_eq!(init.error_code, 0, "InitProducerId");
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert_eq!(
+        produce(&mut w, &topic, idempotent_batch(3, pid, epoch, 0)),
+        (0, 0)
+    );
+    let second = idempotent_batch(2, pid, epoch, 3);
+    assert_eq!(produce(&mut w, &topic, second.clone()), (0, 3));
+    drop(w);
+    assert!(broker.terminate(CLIENT_TIMEOUT), "clean exit on SIGTERM");
+    assert_eq!(snapshots(&broker, &topic), vec![5]);
+    broker.restart();
+
+    // Other records, then everything so far deleted.
+    assert_eq!(raw_produce_code(&bootstrap, &topic, 0, -1, 10_000), 0);
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(8))
+        .unwrap();
+    let res = admin(&bootstrap)
+        .delete_records(&tpl, &rdkafka::admin::AdminOptions::new())
+        .await
+        .expect("delete_records");
+    let el = res.find_partition(&topic, 0).expect("partition in result");
+    assert!(el.error().is_ok(), "{:?}", el.error());
+    assert!(
+        snapshots(&broker, &topic).is_empty(),
+        "below the log start: removed"
+    );
+    assert_eq!(raw_produce_code(&bootstrap, &topic, 0, -1, 10_000), 0);
+    wait_for("a snapshot after the append", CLIENT_TIMEOUT, || {
+        (snapshots(&broker, &topic) == vec![11]).then_some(())
+    });
+
+    broker.restart(); // SIGKILL
+    let mut w = Wire::connect(&bootstrap);
+    let (code, base) = produce(&mut w, &topic, second);
+    assert!(
+        (code, base) == (0, 3) || code == DUPLICATE_SEQUENCE_NUMBER,
+        "retry of a deleted batch after the restart: error {code} base offset {base}"
+    );
+    assert_eq!(high_watermark(&bootstrap, &topic), 11, "not stored again");
+}

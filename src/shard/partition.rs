@@ -905,8 +905,12 @@ impl Partition {
         self.snapshot_bytes
             .set(self.snapshot_bytes.get().saturating_add(bytes));
         let rolled = self.log.active_segment_base() != self.snapshot_segment.get();
+        // The log start passed the newest snapshot (DeleteRecords into the active
+        // segment): the log removed it, and a restart would lose the producers whose
+        // batches are gone, which Kafka keeps until they expire.
+        let passed = (0..self.log.log_start_offset()).contains(&self.snapshot_offset.get());
         if self.snapshotting.get()
-            || !(rolled || self.snapshot_bytes.get() >= PRODUCER_SNAPSHOT_INTERVAL_BYTES)
+            || !(rolled || passed || self.snapshot_bytes.get() >= PRODUCER_SNAPSHOT_INTERVAL_BYTES)
         {
             return;
         }
