@@ -58,8 +58,10 @@ pub struct BrokerConfig {
     pub socket_request_max_bytes: usize,
     pub message_max_bytes: u32,
     pub connections_max: usize,
-    /// Per-task stall bound for glommio's stall detector.
+    /// A shard whose reactor could not run for longer than this is logged and counted.
     pub stall_threshold_ms: u64,
+    /// Also capture and log the stalling task's backtrace (glommio's stall detector).
+    pub stall_backtraces: bool,
     /// Log levels in `RUST_LOG` syntax (tracing-subscriber's EnvFilter).
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -121,6 +123,7 @@ impl Default for BrokerConfig {
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
             stall_threshold_ms: 20,
+            stall_backtraces: false,
             log_filter: "info".into(),
             log_format: LogFormat::Text,
             log_retention_check_interval_ms: RETENTION_CHECK_INTERVAL_MS_DEFAULT,
@@ -401,6 +404,7 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     ("message.max.bytes", "message-max-bytes"),
     ("max.connections", "max-connections"),
     ("stall.threshold.ms", "stall-threshold-ms"),
+    ("stall.backtraces", "stall-backtraces"),
     ("log.level", "log"),
     ("log.format", "log-format"),
     (
@@ -510,7 +514,7 @@ pub fn render_toml(c: &BrokerConfig) -> String {
         .map(|a| a.to_string())
         .unwrap_or_else(|| "off".into());
     format!(
-        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n\"log.level\" = \"{}\"\n\"log.format\" = \"{}\"\n\"log.retention.check.interval.ms\" = {}\n\"group.initial.rebalance.delay.ms\" = {}\n\"group.min.session.timeout.ms\" = {}\n\"group.max.session.timeout.ms\" = {}\n",
+        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n\"stall.backtraces\" = {}\n\"log.level\" = \"{}\"\n\"log.format\" = \"{}\"\n\"log.retention.check.interval.ms\" = {}\n\"group.initial.rebalance.delay.ms\" = {}\n\"group.min.session.timeout.ms\" = {}\n\"group.max.session.timeout.ms\" = {}\n",
         c.listen,
         c.advertised_host,
         c.data_dir.display(),
@@ -523,6 +527,7 @@ pub fn render_toml(c: &BrokerConfig) -> String {
         c.message_max_bytes,
         c.connections_max,
         c.stall_threshold_ms,
+        c.stall_backtraces,
         c.log_filter,
         c.log_format,
         c.log_retention_check_interval_ms,

@@ -88,9 +88,14 @@ struct ServeArgs {
     /// max.connections
     #[arg(long, env = "RUNNEL_MAX_CONNECTIONS", default_value_t = config::CONNECTIONS_MAX_DEFAULT)]
     max_connections: usize,
-    /// Log a task that holds a shard longer than this (ms) with its backtrace.
+    /// Log (and count in runnel_shard_stalls_total) a shard that could not serve its
+    /// I/O and timers for longer than this (ms): a task held it, or the OS did.
     #[arg(long, env = "RUNNEL_STALL_THRESHOLD_MS", default_value_t = 20)]
     stall_threshold_ms: u64,
+    /// Also log the stalling task's backtrace. The first one loads the binary's debug
+    /// info: the shard stalls for it, and the process keeps ~200 MiB more memory.
+    #[arg(long, env = "RUNNEL_STALL_BACKTRACES", default_value_t = false, action = clap::ArgAction::Set)]
+    stall_backtraces: bool,
     /// Log levels, RUST_LOG syntax: a default and per-module levels,
     /// e.g. "info,runnel::group=debug".
     #[arg(long, env = "RUNNEL_LOG", default_value = "info")]
@@ -370,6 +375,7 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         message_max_bytes: a.message_max_bytes,
         connections_max: a.max_connections,
         stall_threshold_ms: a.stall_threshold_ms,
+        stall_backtraces: a.stall_backtraces,
         log_filter: a.log,
         log_format: a.log_format.parse()?,
         log_retention_check_interval_ms: a.log_retention_check_interval_ms,

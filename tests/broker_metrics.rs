@@ -145,3 +145,50 @@ async fn metrics_expose_latency_summaries_and_counters_after_traffic() {
     let missing = http_get(&admin, "/nope");
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 }
+
+/// A shard that cannot run (here the whole process is stopped for a moment, as a
+/// long task or an overloaded host would hold it) is logged and counted in
+/// runnel_shard_stalls_total, without the broker growing by the ~200 MiB that
+/// symbolizing a backtrace costs (that is opt-in: --stall-backtraces).
+#[test]
+fn a_stalled_shard_is_logged_and_counted_without_a_backtrace() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut options = BrokerOptions::default();
+    options.extra_args = vec!["--admin-listen".into(), admin.clone()];
+    let broker = Broker::start_with(options);
+    assert_broker_serves(&broker.bootstrap());
+    let stalls = || sample(&http_get(&admin, "/metrics"), "runnel_shard_stalls_total");
+    let before_stalls = stalls();
+    let before_rss = broker.rss_bytes();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &broker.pid().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    // The stall being reported: 300 ms, well over the 20 ms threshold.
+    std::thread::sleep(Duration::from_millis(300));
+    signal("-CONT");
+    let after = wait_for("the stall counted", CLIENT_TIMEOUT, || {
+        let n = stalls();
+        (n > before_stalls).then_some(n)
+    });
+    assert!(after >= 1.0);
+    let log = broker.log_tail(64 << 10);
+    let line = log
+        .lines()
+        .find(|l| l.contains("shard stalled"))
+        .unwrap_or_else(|| panic!("no stall line in the broker log:\n{log}"));
+    assert!(line.contains("worst_ms"), "{line}");
+    assert!(!log.contains("Backtrace"), "a backtrace was logged:\n{log}");
+    assert_broker_serves(&broker.bootstrap());
+    let grown = broker.rss_bytes().saturating_sub(before_rss);
+    assert!(
+        grown < 64 << 20,
+        "RSS grew by {} MiB after a stall",
+        grown >> 20
+    );
+}

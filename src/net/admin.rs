@@ -27,6 +27,7 @@ struct Snapshot {
     fetch_record_bytes: u64,
     record_bytes_copied: u64,
     connections: u64,
+    stalls: u64,
     partitions: usize,
     records_in: u64,
     records_out: u64,
@@ -54,6 +55,7 @@ fn snapshot(s: &Shard) -> Snapshot {
                 .map(|p| p.log.read_copied_bytes())
                 .sum::<u64>(),
         connections: m.connections.get(),
+        stalls: m.stalls.get(),
         records_in: m.records_in.get(),
         records_out: m.records_out.get(),
         partition_errors: m.partition_errors.borrow().clone(),
@@ -167,7 +169,7 @@ pub async fn render(shard: &Rc<Shard>) -> String {
     }
     render_stages(&mut out, &snaps);
     let total = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
-    let counters: [(&str, &str, u64); 6] = [
+    let counters: [(&str, &str, u64); 7] = [
         (
             "runnel_records_in_total",
             "Records appended by Produce.",
@@ -197,6 +199,11 @@ pub async fn render(shard: &Rc<Shard>) -> String {
             "runnel_record_bytes_copied_total",
             "Record bytes copied in user space on the fetch path (cold reads out of DMA buffers).",
             total(|s| s.record_bytes_copied),
+        ),
+        (
+            "runnel_shard_stalls_total",
+            "Times a shard could not serve its I/O and timers for stall.threshold.ms or longer.",
+            total(|s| s.stalls),
         ),
     ];
     for (name, help, v) in counters {

@@ -18,6 +18,8 @@ pub struct ShardMetrics {
     /// Record bytes copied in user space (the zero-copy goal makes this small).
     pub record_bytes_copied: Cell<u64>,
     pub connections: Cell<u64>,
+    /// Times this shard could not run its reactor for `stall.threshold.ms` or longer.
+    pub stalls: Cell<u64>,
     /// Record bytes served by Fetch (the denominator of the copy ratio).
     pub fetch_record_bytes: Cell<u64>,
     /// Records appended by Produce / served by Fetch (from batch headers).

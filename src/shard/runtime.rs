@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -32,6 +32,42 @@ struct StallLogger {
 impl glommio::StallDetectionHandler for StallLogger {
     fn threshold(&self, _q: glommio::TaskQueueHandle, _max: Duration) -> Option<Duration> {
         Some(self.threshold)
+    }
+}
+
+/// Logs and counts the times this shard's reactor could not run for the stall
+/// threshold: a timer that fires late measures it. This replaces glommio's stall
+/// detector by default because that one symbolizes a backtrace on the shard thread at
+/// every stall; the first such report loads the binary's debug info, which stalls the
+/// shard again and keeps about 200 MiB resident for the life of the process.
+async fn watch_stalls(shard: Rc<Shard>, threshold: Duration) {
+    let tick = (threshold / 2).clamp(Duration::from_millis(1), Duration::from_millis(10));
+    // At most one log line per second: an overloaded host must not flood the log.
+    let mut last_log: Option<Instant> = None;
+    let (mut unlogged, mut worst) = (0u64, Duration::ZERO);
+    while !shard.stopping.get() {
+        let t = Instant::now();
+        glommio::timer::sleep(tick).await;
+        let late = t.elapsed().saturating_sub(tick);
+        if late < threshold {
+            continue;
+        }
+        let m = &shard.metrics;
+        m.stalls.set(m.stalls.get() + 1);
+        unlogged += 1;
+        worst = worst.max(late);
+        if last_log.is_none_or(|l| l.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(
+                shard = shard.id,
+                stalls = unlogged,
+                worst_ms = worst.as_millis() as u64,
+                threshold_ms = threshold.as_millis() as u64,
+                "shard stalled: its I/O and timers waited (a task ran that long, or the OS \
+                 did not run this thread); --stall-backtraces shows the task"
+            );
+            last_log = Some(Instant::now());
+            (unlogged, worst) = (0, Duration::ZERO);
+        }
     }
 }
 
@@ -66,12 +102,15 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     for id in 0..config.cores {
         let config = config.clone();
         let mesh = mesh.clone();
-        let builder = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("runnel-shard-{id}"))
-            .io_memory(config.io_memory_bytes)
-            .detect_stalls(Some(Box::new(StallLogger {
+            .io_memory(config.io_memory_bytes);
+        if config.stall_backtraces {
+            // glommio symbolizes every stall's backtrace on the shard itself: opt-in.
+            builder = builder.detect_stalls(Some(Box::new(StallLogger {
                 threshold: Duration::from_millis(config.stall_threshold_ms),
             })));
+        }
         let handle = builder
             .spawn(move || async move { shard_main(id, config, mesh).await })
             .map_err(|e| anyhow::anyhow!("cannot start shard {id}: {e}"))?;
@@ -137,6 +176,11 @@ async fn shard_main(
         next_call_id: Cell::new(0),
         next_producer_id: Cell::new((start_ms << 20) + id as i64),
     });
+    glommio::spawn_local(watch_stalls(
+        shard.clone(),
+        Duration::from_millis(config.stall_threshold_ms.max(1)),
+    ))
+    .detach();
     for (_peer, stream) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
