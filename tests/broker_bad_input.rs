@@ -28,9 +28,7 @@ use kafka_protocol::messages::{
     ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Record, TimestampType};
 use rdkafka::consumer::Consumer;
 
 const CORRUPT_MESSAGE: i16 = 2;
@@ -237,21 +235,12 @@ fn batch(n: i64, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> B
     let records: Vec<Record> = (0..n)
         .map(|i| record(i, producer_id, producer_epoch, base_sequence))
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode batch");
-    let info =
-        kafka_protocol::records::RecordBatchDecoder::decode_batch_info(&mut buf.clone().freeze())
-            .expect("decode own batch");
+    let buf = encode_uncompressed(&records);
+    let info = kafka_protocol::records::RecordBatchDecoder::decode_batch_info(&mut buf.clone())
+        .expect("decode own batch");
     assert_eq!(info.len(), 1, "test helper must build exactly one batch");
-    buf
+    // Mutable: callers corrupt it.
+    BytesMut::from(buf.as_ref())
 }
 
 fn produce_request(topic: &str, partitions: Vec<(i32, Bytes)>) -> ProduceRequest {

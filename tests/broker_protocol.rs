@@ -22,9 +22,7 @@ use kafka_protocol::messages::{
     OffsetForLeaderEpochRequest, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Record, TimestampType};
 use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::Consumer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -58,17 +56,8 @@ fn batch_with(n: usize, value: impl Fn(usize) -> Bytes) -> Bytes {
             headers: IndexMap::new(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    let out = buf.freeze();
+    let buf = encode_uncompressed(&records);
+    let out = buf;
     let info =
         kafka_protocol::records::RecordBatchDecoder::decode_batch_info(&mut out.clone()).unwrap();
     assert_eq!(info.len(), 1, "test helper must build exactly one batch");

@@ -536,9 +536,7 @@ fn idempotent_batch(
     n: i32,
     pad: usize,
 ) -> bytes::Bytes {
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::records::{Record, TimestampType};
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
             transactional: false,
@@ -560,17 +558,8 @@ fn idempotent_batch(
             headers: Default::default(),
         })
         .collect();
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode batch");
-    buf.freeze()
+    let buf = encode_uncompressed(&records);
+    buf
 }
 
 /// acks=all Produce of one batch to exactly `wire`'s broker: (error code, base offset).

@@ -645,16 +645,21 @@ pub fn record_batch(n: usize) -> Bytes {
             headers: Default::default(),
         })
         .collect();
+    encode_uncompressed(&records)
+}
+
+/// `records` as one uncompressed v2 record batch (kafka-protocol's encoder).
+pub fn encode_uncompressed(records: &[kafka_protocol::records::Record]) -> Bytes {
     let mut buf = BytesMut::new();
     kafka_protocol::records::RecordBatchEncoder::encode(
         &mut buf,
-        &records,
+        records,
         &kafka_protocol::records::RecordEncodeOptions {
             version: 2,
             compression: kafka_protocol::records::Compression::None,
         },
     )
-    .unwrap();
+    .expect("encode a record batch");
     buf.freeze()
 }
 
