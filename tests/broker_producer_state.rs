@@ -162,6 +162,18 @@ fn idempotent_batch(n: i64, producer_id: i64, epoch: i16, base_seq: i32) -> Byte
     buf
 }
 
+/// InitProducerId v4 without a transactional id: (producer id, epoch).
+fn init_producer(w: &mut Wire) -> (i64, i16) {
+    let r = w.call(
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000),
+        4,
+    );
+    assert_eq!(r.error_code, 0, "InitProducerId");
+    (r.producer_id.0, r.producer_epoch)
+}
+
 /// (error code, base offset) of a one-batch acks=all produce to partition 0.
 fn produce(w: &mut Wire, topic: &str, batch: Bytes) -> (i16, i64) {
     let req = ProduceRequest::default()
@@ -226,14 +238,7 @@ async fn idle_producer_state_survives_a_restart(damage_newest: bool) {
         .expect("create_topics");
     assert!(created[0].is_ok(), "create topic: {:?}", created[0]);
     let mut w = Wire::connect(&bootstrap);
-    let init = w.call(
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(60_000),
-        4,
-    );
-    assert_eq!(init.error_code, 0, "InitProducerId");
-    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    let (pid, epoch) = init_producer(&mut w);
     let first = idempotent_batch(3, pid, epoch, 0);
     let second = idempotent_batch(2, pid, epoch, 3);
     assert_eq!(produce(&mut w, &topic, first), (0, 0));
@@ -324,14 +329,7 @@ async fn a_clean_stop_snapshots_the_state_at_the_log_end() {
     let topic = topic_name("pstate-stop");
     create_topic(&bootstrap, &topic, 1).await;
     let mut w = Wire::connect(&bootstrap);
-    let init = w.call(
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(60_000),
-        4,
-    );
-    assert_eq!(init.error_code, 0, "InitProducerId");
-    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    let (pid, epoch) = init_producer(&mut w);
     assert_eq!(
         produce(&mut w, &topic, idempotent_batch(3, pid, epoch, 0)),
         (0, 0)
@@ -383,16 +381,7 @@ async fn producers_idle_past_the_expiration_are_not_kept_across_a_restart() {
     let topic = topic_name("pstate-expiry");
     create_topic(&bootstrap, &topic, 1).await;
     let mut w = Wire::connect(&bootstrap);
-    let mut init = || {
-        let r = w.call(
-            &InitProducerIdRequest::default()
-                .with_transactional_id(None)
-                .with_transaction_timeout_ms(60_000),
-            4,
-        );
-        assert_eq!(r.error_code, 0, "InitProducerId");
-        (r.producer_id.0, r.producer_epoch)
-    };
+    let mut init = || init_producer(&mut w);
     let (idle, idle_epoch) = init();
     let (busy, busy_epoch) = init();
     let idle_batch = idempotent_batch(2, idle, idle_epoch, 0);
@@ -429,14 +418,7 @@ async fn a_snapshot_the_log_start_passed_is_replaced_by_the_next_append() {
     let topic = topic_name("pstate-trim");
     create_topic(&bootstrap, &topic, 1).await;
     let mut w = Wire::connect(&bootstrap);
-    let init = w.call(
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(60_000),
-        4,
-    );
-    assert_eq!(init.error_code, 0, "InitProducerId");
-    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    let (pid, epoch) = init_producer(&mut w);
     assert_eq!(
         produce(&mut w, &topic, idempotent_batch(3, pid, epoch, 0)),
         (0, 0)
