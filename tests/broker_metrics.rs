@@ -160,18 +160,15 @@ fn a_stalled_shard_is_logged_and_counted_without_a_backtrace() {
     let stalls = || sample(&http_get(&admin, "/metrics"), "runnel_shard_stalls_total");
     let before_stalls = stalls();
     let before_rss = broker.rss_bytes();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &broker.pid().to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill {sig}");
+    let signal = |sig: libc::c_int| {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(broker.pid() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({sig})");
     };
-    signal("-STOP");
+    signal(libc::SIGSTOP);
     // The stall being reported: 300 ms, well over the 20 ms threshold.
     std::thread::sleep(Duration::from_millis(300));
-    signal("-CONT");
+    signal(libc::SIGCONT);
     let after = wait_for("the stall counted", CLIENT_TIMEOUT, || {
         let n = stalls();
         (n > before_stalls).then_some(n)
