@@ -2,7 +2,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 pub mod group;
+pub mod log_limit;
 pub mod logging;
 pub mod metadata;
 pub mod net;

@@ -226,12 +226,16 @@ fn serve(args: ServeArgs) -> cli::CliResult {
             )))
         }
     }
-    check_memlock(&config);
-    if let Err(e) = runnel::shard::runtime::run(config.clone()) {
+    check_memlock(&config).map_err(CliError::error)?;
+    // Before anything in the directory is opened: a second broker on it would
+    // silently replace this one's acknowledged records.
+    let _lock = match runnel::data_dir::DataDirLock::acquire(&config.data_dir) {
+        Ok(l) => l,
+        Err(e) => return Err(CliError::usage(e.to_string())),
+    };
+    if let Err(e) = runnel::shard::runtime::run(config) {
+        tracing::error!("cannot serve: {e:#}");
         eprintln!("runnel: {e:#}");
-        if format!("{e:#}").contains("memory") || format!("{e:#}").contains("ENOMEM") {
-            print_memlock_hint(&config);
-        }
         std::process::exit(exit::ERROR);
     }
     Ok(())
@@ -399,41 +403,75 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
     Ok(config)
 }
 
-/// glommio registers `io_memory` per shard with io_uring, which counts against
-/// RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK. Say what to raise before failing.
-fn check_memlock(config: &BrokerConfig) {
+/// glommio refuses to start an executor below this RLIMIT_MEMLOCK, whoever runs it.
+const GLOMMIO_MEMLOCK_FLOOR_BYTES: u64 = 512 << 10;
+/// glommio registers at least this much io memory per executor.
+const GLOMMIO_IO_MEMORY_MIN_BYTES: u64 = 64 << 10;
+
+/// Locked memory one shard's io_uring buffers take.
+fn memlock_per_shard_bytes(config: &BrokerConfig) -> u64 {
+    (config.io_memory_bytes as u64)
+        .next_multiple_of(4096)
+        .max(GLOMMIO_IO_MEMORY_MIN_BYTES)
+}
+
+/// Locked memory every shard's io_uring buffers need together.
+fn memlock_needed_bytes(config: &BrokerConfig) -> u64 {
+    (memlock_per_shard_bytes(config) * config.cores as u64).max(GLOMMIO_MEMLOCK_FLOOR_BYTES)
+}
+
+/// Whether the kernel lets this process lock memory past RLIMIT_MEMLOCK.
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// Refuses to start when RLIMIT_MEMLOCK cannot hold every shard's io_uring memory,
+/// naming the exact limit to set: past it shards fail to start (or, with registration
+/// refused, run on slower unregistered buffers) and the operator sees no reason.
+fn check_memlock(config: &BrokerConfig) -> Result<(), String> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we pass and has no other effect.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return;
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return Ok(());
     }
-    let need = (config.io_memory_bytes * config.cores) as u64;
-    let is_root = unsafe { libc::geteuid() } == 0;
-    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < need && !is_root {
-        tracing::warn!(
-            memlock_bytes = lim.rlim_cur,
-            needed_bytes = need,
-            "locked-memory limit may be too low for {} shards × {} MiB io memory",
-            config.cores,
-            config.io_memory_bytes >> 20
-        );
-        print_memlock_hint(config);
+    let have = lim.rlim_cur;
+    let need = memlock_needed_bytes(config);
+    // The kernel does not count locked memory against the limit for CAP_IPC_LOCK
+    // (root), but glommio checks its floor for everyone.
+    let enough = if has_cap_ipc_lock() {
+        have >= GLOMMIO_MEMLOCK_FLOOR_BYTES
+    } else {
+        have >= need
+    };
+    if enough {
+        return Ok(());
     }
-}
-
-fn print_memlock_hint(config: &BrokerConfig) {
-    let need_kib = (config.io_memory_bytes * config.cores) >> 10;
-    eprintln!(
-        "runnel: io_uring needs {need_kib} KiB of locked memory ({} shards × {} MiB). Raise it with \
-         `ulimit -l {}` (or LimitMEMLOCK= in the systemd unit, memlock in /etc/security/limits.conf), \
-         or lower --io-memory-mib / --cores.",
+    let per_shard = memlock_per_shard_bytes(config);
+    let shards_that_fit = have / per_shard;
+    let need_kib = need.div_ceil(1024);
+    Err(format!(
+        "{} shards × {} KiB of io_uring memory need {need_kib} KiB of locked memory, but \
+         the limit (ulimit -l) is {} KiB. Raise it: `ulimit -l {need_kib}` in the shell that \
+         starts the broker, `LimitMEMLOCK={need}` in its systemd unit, or a memlock line in \
+         /etc/security/limits.conf; or lower --cores (at most {shards_that_fit} fit now) or \
+         --io-memory-mib.",
         config.cores,
-        config.io_memory_bytes >> 20,
-        need_kib * 2
-    );
+        per_shard >> 10,
+        have >> 10,
+    ))
 }
 
 #[cfg(test)]

@@ -40,9 +40,13 @@ impl glommio::StallDetectionHandler for StallLogger {
 /// detector by default because that one symbolizes a backtrace on the shard thread at
 /// every stall; the first such report loads the binary's debug info, which stalls the
 /// shard again and keeps about 200 MiB resident for the life of the process.
+const STALL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
 async fn watch_stalls(shard: Rc<Shard>, threshold: Duration) {
     let tick = (threshold / 2).clamp(Duration::from_millis(1), Duration::from_millis(10));
-    // At most one log line per second: an overloaded host must not flood the log.
+    // The first stall logs at once, then at most one line per STALL_LOG_INTERVAL with
+    // the count and worst since the last: a busy host stalls an idle broker often, and
+    // that must not flood the log (the counter has every one).
     let mut last_log: Option<Instant> = None;
     let (mut unlogged, mut worst) = (0u64, Duration::ZERO);
     while !shard.stopping.get() {
@@ -56,7 +60,7 @@ async fn watch_stalls(shard: Rc<Shard>, threshold: Duration) {
         m.stalls.set(m.stalls.get() + 1);
         unlogged += 1;
         worst = worst.max(late);
-        if last_log.is_none_or(|l| l.elapsed() >= Duration::from_secs(1)) {
+        if last_log.is_none_or(|l| l.elapsed() >= STALL_LOG_INTERVAL) {
             tracing::warn!(
                 shard = shard.id,
                 stalls = unlogged,
@@ -73,35 +77,119 @@ async fn watch_stalls(shard: Rc<Shard>, threshold: Duration) {
 
 /// Set by the signal thread on SIGTERM/SIGINT; each shard polls it (a flag, not a lock).
 static SHUTDOWN_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Set once every shard serves: before that a stop request has nothing to drain.
+static SERVING: AtomicBool = AtomicBool::new(false);
 /// How often shards look at the shutdown flag.
 const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// A graceful stop that takes longer than its parts' own bounds plus this is wedged:
+/// the process exits anyway, so SIGTERM always ends it.
+const SHUTDOWN_GRACE_EXTRA: Duration = Duration::from_secs(20);
 
-/// Runs the broker until a shard exits. Blocks the calling thread.
-pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+/// What a shard thread reports to the supervisor when it ends.
+type ShardEnd = (usize, Result<(), String>);
+
+/// Sends a shard's end to the supervisor when dropped: a normal return, an error, a
+/// panic that unwinds, and an executor that never started (its future is dropped
+/// unrun) all report, so no failure can leave siblings waiting for it forever.
+struct EndReport {
+    id: usize,
+    tx: std::sync::mpsc::Sender<ShardEnd>,
+    result: Option<Result<(), String>>,
+}
+
+impl EndReport {
+    fn finish(mut self, result: Result<(), String>) {
+        self.result = Some(result);
+    }
+}
+
+impl Drop for EndReport {
+    fn drop(&mut self) {
+        let result = self.result.take().unwrap_or_else(|| {
+            Err(if std::thread::panicking() {
+                "panicked".to_string()
+            } else {
+                "its executor did not start".to_string()
+            })
+        });
+        let _ = self.tx.send((self.id, result));
+    }
+}
+
+/// Handles SIGTERM/SIGINT: the first asks for a graceful stop (or exits at once while
+/// the broker is still starting: nothing has been acknowledged that a stop would
+/// flush), a second one, or a stop that overruns its bounds, exits without one.
+fn watch_signals(config: &BrokerConfig) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])
     .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
+    let grace = Duration::from_millis(
+        if config.cluster.is_some() && config.controlled_shutdown_enable {
+            config.controlled_shutdown_timeout_ms
+        } else {
+            0
+        },
+    ) + SHUTDOWN_DRAIN_MAX
+        + FETCHERS_STOP_MAX
+        + SHUTDOWN_GRACE_EXTRA;
     std::thread::Builder::new()
         .name("runnel-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                tracing::info!(signal = sig, "shutdown requested: flushing logs");
-                SHUTDOWN_REQUESTED.store(true, Ordering::Release);
+            let Some(sig) = signals.forever().next() else {
+                return;
+            };
+            if !SERVING.load(Ordering::Acquire) {
+                tracing::info!(signal = sig, "shutdown requested while starting: exiting");
+                eprintln!("runnel: stopped while starting");
+                std::process::exit(0);
             }
+            tracing::info!(signal = sig, "shutdown requested: flushing logs");
+            SHUTDOWN_REQUESTED.store(true, Ordering::Release);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    let _ = tx.send(sig);
+                }
+            });
+            match rx.recv_timeout(grace) {
+                Ok(sig) => tracing::warn!(
+                    signal = sig,
+                    "second stop signal: exiting without a clean stop"
+                ),
+                Err(_) => tracing::error!(
+                    grace_ms = grace.as_millis() as u64,
+                    "graceful stop did not finish in time: exiting without a clean stop"
+                ),
+            }
+            std::process::exit(1);
         })
         .map_err(|e| anyhow::anyhow!("cannot start signal thread: {e}"))?;
+    Ok(())
+}
+
+/// Runs the broker; blocks the calling thread. Returns (or the process exits) as soon
+/// as any shard ends: with an error naming the shard and why if it failed to start or
+/// failed later, because a broker missing a shard cannot serve that shard's partitions.
+pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    watch_signals(&config)?;
     let config = Arc::new(config);
     let cpus = core_affinity::get_core_ids()
         .map(|c| c.len())
         .unwrap_or(1)
         .max(1);
     let mesh = MeshBuilder::<Envelope, _>::full(config.cores, MESH_CHANNEL_CAPACITY);
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<ShardEnd>();
     let mut handles = Vec::with_capacity(config.cores);
     for id in 0..config.cores {
         let config = config.clone();
         let mesh = mesh.clone();
+        let report = EndReport {
+            id,
+            tx: end_tx.clone(),
+            result: None,
+        };
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("runnel-shard-{id}"))
             .io_memory(config.io_memory_bytes);
@@ -112,18 +200,24 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
             })));
         }
         let handle = builder
-            .spawn(move || async move { shard_main(id, config, mesh).await })
+            .spawn(move || async move {
+                let r = shard_main(id, config, mesh).await;
+                report.finish(r.map_err(|e| format!("{e:#}")));
+            })
             .map_err(|e| anyhow::anyhow!("cannot start shard {id}: {e}"))?;
-        handles.push(handle);
+        handles.push(Some(handle));
     }
-    for h in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(anyhow::anyhow!("shard failed: {e}")),
-        }
-    }
-    Ok(())
+    drop(end_tx);
+    let Ok((id, result)) = end_rx.recv() else {
+        anyhow::bail!("every shard ended without a report");
+    };
+    // The executor's own error (e.g. io_uring setup) is in its thread's result.
+    let why = match (result, handles[id].take().map(|h| h.join())) {
+        (Ok(()), _) => "stopped".to_string(),
+        (Err(_), Some(Err(e))) => e.to_string(),
+        (Err(e), _) => e,
+    };
+    Err(anyhow::anyhow!("shard {id} ended: {why}"))
 }
 
 async fn shard_main(
@@ -212,7 +306,8 @@ async fn shard_main(
         );
         crate::group::store::note_existing_partition_count(&shard);
         // Bind shard 0 first so that a port of 0 picks one port, which the rest share.
-        let addr = match net::listener::ensure_port_free(config.listen)
+        let addr = match net::listener::claim_port(config.listen)
+            .await
             .and_then(|()| net::listener::bind(&shard, config.listen))
         {
             Ok(a) => a,
@@ -234,10 +329,11 @@ async fn shard_main(
         }
         tracing::info!(%addr, shards = nshards, data_dir = %config.data_dir.display(), "broker ready");
         if let Some(admin) = config.admin_listen {
-            if let Some(bound) = net::admin::start(&shard, admin) {
+            if let Some(bound) = net::admin::start(&shard, admin).await {
                 println!("runnel: admin on {bound}");
             }
         }
+        SERVING.store(true, Ordering::Release);
         // Scripts and tests wait for this line.
         println!("runnel: ready on {addr}");
         let _ = std::io::Write::flush(&mut std::io::stdout());
