@@ -11,8 +11,11 @@ pub fn init(filter: &str, format: LogFormat) {
     let filter = EnvFilter::builder()
         .parse(filter)
         .expect("log filter validated by BrokerConfig::validate");
+    // Colour codes only for a person at a terminal: in files and journald they are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

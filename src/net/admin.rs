@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use futures::io::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpListener;
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::ApiKey;
 
@@ -16,6 +15,12 @@ use crate::shard::Shard;
 
 /// Largest HTTP request head read; admin requests are tiny.
 const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// A request must arrive and its answer be taken within this.
+const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Admin connections open at once; more are refused until some finish or reach their
+/// deadline. Scrapers need a handful; the bound keeps a flood from taking the
+/// process's file descriptors from Kafka clients.
+const CONNECTIONS_MAX: usize = 256;
 
 /// One shard's numbers, copied out for a scrape.
 struct Snapshot {
@@ -64,30 +69,44 @@ fn snapshot(s: &Shard) -> Snapshot {
 }
 
 /// Binds the admin listener; a failure is logged and the broker runs without it.
-pub fn start(shard: &Rc<Shard>, addr: SocketAddr) -> Option<SocketAddr> {
-    // glommio binds with SO_REUSEPORT: without this check a second broker's admin
-    // port would share the first one's and answer half of its scrapes.
-    if let Err(e) = super::listener::ensure_port_free(addr) {
-        tracing::warn!(%addr, error = %e, "admin HTTP not started (metrics unavailable); set --admin-listen");
-        return None;
-    }
-    let listener = match TcpListener::bind(addr) {
+pub async fn start(shard: &Rc<Shard>, addr: SocketAddr) -> Option<SocketAddr> {
+    let listener = match super::listener::bind_exclusive_local(addr).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::warn!(%addr, error = %e, "admin HTTP not started (metrics unavailable)");
+            tracing::warn!(%addr, error = %e, "admin HTTP not started (metrics unavailable); set --admin-listen");
             return None;
         }
     };
     let local = listener.local_addr().ok()?;
     let shard = shard.clone();
+    let open = Rc::new(std::cell::Cell::new(0usize));
     glommio::spawn_local(async move {
         loop {
             match listener.accept().await {
+                Ok(stream) if open.get() >= CONNECTIONS_MAX => {
+                    crate::warn_limited!(
+                        max = CONNECTIONS_MAX,
+                        "admin HTTP: refusing a connection, too many open"
+                    );
+                    drop(stream);
+                }
                 Ok(stream) => {
-                    glommio::spawn_local(serve_one(shard.clone(), stream)).detach();
+                    let (shard, open) = (shard.clone(), open.clone());
+                    open.set(open.get() + 1);
+                    glommio::spawn_local(async move {
+                        // A client that stalls mid-request (or never reads the answer)
+                        // is dropped at the deadline instead of holding its slot.
+                        let _ = glommio::timer::timeout(REQUEST_DEADLINE, async {
+                            serve_one(shard, stream).await;
+                            Ok(())
+                        })
+                        .await;
+                        open.set(open.get() - 1);
+                    })
+                    .detach();
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
+                    crate::warn_limited!(error = %e, "admin accept failed");
                     glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
                 }
             }

@@ -145,7 +145,43 @@ fn frame_deadline(len: usize) -> Duration {
     FRAME_READ_TIMEOUT_BASE + Duration::from_secs((len >> 20) as u64)
 }
 
+/// Which requests a connection may make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// A client of the Kafka listener: every API this broker serves.
+    Client,
+    /// A follower's replica fetcher on the cluster listener: only what fetchers send.
+    /// That listener must not be a second, unguarded door to the admin APIs.
+    ReplicaFetcher,
+}
+
+impl Scope {
+    fn allows(self, api_key: i16) -> bool {
+        use kafka_protocol::messages::ApiKey;
+        match self {
+            Scope::Client => true,
+            Scope::ReplicaFetcher => [
+                ApiKey::ApiVersions,
+                ApiKey::Fetch,
+                ApiKey::OffsetForLeaderEpoch,
+            ]
+            .iter()
+            .any(|k| *k as i16 == api_key),
+        }
+    }
+}
+
+/// Serves a client of the Kafka listener.
 pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
+    serve(shard, stream, Scope::Client).await
+}
+
+/// Serves a follower's replica fetcher on the cluster listener.
+pub async fn handle_replica_fetcher(shard: Rc<Shard>, stream: TcpStream) {
+    serve(shard, stream, Scope::ReplicaFetcher).await
+}
+
+async fn serve(shard: Rc<Shard>, stream: TcpStream, scope: Scope) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -200,7 +236,7 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
             let mut deadline = CONNECTION_IDLE_MAX;
             match frame_size(&buf, max_frame) {
                 Err(size) => {
-                    tracing::warn!(%peer, size, max = max_frame, "closing connection: frame size out of bounds (socket.request.max.bytes)");
+                    crate::warn_limited!(%peer, size, max = max_frame, "closing connection: frame size out of bounds (socket.request.max.bytes)");
                     break 'conn;
                 }
                 Ok(Some(len)) if buf.len() >= 4 + len => break len,
@@ -219,7 +255,7 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
             }
             let waited = frame_started.map_or(Duration::ZERO, |t| t.elapsed());
             let Some(left) = deadline.checked_sub(waited).filter(|d| !d.is_zero()) else {
-                tracing::warn!(%peer, buffered = buf.len(), waited_ms = waited.as_millis() as u64, "closing connection: frame not received in time");
+                crate::warn_limited!(%peer, buffered = buf.len(), waited_ms = waited.as_millis() as u64, "closing connection: frame not received in time");
                 break 'conn;
             };
             // Read at most what the current frame still needs (or one chunk), never
@@ -241,7 +277,7 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
                 Err(_) => {
                     buf.truncate(start);
                     if start > 0 {
-                        tracing::warn!(%peer, buffered = start, "closing connection: frame not received in time");
+                        crate::warn_limited!(%peer, buffered = start, "closing connection: frame not received in time");
                     } else {
                         tracing::info!(%peer, "closing idle connection (connections.max.idle.ms)");
                     }
@@ -277,7 +313,11 @@ pub async fn handle(shard: Rc<Shard>, stream: TcpStream) {
         ShardMetrics::add(&shard.metrics.bytes_in, 4 + frame_len as u64);
         let request = Request::from_frame(frame);
         if !handlers::is_known_api(request.api_key) {
-            tracing::warn!(%peer, api_key = request.api_key, "closing connection: unknown API key");
+            crate::warn_limited!(%peer, api_key = request.api_key, "closing connection: unknown API key");
+            break;
+        }
+        if !scope.allows(request.api_key) {
+            crate::warn_limited!(%peer, api_key = request.api_key, ?scope, "closing connection: API not served on this listener");
             break;
         }
         let started = Instant::now();

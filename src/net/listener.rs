@@ -2,102 +2,65 @@
 //! (glommio sets it), so the kernel spreads connections over the cores.
 
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
 
 use crate::shard::Shard;
 
-/// Refuses a port another socket already listens on. glommio binds with SO_REUSEPORT,
-/// which would let a second broker (same user) bind it too and silently split the
-/// connections between the two. A probe bind cannot tell that apart from connections
-/// a killed broker left behind on the port (they make a plain bind fail too), so this
-/// looks for a socket in LISTEN state on the port in /proc/net/tcp{,6}, for a few
-/// seconds. Port 0 needs no check; without /proc nothing is refused.
-pub fn ensure_port_free(addr: SocketAddr) -> Result<(), String> {
+/// How long a port may stay held by a listener before startup is refused: a killed
+/// broker's listening socket outlives it until the kernel tears down its io_uring
+/// (asynchronously, usually within milliseconds).
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(5);
+const PORT_RETRY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Binds `addr` with a plain listening socket: no SO_REUSEPORT, so a port that any
+/// other socket listens on (a second broker, SO_REUSEPORT or not) is refused instead of
+/// shared. A port still held waits, without blocking the shard, up to
+/// `PORT_RELEASE_WAIT` for a killed broker's socket to go; a live one's stays, and is
+/// refused then.
+pub async fn bind_exclusive(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let deadline = Instant::now() + PORT_RELEASE_WAIT;
+    let mut said = false;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                if !said {
+                    tracing::info!(%addr, "port still has a listener; waiting for it to be released");
+                    said = true;
+                }
+                glommio::timer::sleep(PORT_RETRY_INTERVAL).await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(format!(
+                    "cannot listen on {addr}: the port is already in use by another process \
+                     listening on it (another broker?); stop it or choose another port"
+                ))
+            }
+            Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+        }
+    }
+}
+
+/// `bind_exclusive` for a listener only this shard accepts on (admin, cluster).
+pub async fn bind_exclusive_local(addr: SocketAddr) -> Result<TcpListener, String> {
+    let std = bind_exclusive(addr).await?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves
+    // into the glommio listener (into_raw_fd gives it up).
+    Ok(unsafe { TcpListener::from_raw_fd(std.into_raw_fd()) })
+}
+
+/// Claims the Kafka port for this broker's SO_REUSEPORT group (one listener per shard):
+/// an exclusive bind that is released at once, so a port someone else listens on is
+/// refused rather than joined. Port 0 needs no claim.
+pub async fn claim_port(addr: SocketAddr) -> Result<(), String> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let listening = || {
-        ["/proc/net/tcp", "/proc/net/tcp6"]
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(f).ok())
-            .any(|table| listens_on(&table, addr))
-    };
-    // A killed broker's listening socket outlives it until the kernel tears down its
-    // io_uring (asynchronously, usually within milliseconds); binding next to it would
-    // put a socket nobody accepts on into the SO_REUSEPORT group. So wait for it to go;
-    // a live broker's socket stays, and is refused.
-    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
-    let mut said = false;
-    while listening() {
-        if std::time::Instant::now() >= deadline {
-            return Err(format!(
-                "cannot listen on {addr}: the port is already in use by another process \
-             listening on it (another broker?); stop it or choose another port",
-            ));
-        }
-        if !said {
-            tracing::info!(%addr, "port still has a listener; waiting for it to be released");
-            said = true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-/// How long a port may stay held by a listener before startup is refused.
-const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Whether a /proc/net/tcp{,6} table has a LISTEN socket on `addr`'s port whose
-/// address overlaps `addr` (the same address, or either side a wildcard).
-fn listens_on(table: &str, addr: SocketAddr) -> bool {
-    const TCP_LISTEN: &str = "0A";
-    table.lines().skip(1).any(|line| {
-        let mut f = line.split_whitespace();
-        let (Some(local), Some(_remote), Some(state)) = (f.nth(1), f.next(), f.next()) else {
-            return false;
-        };
-        let Some((ip_hex, port_hex)) = local.split_once(':') else {
-            return false;
-        };
-        if state != TCP_LISTEN || u16::from_str_radix(port_hex, 16).ok() != Some(addr.port()) {
-            return false;
-        }
-        // Addresses are the kernel's in-memory words: all zeros is the wildcard.
-        let wildcard = ip_hex.bytes().all(|b| b == b'0');
-        if wildcard || addr.ip().is_unspecified() {
-            return true;
-        }
-        match addr.ip() {
-            std::net::IpAddr::V4(v4) if ip_hex.len() == 8 => {
-                u32::from_str_radix(ip_hex, 16).ok() == Some(u32::from_ne_bytes(v4.octets()))
-            }
-            // An IPv6 socket (v4-mapped or not) on the port: treat as overlapping.
-            _ => ip_hex.len() == 32,
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::listens_on;
-
-    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:2384 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:2384 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
-   2: 0100007F:1F91 0100007F:D2F1 08 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 20 4 30 10 -1
-";
-
-    #[test]
-    fn only_a_listening_socket_on_the_port_counts() {
-        // 0x2384 = 9092 listening on 127.0.0.1.
-        assert!(listens_on(TABLE, "127.0.0.1:9092".parse().unwrap()));
-        assert!(listens_on(TABLE, "0.0.0.0:9092".parse().unwrap()));
-        assert!(!listens_on(TABLE, "127.0.0.2:9092".parse().unwrap()));
-        // 0x1F91 = 8081: only a connection a killed broker left (CLOSE_WAIT), no listener.
-        assert!(!listens_on(TABLE, "127.0.0.1:8081".parse().unwrap()));
-    }
+    bind_exclusive(addr).await.map(drop)
 }
 
 /// Binds this shard's listener to `addr` and keeps it on the shard until `serve`.
@@ -134,13 +97,13 @@ pub async fn serve(shard: Rc<Shard>) -> anyhow::Result<()> {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: log and keep serving the connections we have.
-                tracing::warn!(error = %e, "accept failed");
+                crate::warn_limited!(error = %e, "accept failed");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
         };
         if shard.metrics.connections.get() >= per_shard_max {
-            tracing::warn!(
+            crate::warn_limited!(
                 max = shard.config.connections_max,
                 "refusing connection: connections max reached"
             );

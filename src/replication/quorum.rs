@@ -145,8 +145,9 @@ impl Quorum {
         let logger = slog::Logger::root(super::SlogToTracing, slog::o!());
         let node =
             RawNode::new(&config, storage, &logger).map_err(|e| anyhow::anyhow!("raft: {e}"))?;
-        let listener = glommio::net::TcpListener::bind(cluster.listen)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (cluster): {e}", cluster.listen))?;
+        let listener = crate::net::listener::bind_exclusive_local(cluster.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster listener: {e}"))?;
         let (tx, rx) = local_channel::new_unbounded();
         let quorum = Rc::new_cyclic(|weak: &std::rc::Weak<Quorum>| {
             let peers = cluster
@@ -677,6 +678,21 @@ async fn apply(q: &Rc<Quorum>, shard: &Rc<Shard>, entries: Vec<Entry>) {
     }
 }
 
+/// A peer that connects must say what it is within this.
+const FIRST_FRAME_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether `ip` is the address of a configured voter (or loopback, when a voter is).
+fn is_voter_host(shard: &Shard, ip: std::net::IpAddr) -> bool {
+    let Some(cluster) = &shard.config.cluster else {
+        return false;
+    };
+    let canonical = |ip: std::net::IpAddr| ip.to_canonical();
+    cluster.voters.iter().any(|v| {
+        let voter = canonical(v.addr.ip());
+        voter == canonical(ip) || (voter.is_loopback() && canonical(ip).is_loopback())
+    })
+}
+
 /// Accepts peers' connections: Raft messages go to the driver, forwarded commands are
 /// decided here (if this broker leads) and answered on the same connection.
 async fn serve(listener: glommio::net::TcpListener, q: Rc<Quorum>, shard: Rc<Shard>) {
@@ -689,17 +705,29 @@ async fn serve(listener: glommio::net::TcpListener, q: Rc<Quorum>, shard: Rc<Sha
                 continue;
             }
         };
+        // Only the configured voters' hosts may speak the inter-broker protocol.
+        let peer = stream.peer_addr().ok();
+        if !peer.is_some_and(|p| is_voter_host(&shard, p.ip())) {
+            crate::warn_limited!(peer = ?peer, "cluster listener: refusing a connection from a host that is not a configured voter");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let (q, shard) = (q.clone(), shard.clone());
         glommio::spawn_local(async move {
             use futures::io::{AsyncReadExt, AsyncWriteExt};
             let mut stream = stream;
-            let Some(first) = transport::read_frame(&mut stream).await else {
+            let first = glommio::timer::timeout(FIRST_FRAME_WAIT, async {
+                Ok(transport::read_frame(&mut stream).await)
+            })
+            .await;
+            let Ok(Some(first)) = first else {
                 return;
             };
             if first.0 == KIND_KAFKA {
-                // A replica fetcher: the rest of the connection is Kafka requests.
-                crate::net::connection::handle(shard, stream).await;
+                // A replica fetcher: the rest of the connection is the Kafka requests
+                // fetchers make, and nothing else.
+                crate::net::connection::handle_replica_fetcher(shard, stream).await;
                 return;
             }
             let mut first = Some(first);

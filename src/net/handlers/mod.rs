@@ -152,13 +152,13 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> Reply {
         return produce::legacy_unsupported(&req);
     }
     if !in_range {
-        tracing::warn!(api = ?key, version, "closing connection: API version not supported");
+        crate::warn_limited!(api = ?key, version, "closing connection: API version not supported");
         return Reply::Close;
     }
     let (header, kind) = match decode_request(key, version, &req.frame) {
         Ok(v) => v,
         Err(e) => {
-            tracing::warn!(api = ?key, version, error = %e, "malformed request");
+            crate::warn_limited!(api = ?key, version, error = %e, "malformed request");
             return Reply::Close;
         }
     };
@@ -226,7 +226,7 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> Reply {
         RequestKind::DeleteGroups(r) => ctx.respond(&groups::delete_groups(shard, r).await),
         RequestKind::OffsetDelete(r) => ctx.respond(&groups::offset_delete(shard, r).await),
         _ => {
-            tracing::warn!(api = ?key, "closing connection: API not implemented");
+            crate::warn_limited!(api = ?key, "closing connection: API not implemented");
             Reply::Close
         }
     }
