@@ -388,6 +388,8 @@ pub struct Cluster {
     /// `start_proxied`: (from, to) → the proxy `from` reaches `to`'s cluster port
     /// through. Empty for `start`.
     pub links: std::collections::HashMap<(i32, i32), NetProxy>,
+    /// Each broker's cluster (Raft and replication) port, by node id - 1.
+    pub cluster_ports: Vec<u16>,
 }
 
 impl Cluster {
@@ -415,6 +417,7 @@ impl Cluster {
         Cluster {
             brokers,
             links: Default::default(),
+            cluster_ports: raft.to_vec(),
         }
     }
 
@@ -456,7 +459,11 @@ impl Cluster {
                 Broker::start_on(kafka[i], o)
             })
             .collect();
-        Cluster { brokers, links }
+        Cluster {
+            brokers,
+            links,
+            cluster_ports: raft.to_vec(),
+        }
     }
 
     /// Cuts every link to and from broker `id` (both directions, all peers).
@@ -978,6 +985,17 @@ impl Wire {
             .set_write_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         stream.set_nodelay(true).unwrap();
+        Wire {
+            stream,
+            correlation_id: 0,
+        }
+    }
+
+    /// A `Wire` over a connection the caller opened (and perhaps already wrote to).
+    pub fn from_stream(stream: TcpStream) -> Wire {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         Wire {
             stream,
             correlation_id: 0,
