@@ -8,6 +8,7 @@ pub mod log_limit;
 pub mod logging;
 pub mod metadata;
 pub mod net;
+pub mod ports;
 pub mod replication;
 pub mod segment;
 pub mod shard;

@@ -70,7 +70,7 @@ fn snapshot(s: &Shard) -> Snapshot {
 
 /// Binds the admin listener; a failure is logged and the broker runs without it.
 pub async fn start(shard: &Rc<Shard>, addr: SocketAddr) -> Option<SocketAddr> {
-    let listener = match super::listener::bind_exclusive_local(addr).await {
+    let listener = match crate::ports::bind_exclusive_local(addr).await {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(%addr, error = %e, "admin HTTP not started (metrics unavailable); set --admin-listen");

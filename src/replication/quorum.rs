@@ -145,7 +145,7 @@ impl Quorum {
         let logger = slog::Logger::root(super::SlogToTracing, slog::o!());
         let node =
             RawNode::new(&config, storage, &logger).map_err(|e| anyhow::anyhow!("raft: {e}"))?;
-        let listener = crate::net::listener::bind_exclusive_local(cluster.listen)
+        let listener = crate::ports::bind_exclusive_local(cluster.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cluster listener: {e}"))?;
         let (tx, rx) = local_channel::new_unbounded();

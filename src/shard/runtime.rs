@@ -118,7 +118,7 @@ impl Drop for EndReport {
 
 /// Handles SIGTERM/SIGINT: the first asks for a graceful stop (or exits at once while
 /// the broker is still starting: nothing has been acknowledged that a stop would
-/// flush), a second one, or a stop that overruns its bounds, exits without one.
+/// flush); a second SIGINT, or a stop that overruns its bounds, exits without one.
 fn watch_signals(config: &BrokerConfig) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -149,19 +149,30 @@ fn watch_signals(config: &BrokerConfig) -> anyhow::Result<()> {
             SHUTDOWN_REQUESTED.store(true, Ordering::Release);
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    let _ = tx.send(sig);
+                for sig in signals.forever() {
+                    if tx.send(sig).is_err() {
+                        return;
+                    }
                 }
             });
-            match rx.recv_timeout(grace) {
-                Ok(sig) => tracing::warn!(
-                    signal = sig,
-                    "second stop signal: exiting without a clean stop"
-                ),
-                Err(_) => tracing::error!(
-                    grace_ms = grace.as_millis() as u64,
-                    "graceful stop did not finish in time: exiting without a clean stop"
-                ),
+            // A repeated SIGTERM (process managers and scripts resend it) waits for the
+            // clean stop; a second Ctrl-C is a person who wants out now.
+            let deadline = Instant::now() + grace;
+            loop {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(sig) if sig == signal_hook::consts::SIGINT => {
+                        tracing::warn!("second interrupt: exiting without a clean stop");
+                        break;
+                    }
+                    Ok(_) => tracing::info!("stop already under way"),
+                    Err(_) => {
+                        tracing::error!(
+                            grace_ms = grace.as_millis() as u64,
+                            "graceful stop did not finish in time: exiting without a clean stop"
+                        );
+                        break;
+                    }
+                }
             }
             std::process::exit(1);
         })
@@ -306,7 +317,7 @@ async fn shard_main(
         );
         crate::group::store::note_existing_partition_count(&shard);
         // Bind shard 0 first so that a port of 0 picks one port, which the rest share.
-        let addr = match net::listener::claim_port(config.listen)
+        let addr = match crate::ports::claim_port(config.listen)
             .await
             .and_then(|()| net::listener::bind(&shard, config.listen))
         {

@@ -204,7 +204,7 @@ pub fn legacy_unsupported(req: &Request) -> Reply {
         ProduceRequest::decode(&mut v3.freeze(), 3).ok()
     })();
     let Some(produce) = parsed else {
-        tracing::warn!(
+        crate::warn_limited!(
             version = req.api_version,
             "closing connection: malformed legacy produce"
         );
