@@ -1,4 +1,4 @@
-//! Replication (issue 7). A cluster's metadata — brokers, topics, partition replica
+//! Replication. A cluster's metadata — brokers, topics, partition replica
 //! sets, leaders, leader epochs, in-sync sets — is the same event log a single node
 //! keeps in `crate::metadata`, replicated by Raft (raft-rs) among the voters of
 //! `controller.quorum.voters` (`quorum`). Without voters a broker is a single node:
