@@ -133,6 +133,10 @@ pub enum MetaEvent {
         partition: i32,
         state: PartitionState,
     },
+    /// The cluster's id, made once (the first one applied stays).
+    SetClusterId {
+        id: String,
+    },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -148,6 +152,15 @@ pub struct Image {
     pub shutting_down: BTreeSet<i32>,
     /// Count of events applied; shards use it to tell images apart.
     pub version: u64,
+    /// Made at the first start and kept in the metadata log, as Kafka's cluster id is.
+    pub cluster_id: Option<String>,
+}
+
+/// A new cluster id in Kafka's format: a random UUID as 22 characters of URL-safe
+/// base64 without padding.
+pub fn new_cluster_id() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
 }
 
 impl Image {
@@ -186,6 +199,11 @@ impl Image {
                 let old = self.brokers.insert(broker.id, broker.clone());
                 if old.is_none_or(|o| o.incarnation != broker.incarnation) {
                     self.shutting_down.remove(&broker.id);
+                }
+            }
+            MetaEvent::SetClusterId { id } => {
+                if self.cluster_id.is_none() {
+                    self.cluster_id = Some(id.clone());
                 }
             }
             MetaEvent::SetBrokerShuttingDown { id } => {

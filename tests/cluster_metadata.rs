@@ -1,4 +1,4 @@
-//! A three-broker cluster on 127.0.0.1 (issue 7): the metadata is replicated by Raft
+//! A three-broker cluster on 127.0.0.1: the metadata is replicated by Raft
 //! among the brokers, so every broker answers Metadata alike; losing the metadata
 //! leader (SIGKILL) leaves a majority that elects another and keeps changing metadata;
 //! the lost broker catches up when it comes back.
@@ -188,4 +188,42 @@ fn three_brokers_agree_on_metadata_survive_losing_the_metadata_leader_and_catch_
         "the restarted broker follows the new leader"
     );
     assert_eq!(brokers, expected_brokers);
+}
+
+/// Every cluster reported the same id ("runnel-single-0"). A cluster's id is made once,
+/// by its first metadata leader, kept in the metadata log (so a restart keeps it), and
+/// every broker reports it; a single node makes its own at its first start.
+#[test]
+fn each_cluster_makes_its_own_id_once_and_keeps_it() {
+    const OLD_FIXED_ID: &str = "cnVubmVsLXNpbmdsZS0w";
+    let mut cluster = Cluster::start(3, BrokerOptions::default());
+    cluster.wait_registered();
+    let ids: Vec<String> = wait_for("one cluster id on every broker", CLUSTER_TIMEOUT, || {
+        let ids: Vec<String> = cluster
+            .brokers
+            .iter()
+            .filter_map(|b| raw_cluster_id(&b.bootstrap()))
+            .collect();
+        (ids.len() == 3 && ids.iter().all(|i| *i == ids[0] && i != OLD_FIXED_ID)).then_some(ids)
+    });
+    let id = ids[0].clone();
+    // Kafka's format: 16 random bytes, URL-safe base64 without padding.
+    assert_eq!(id.len(), 22, "{id}");
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "{id}"
+    );
+    cluster.node(2).restart();
+    assert_eq!(
+        raw_cluster_id(&cluster.brokers[1].bootstrap()).as_deref(),
+        Some(id.as_str())
+    );
+
+    let mut single = Broker::start();
+    let single_id = raw_cluster_id(&single.bootstrap()).expect("a cluster id");
+    assert_eq!(single_id.len(), 22, "{single_id}");
+    assert_ne!(single_id, id, "two clusters share an id");
+    single.restart();
+    assert_eq!(raw_cluster_id(&single.bootstrap()), Some(single_id));
 }

@@ -64,6 +64,9 @@ pub enum MetaCommand {
         id: i32,
         incarnation: u64,
     },
+    /// Gives a metadata log without a cluster id one (a single node's first start, or a
+    /// data dir from before ids were stored).
+    EnsureClusterId,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -118,6 +121,21 @@ impl MetaCommand {
                     }
                     _ => events.push(MetaEvent::RegisterBroker { broker: b }),
                 }
+                // A cluster gets its id with the first registration its leader decides.
+                if image.cluster_id.is_none() {
+                    events.push(MetaEvent::SetClusterId {
+                        id: crate::metadata::new_cluster_id(),
+                    });
+                }
+                (events, MetaReply::Done)
+            }
+            MetaCommand::EnsureClusterId => {
+                let events = match image.cluster_id {
+                    Some(_) => Vec::new(),
+                    None => vec![MetaEvent::SetClusterId {
+                        id: crate::metadata::new_cluster_id(),
+                    }],
+                };
                 (events, MetaReply::Done)
             }
             MetaCommand::CheckBrokers => (

@@ -316,6 +316,12 @@ async fn shard_main(
             "metadata replayed, partition logs open"
         );
         crate::group::store::note_existing_partition_count(&shard);
+        // A cluster's id comes with its first registration (see RegisterBroker).
+        if config.cluster.is_none() && shard.image().cluster_id.is_none() {
+            if let Err(e) = commit_meta(&shard, MetaCommand::EnsureClusterId).await {
+                anyhow::bail!("cannot store the cluster id: {e}");
+            }
+        }
         // Bind shard 0 first so that a port of 0 picks one port, which the rest share.
         let addr = match crate::ports::claim_port(config.listen)
             .await

@@ -1324,3 +1324,20 @@ impl ProducerContext for AckContext {
         }
     }
 }
+
+/// The cluster id broker `bootstrap` reports in Metadata v12 and DescribeCluster v0.
+pub fn raw_cluster_id(bootstrap: &str) -> Option<String> {
+    let mut wire = Wire::connect(bootstrap);
+    let meta = wire.call(&kafka_protocol::messages::MetadataRequest::default(), 12);
+    let described = wire.call(
+        &kafka_protocol::messages::DescribeClusterRequest::default(),
+        0,
+    );
+    let id = meta.cluster_id.map(|s| s.to_string());
+    assert_eq!(
+        id.as_deref(),
+        Some(described.cluster_id.as_str()),
+        "Metadata and DescribeCluster disagree"
+    );
+    id
+}

@@ -22,7 +22,7 @@ pub fn handle(shard: &Rc<Shard>) -> DescribeClusterResponse {
         })
         .collect();
     DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(super::metadata::CLUSTER_ID))
+        .with_cluster_id(str_bytes(&super::metadata::cluster_id(shard)))
         .with_controller_id(BrokerId(super::metadata::controller_id(shard)))
         .with_endpoint_type(1)
         .with_brokers(brokers)

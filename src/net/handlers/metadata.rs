@@ -20,8 +20,18 @@ use crate::shard::Shard;
 pub const MIN: i16 = 0;
 pub const MAX: i16 = 12;
 
-/// Cluster id reported to clients (a single-node cluster for now).
-pub const CLUSTER_ID: &str = "cnVubmVsLXNpbmdsZS0w";
+/// What clients are told until the metadata log has a cluster id (a cluster whose
+/// quorum has not decided one yet).
+const CLUSTER_ID_UNDECIDED: &str = "cnVubmVsLXNpbmdsZS0w";
+
+/// The cluster id clients are told.
+pub fn cluster_id(shard: &Shard) -> String {
+    shard
+        .image()
+        .cluster_id
+        .clone()
+        .unwrap_or_else(|| CLUSTER_ID_UNDECIDED.to_string())
+}
 
 /// Authorized-operations bit fields (v8+ when the client asks): with no authorizer,
 /// Kafka reports every operation the resource type supports. The -2^31 default means
@@ -160,7 +170,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
     MetadataResponse::default()
         .with_cluster_authorized_operations(cluster_ops)
         .with_brokers(brokers)
-        .with_cluster_id(Some(str_bytes(CLUSTER_ID)))
+        .with_cluster_id(Some(str_bytes(&cluster_id(shard))))
         .with_controller_id(BrokerId(controller_id(shard)))
         .with_topics(topics)
 }
