@@ -175,40 +175,34 @@ fn too_little_locked_memory_for_the_shards_exits_1_saying_what_to_raise() {
     let dir = data.path().to_str().unwrap();
     let port = free_ports(1)[0];
     let listen = format!("127.0.0.1:{port}");
-    // 16 shards × 2 MiB = 32 MiB > 8 MiB.
-    let out = serve_to_exit(
-        &["--listen", &listen, "--data-dir", dir, "--cores", "16"],
-        Some(as_user_with_8_mib_memlock),
-    );
-    assert_eq!(
-        out.code,
-        Some(1),
-        "stdout {} stderr {}",
-        out.stdout,
+    let refused = |cores: &str, limit: fn() -> std::io::Result<()>| {
+        let out = serve_to_exit(
+            &["--listen", &listen, "--data-dir", dir, "--cores", cores],
+            Some(limit),
+        );
+        assert_eq!(
+            out.code,
+            Some(1),
+            "stdout {} stderr {}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.elapsed < Duration::from_secs(5),
+            "took {:?}",
+            out.elapsed
+        );
         out.stderr
-    );
-    assert!(
-        out.elapsed < Duration::from_secs(5),
-        "took {:?}",
-        out.elapsed
-    );
+    };
+    // 16 shards × 2 MiB = 32 MiB > 8 MiB.
+    let stderr = refused("16", as_user_with_8_mib_memlock);
     for want in ["ulimit -l 32768", "LimitMEMLOCK=33554432", "at most 4 fit"] {
-        assert!(out.stderr.contains(want), "no {want:?} in: {}", out.stderr);
+        assert!(stderr.contains(want), "no {want:?} in: {stderr}");
     }
     // Even root is held to glommio's floor: the same clear message, not its raw error.
-    let out = serve_to_exit(
-        &["--listen", &listen, "--data-dir", dir, "--cores", "1"],
-        Some(with_64_kib_memlock),
-    );
-    assert_eq!(
-        out.code,
-        Some(1),
-        "stdout {} stderr {}",
-        out.stdout,
-        out.stderr
-    );
-    assert!(out.stderr.contains("ulimit -l"), "{}", out.stderr);
-    assert!(!out.stderr.contains("MemLockLimit"), "{}", out.stderr);
+    let stderr = refused("1", with_64_kib_memlock);
+    assert!(stderr.contains("ulimit -l"), "{stderr}");
+    assert!(!stderr.contains("MemLockLimit"), "{stderr}");
 
     // Two shards fit in 8 MiB: the broker starts, serves, and stops on SIGTERM.
     let mut cmd = Command::new(runnel_bin());
