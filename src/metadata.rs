@@ -32,6 +32,22 @@ pub struct TopicMeta {
     pub replicas: Vec<PartitionState>,
 }
 
+/// Kafka's internal topics: written only by the broker's own coordinators, never by
+/// a client's Produce (Kafka answers INVALID_TOPIC_EXCEPTION).
+pub const INTERNAL_TOPICS: [&str; 3] = [
+    "__consumer_offsets",
+    "__transaction_state",
+    "__share_group_state",
+];
+
+impl TopicMeta {
+    /// Internal: marked so in the metadata, or one of Kafka's internal names (a
+    /// cluster's controller does not mark them).
+    pub fn is_internal(&self) -> bool {
+        self.internal || INTERNAL_TOPICS.contains(&self.name.as_str())
+    }
+}
+
 /// Where one partition lives in a cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionState {

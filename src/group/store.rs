@@ -21,10 +21,11 @@ use std::rc::Rc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 use crate::net::error_code as ec;
+use crate::net::metrics::ShardMetrics;
 use crate::segment::Durability;
 use crate::shard::Shard;
 
@@ -566,14 +567,21 @@ pub async fn replay(
                 if h.records_count == 0 {
                     continue;
                 }
-                let set = RecordBatchDecoder::decode(&mut batch.clone())
-                    .map_err(|e| format!("{OFFSETS_TOPIC}-{p}: undecodable batch: {e}"))?;
-                for r in set.records {
-                    if r.control {
-                        continue;
-                    }
-                    if let Some(key) = r.key {
-                        apply((r.offset, key, r.value));
+                match decode_stored_batch(&batch, &h) {
+                    Ok(records) => records.into_iter().for_each(&mut apply),
+                    Err(e) => {
+                        // Skipped whole (none of its records applied) so that every
+                        // other group of this partition still loads; retrying cannot
+                        // make these bytes readable.
+                        ShardMetrics::add(&shard.metrics.offsets_batches_quarantined, 1);
+                        tracing::warn!(
+                            topic = OFFSETS_TOPIC,
+                            partition = p,
+                            offset = h.base_offset,
+                            last_offset = h.last_offset(),
+                            error = %e,
+                            "undecodable offsets batch skipped; the commits in it are lost"
+                        );
                     }
                 }
             }
@@ -589,6 +597,38 @@ pub async fn replay(
         }
     }
     Ok(())
+}
+
+/// The keyed records of one stored `__consumer_offsets` batch (control batches have
+/// none), read by the validating walker: all of them, or an error and none.
+fn decode_stored_batch(
+    batch: &Bytes,
+    h: &crate::segment::BatchHeader,
+) -> Result<Vec<Replayed>, crate::segment::StorageError> {
+    use crate::segment::{compact, records, BATCH_HEADER_LEN};
+    crate::segment::batch::validate_batch(batch)?;
+    if h.attributes & records::ATTR_CONTROL != 0 {
+        return Ok(Vec::new());
+    }
+    let codec = compact::Codec::from_attributes(h.attributes)?;
+    let raw = if codec == compact::Codec::None {
+        batch.slice(BATCH_HEADER_LEN..)
+    } else {
+        Bytes::from(compact::decompress(codec, &batch[BATCH_HEADER_LEN..])?)
+    };
+    let mut out = Vec::new();
+    records::walk_records(&raw, h.records_count, |_, r| {
+        if let Some(k) = &r.key {
+            let offset = h.base_offset.saturating_add(i64::from(r.offset_delta));
+            out.push((
+                offset,
+                raw.slice(k.clone()),
+                r.value.clone().map(|v| raw.slice(v)),
+            ));
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ struct Snapshot {
     records_in: u64,
     records_out: u64,
     partition_errors: Vec<(i16, i16, u64)>,
+    offsets_batches_quarantined: u64,
 }
 
 fn snapshot(s: &Shard) -> Snapshot {
@@ -64,6 +65,7 @@ fn snapshot(s: &Shard) -> Snapshot {
         records_in: m.records_in.get(),
         records_out: m.records_out.get(),
         partition_errors: m.partition_errors.borrow().clone(),
+        offsets_batches_quarantined: m.offsets_batches_quarantined.get(),
         partitions: s.partitions.borrow().values().map(|p| p.len()).sum(),
     }
 }
@@ -188,7 +190,12 @@ pub async fn render(shard: &Rc<Shard>) -> String {
     }
     render_stages(&mut out, &snaps);
     let total = |f: fn(&Snapshot) -> u64| snaps.iter().map(f).sum::<u64>();
-    let counters: [(&str, &str, u64); 7] = [
+    let counters: [(&str, &str, u64); 8] = [
+        (
+            "runnel_offsets_batches_quarantined_total",
+            "__consumer_offsets batches skipped at group load because they do not decode.",
+            total(|s| s.offsets_batches_quarantined),
+        ),
         (
             "runnel_records_in_total",
             "Records appended by Produce.",

@@ -28,6 +28,8 @@ pub struct ShardMetrics {
     /// (api key, error code) → partitions answered with that error. A handful of
     /// entries; a new pair allocates once, an error path is never hot.
     pub partition_errors: RefCell<Vec<(i16, i16, u64)>>,
+    /// `__consumer_offsets` batches the group load could not decode and skipped.
+    pub offsets_batches_quarantined: Cell<u64>,
 }
 
 impl ShardMetrics {

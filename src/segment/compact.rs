@@ -17,7 +17,7 @@
 //! batch (no records, no producer) spanning the dropped range.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::ops::Range;
 
 use bytes::Bytes;
@@ -27,8 +27,8 @@ use super::error::StorageError;
 
 /// Codec bits of the batch attributes.
 const ATTR_CODEC_MASK: i16 = 0x07;
-/// Control batches (transaction markers) carry no user keys: kept as they are.
-const ATTR_CONTROL: i16 = 0x20;
+// Control batches (transaction markers) carry no user keys: kept as they are.
+use super::records::ATTR_CONTROL;
 /// Decompressed records of one batch above this are refused: bounds the memory a
 /// compression bomb could take.
 pub(crate) const RECORDS_BYTES_MAX: usize = 256 << 20;
@@ -72,40 +72,20 @@ fn corrupt(what: impl Into<String>) -> StorageError {
     StorageError::CorruptBatch(what.into())
 }
 
-/// Reads at most `RECORDS_BYTES_MAX` bytes from `r`, failing beyond it.
-fn read_bounded(r: impl Read, what: &str) -> Result<Vec<u8>, StorageError> {
+pub fn decompress(codec: Codec, data: &[u8]) -> Result<Vec<u8>, StorageError> {
     let mut out = Vec::new();
-    r.take(RECORDS_BYTES_MAX as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| corrupt(format!("{what}: {e}")))?;
-    if out.len() > RECORDS_BYTES_MAX {
-        return Err(corrupt(format!(
-            "{what}: records exceed {RECORDS_BYTES_MAX} bytes"
-        )));
-    }
+    super::records::decompress_bounded(codec, data, &mut out, RECORDS_BYTES_MAX)?;
     Ok(out)
 }
 
-pub fn decompress(codec: Codec, data: &[u8]) -> Result<Vec<u8>, StorageError> {
-    match codec {
-        Codec::None => Ok(data.to_vec()),
-        Codec::Gzip => read_bounded(flate2::read::MultiGzDecoder::new(data), "gzip"),
-        Codec::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(data), "lz4"),
-        Codec::Zstd => {
-            let d = zstd::stream::read::Decoder::new(data)
-                .map_err(|e| corrupt(format!("zstd: {e}")))?;
-            read_bounded(d, "zstd")
-        }
-        Codec::Snappy => snappy_decompress(data),
-    }
-}
-
-fn snappy_block(block: &[u8], out: &mut Vec<u8>) -> Result<(), StorageError> {
+fn snappy_block(block: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), StorageError> {
     let n = snap::raw::decompress_len(block).map_err(|e| corrupt(format!("snappy: {e}")))?;
-    if out.len() + n > RECORDS_BYTES_MAX {
-        return Err(corrupt("snappy: records too large"));
+    if out.len().saturating_add(n) > max {
+        return Err(corrupt(format!("snappy: records exceed {max} bytes")));
     }
     let at = out.len();
+    // Exact: amortized growth could double the buffer past the bound.
+    out.reserve_exact(n);
     out.resize(at + n, 0);
     snap::raw::Decoder::new()
         .decompress(block, &mut out[at..])
@@ -114,12 +94,15 @@ fn snappy_block(block: &[u8], out: &mut Vec<u8>) -> Result<(), StorageError> {
 }
 
 /// Java's snappy-java stream (xerial framing: a 16-byte header, then blocks of
-/// `u32 length + raw snappy`), or plain raw snappy when the header is absent.
-fn snappy_decompress(data: &[u8]) -> Result<Vec<u8>, StorageError> {
-    let mut out = Vec::new();
+/// `u32 length + raw snappy`), or plain raw snappy when the header is absent, appended
+/// to `out` up to `max` bytes.
+pub(crate) fn snappy_decompress_into(
+    data: &[u8],
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), StorageError> {
     if !data.starts_with(SNAPPY_XERIAL_MAGIC) {
-        snappy_block(data, &mut out)?;
-        return Ok(out);
+        return snappy_block(data, out, max);
     }
     let mut p = SNAPPY_XERIAL_MAGIC.len();
     while p < data.len() {
@@ -128,17 +111,19 @@ fn snappy_decompress(data: &[u8]) -> Result<Vec<u8>, StorageError> {
             p += SNAPPY_XERIAL_MAGIC.len();
             continue;
         }
-        let len_bytes = data
+        let len = data
             .get(p..p + 4)
-            .ok_or_else(|| corrupt("snappy: truncated block length"))?;
-        let len = u32::from_be_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-        let block = data
-            .get(p + 4..p + 4 + len)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| corrupt("snappy: truncated block length"))? as usize;
+        let block = p
+            .checked_add(4 + len)
+            .and_then(|end| data.get(p + 4..end))
             .ok_or_else(|| corrupt("snappy: truncated block"))?;
-        snappy_block(block, &mut out)?;
+        snappy_block(block, out, max)?;
         p += 4 + len;
     }
-    Ok(out)
+    Ok(())
 }
 
 pub fn compress(codec: Codec, raw: &[u8]) -> Result<Vec<u8>, StorageError> {
@@ -177,20 +162,6 @@ pub fn compress(codec: Codec, raw: &[u8]) -> Result<Vec<u8>, StorageError> {
     }
 }
 
-/// Zigzag varint as Kafka records use them; `None` when truncated or over 10 bytes.
-fn read_varlong(b: &[u8], p: &mut usize) -> Option<i64> {
-    let mut u: u64 = 0;
-    for shift in (0..70).step_by(7) {
-        let byte = *b.get(*p)?;
-        *p += 1;
-        u |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(((u >> 1) as i64) ^ -((u & 1) as i64));
-        }
-    }
-    None
-}
-
 /// One record inside a batch's (decompressed) records, as ranges into them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordRef {
@@ -203,52 +174,20 @@ pub struct RecordRef {
     pub tombstone: bool,
 }
 
-/// Walks the records of one batch. Each record must fit its length prefix.
+/// Walks the records of one batch (`records::walk_records`: every length checked, the
+/// records exactly fill `raw` and number `count`).
 pub fn parse_records(raw: &[u8], count: i32) -> Result<Vec<RecordRef>, StorageError> {
     let mut out = Vec::with_capacity(count.clamp(0, 1 << 16) as usize);
-    let mut p = 0usize;
-    let bad = |what: &str, at: usize| corrupt(format!("record at byte {at}: {what}"));
-    while p < raw.len() {
-        let start = p;
-        let len = read_varlong(raw, &mut p).ok_or_else(|| bad("bad length", start))?;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| p.checked_add(l))
-            .filter(|e| *e <= raw.len())
-            .ok_or_else(|| bad("length past the end", start))?;
-        let body = &raw[..end];
-        p += 1; // attributes
-        let ts = read_varlong(body, &mut p).ok_or_else(|| bad("timestamp", start))?;
-        let od = read_varlong(body, &mut p).ok_or_else(|| bad("offset delta", start))?;
-        let key_len = read_varlong(body, &mut p).ok_or_else(|| bad("key length", start))?;
-        let key = if key_len < 0 {
-            None
-        } else {
-            let k_end = p
-                .checked_add(key_len as usize)
-                .filter(|e| *e <= end)
-                .ok_or_else(|| bad("key past the record", start))?;
-            let k = p..k_end;
-            p = k_end;
-            Some(k)
-        };
-        let value_len = read_varlong(body, &mut p).ok_or_else(|| bad("value length", start))?;
-        let offset_delta = i32::try_from(od).map_err(|_| bad("offset delta", start))?;
+    super::records::walk_records(raw, count, |_, r| {
         out.push(RecordRef {
-            bytes: start..end,
-            offset_delta,
-            timestamp_delta: ts,
-            key,
-            tombstone: value_len < 0,
+            bytes: r.bytes.clone(),
+            offset_delta: r.offset_delta,
+            timestamp_delta: r.timestamp_delta,
+            key: r.key.clone(),
+            tombstone: r.value.is_none(),
         });
-        p = end;
-    }
-    if out.len() != count.max(0) as usize {
-        return Err(corrupt(format!(
-            "batch claims {count} records, holds {}",
-            out.len()
-        )));
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

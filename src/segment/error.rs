@@ -11,6 +11,10 @@ pub enum StorageError {
     /// Well-formed but not acceptable (magic != 2, bad offset deltas). CORRUPT_MESSAGE.
     #[error("invalid record batch: {0}")]
     InvalidBatch(String),
+    /// A well-formed batch whose records lie (lengths, counts, offset deltas) or break
+    /// a rule of the topic (a null key on a compacted topic). INVALID_RECORD.
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
     /// One batch larger than `max.message.bytes`. MESSAGE_TOO_LARGE.
     #[error("record batch of {size} bytes exceeds the maximum of {max}")]
     BatchTooLarge { size: usize, max: usize },
@@ -49,6 +53,7 @@ impl StorageError {
     pub fn kafka_error_code(&self) -> i16 {
         match self {
             StorageError::CorruptBatch(_) | StorageError::InvalidBatch(_) => 2,
+            StorageError::InvalidRecord(_) => 87,
             StorageError::BatchTooLarge { .. } => 10,
             StorageError::OffsetOutOfRange { .. } => 1,
             StorageError::Io { .. } => 56,
@@ -82,6 +87,7 @@ impl StorageError {
         match self {
             StorageError::CorruptBatch(s) => StorageError::CorruptBatch(s.clone()),
             StorageError::InvalidBatch(s) => StorageError::InvalidBatch(s.clone()),
+            StorageError::InvalidRecord(s) => StorageError::InvalidRecord(s.clone()),
             StorageError::BatchTooLarge { size, max } => StorageError::BatchTooLarge {
                 size: *size,
                 max: *max,
@@ -125,6 +131,10 @@ mod tests {
         assert_eq!(
             StorageError::InvalidBatch(String::new()).kafka_error_code(),
             2
+        );
+        assert_eq!(
+            StorageError::InvalidRecord(String::new()).kafka_error_code(),
+            87
         );
         assert_eq!(
             StorageError::BatchTooLarge { size: 2, max: 1 }.kafka_error_code(),

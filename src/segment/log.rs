@@ -1019,6 +1019,11 @@ impl PartitionLog {
         self.segments.borrow().len()
     }
 
+    /// `cleanup.policy` contains `compact`: produced records need keys.
+    pub fn is_compacted(&self) -> bool {
+        self.config.borrow().cleanup_compact
+    }
+
     pub fn set_config(&self, config: LogConfig) {
         *self.config.borrow_mut() = sanitize(config);
     }

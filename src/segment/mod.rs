@@ -53,6 +53,7 @@ pub mod compact;
 pub mod epoch;
 pub mod error;
 pub mod log;
+pub mod records;
 pub mod recovery;
 mod segment;
 #[doc(hidden)]

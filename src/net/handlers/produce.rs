@@ -63,6 +63,17 @@ pub async fn handle(
                     ec::INVALID_REQUIRED_ACKS,
                     format!("acks={acks} is not -1, 0 or 1"),
                 )),
+                // Only the group coordinator writes internal topics (through the
+                // partition directly, not this handler): a forged offset commit or a
+                // record it cannot replay must not get in.
+                _ if meta.is_some_and(|t| t.is_internal())
+                    || crate::metadata::INTERNAL_TOPICS.contains(&name.as_str()) =>
+                {
+                    Some(ProduceOutcome::error(
+                        ec::INVALID_TOPIC_EXCEPTION,
+                        format!("Cannot append to internal topic {name}"),
+                    ))
+                }
                 (_, None) => Some(ProduceOutcome::error(
                     ec::UNKNOWN_TOPIC_OR_PARTITION,
                     "unknown topic or partition",
