@@ -125,6 +125,57 @@ pub fn encode_keyed_batch(
     )
 }
 
+/// One framed v2 record with offset delta `offset_delta` whose header count says
+/// `headers` (no header bytes follow: any count above 0 lies), for tests of lying input.
+pub fn encode_record(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    offset_delta: i64,
+    headers: i64,
+) -> Vec<u8> {
+    let mut rec = vec![0u8];
+    put_varint(&mut rec, 0);
+    put_varint(&mut rec, offset_delta);
+    for part in [key, value] {
+        match part {
+            Some(b) => {
+                put_varint(&mut rec, b.len() as i64);
+                rec.extend_from_slice(b);
+            }
+            None => put_varint(&mut rec, -1),
+        }
+    }
+    put_varint(&mut rec, headers);
+    let mut out = Vec::with_capacity(rec.len() + 5);
+    put_varint(&mut out, rec.len() as i64);
+    out.extend_from_slice(&rec);
+    out
+}
+
+/// A v2 batch around already framed `records` claiming `count` records (dense offsets
+/// 0..count), compressed with `codec`, with a correct CRC whatever the records say.
+pub fn encode_records_batch(records: &[u8], count: i32, codec: super::compact::Codec) -> Bytes {
+    let template = super::batch::BatchHeader {
+        base_offset: 0,
+        batch_length: 0,
+        partition_leader_epoch: 0,
+        magic: MAGIC_V2,
+        crc: 0,
+        attributes: 0,
+        last_offset_delta: count - 1,
+        base_timestamp: 1_700_000_000_000,
+        max_timestamp: 1_700_000_000_000,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        records_count: count,
+    };
+    Bytes::from(
+        super::compact::build_batch(&template, codec, 0, count - 1, records, count, None)
+            .expect("compress in memory"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
