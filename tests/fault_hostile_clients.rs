@@ -382,3 +382,123 @@ fn requests_at_the_size_limit_are_served_with_bounded_memory() {
     );
     others_still_served(&bootstrap, "size-limit frames");
 }
+
+/// `b` with `f` applied to its bytes and the CRC made right again: a batch that passes
+/// the batch-level checks and lies inside.
+fn relabelled(b: &Bytes, f: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut v = b.to_vec();
+    f(&mut v);
+    let crc = runnel::segment::batch::compute_crc(&v[..61], &v[61..]);
+    v[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(v)
+}
+
+#[test]
+fn a_client_streaming_lying_batches_and_internal_produces_is_refused_while_others_are_served() {
+    use runnel::segment::compact::Codec;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const CORRUPT_MESSAGE: i16 = 2;
+    const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    const INVALID_RECORD: i16 = 87;
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("lies");
+    create_topic_blocking(&bootstrap, &topic, 1);
+    // The offsets topic exists once a group commits: then internal produces meet it.
+    assert_broker_serves(&bootstrap);
+    let before = rss_mib(&broker);
+
+    let good = encode_batch(0, 0, &[b"value".as_slice()]);
+    // 100 well-formed records of 1 MiB of zeros, ~100 KiB of gzip: the broker streams
+    // them through a small window and stops at the produce bound (64 MiB).
+    let bomb = {
+        let zeros = vec![0u8; 1 << 20];
+        let recs: Vec<u8> = (0..100)
+            .flat_map(|i| runnel::segment::testing::encode_record(Some(b"k"), Some(&zeros), i, 0))
+            .collect();
+        runnel::segment::testing::encode_records_batch(&recs, 100, Codec::Gzip)
+    };
+    let lies: Vec<(&str, Bytes, &str, i16)> = vec![
+        (
+            "record count over the records",
+            relabelled(&good, |v| v[57..61].copy_from_slice(&5i32.to_be_bytes())),
+            topic.as_str(),
+            INVALID_RECORD,
+        ),
+        (
+            "record length past the batch",
+            relabelled(&good, |v| v[61] = 0x7e),
+            topic.as_str(),
+            INVALID_RECORD,
+        ),
+        (
+            "codec 6",
+            relabelled(&good, |v| v[22] = 6),
+            topic.as_str(),
+            CORRUPT_MESSAGE,
+        ),
+        (
+            "control batch",
+            relabelled(&good, |v| v[22] = 0x20),
+            topic.as_str(),
+            INVALID_RECORD,
+        ),
+        ("gzip bomb", bomb, topic.as_str(), CORRUPT_MESSAGE),
+        (
+            "internal topic",
+            good.clone(),
+            "__consumer_offsets",
+            INVALID_TOPIC_EXCEPTION,
+        ),
+    ];
+    let lies: Vec<(String, Bytes, String, i16)> = lies
+        .into_iter()
+        .map(|(w, b, t, c)| (w.to_string(), b, t.to_string(), c))
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let hostile = {
+        let (bootstrap, stop) = (bootstrap.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut w = Wire::connect(&bootstrap);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut sent = 0usize;
+            while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+                let (what, b, t, code) = &lies[sent % lies.len()];
+                let resp = w.call(&produce_req(t, b.clone()), 9);
+                assert_eq!(
+                    resp.responses[0].partition_responses[0].error_code, *code,
+                    "{what}"
+                );
+                sent += 1;
+            }
+            sent
+        })
+    };
+    // Let the hostile client get going, then time normal clients among its requests.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) && !hostile.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    others_still_served(&bootstrap, "lying batches and internal produces");
+    let during = rss_mib(&broker);
+    let peak = hwm_mib(&broker);
+    stop.store(true, Ordering::Release);
+    let sent = hostile.join().expect("every lie got its error code");
+    eprintln!(
+        "lying batches: {sent} refused; broker RSS {before} MiB before, {during} MiB during, \
+         peak (VmHWM) {peak} MiB"
+    );
+    assert!(sent >= 6, "the hostile client sent only {sent} requests");
+    // Compressed batches are checked through a small window, never held decompressed.
+    assert!(
+        peak < before + 64,
+        "peak RSS {peak} MiB, {before} MiB before lying batches"
+    );
+    // Nothing of the lies is in the log: only what the normal client produced elsewhere.
+    let c = consumer(&bootstrap, &[]);
+    assign(&c, &topic, &[0], rdkafka::Offset::Beginning);
+    assert!(consume_to_end(&c, &[0], CONSUME_TIMEOUT).is_empty());
+}

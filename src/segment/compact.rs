@@ -78,7 +78,12 @@ pub fn decompress(codec: Codec, data: &[u8]) -> Result<Vec<u8>, StorageError> {
     Ok(out)
 }
 
-fn snappy_block(block: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), StorageError> {
+/// Appends one raw snappy block's output to `out`, failing if `out` would pass `max`.
+pub(crate) fn snappy_block(
+    block: &[u8],
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), StorageError> {
     let n = snap::raw::decompress_len(block).map_err(|e| corrupt(format!("snappy: {e}")))?;
     if out.len().saturating_add(n) > max {
         return Err(corrupt(format!("snappy: records exceed {max} bytes")));
@@ -93,35 +98,48 @@ fn snappy_block(block: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), Stora
     Ok(())
 }
 
+/// The next compressed block of a snappy records section at `*p` (advanced past it):
 /// Java's snappy-java stream (xerial framing: a 16-byte header, then blocks of
-/// `u32 length + raw snappy`), or plain raw snappy when the header is absent, appended
-/// to `out` up to `max` bytes.
+/// `u32 length + raw snappy`; concatenated streams repeat the header, for which this
+/// returns `None`), or plain raw snappy (one block) when the header is absent.
+pub(crate) fn snappy_next_block<'a>(
+    data: &'a [u8],
+    p: &mut usize,
+) -> Result<Option<&'a [u8]>, StorageError> {
+    if *p == 0 && !data.starts_with(SNAPPY_XERIAL_MAGIC) {
+        *p = data.len();
+        return Ok(Some(data));
+    }
+    let rest = data.get(*p..).unwrap_or_default();
+    if rest.starts_with(SNAPPY_XERIAL_MAGIC) {
+        *p += SNAPPY_XERIAL_MAGIC.len();
+        return Ok(None);
+    }
+    let len = rest
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| corrupt("snappy: truncated block length"))? as usize;
+    let block = rest
+        .get(4..)
+        .and_then(|b| b.get(..len))
+        .ok_or_else(|| corrupt("snappy: truncated block"))?;
+    *p += 4 + len;
+    Ok(Some(block))
+}
+
+/// A snappy records section (`snappy_next_block`) appended to `out` up to `max` bytes.
 pub(crate) fn snappy_decompress_into(
     data: &[u8],
     out: &mut Vec<u8>,
     max: usize,
 ) -> Result<(), StorageError> {
-    if !data.starts_with(SNAPPY_XERIAL_MAGIC) {
-        return snappy_block(data, out, max);
-    }
-    let mut p = SNAPPY_XERIAL_MAGIC.len();
+    let mut p = 0;
+    // Bounded: every pass moves `p` forward by at least 4 bytes.
     while p < data.len() {
-        // Concatenated streams repeat the header.
-        if data[p..].starts_with(SNAPPY_XERIAL_MAGIC) {
-            p += SNAPPY_XERIAL_MAGIC.len();
-            continue;
+        if let Some(block) = snappy_next_block(data, &mut p)? {
+            snappy_block(block, out, max)?;
         }
-        let len = data
-            .get(p..p + 4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(u32::from_be_bytes)
-            .ok_or_else(|| corrupt("snappy: truncated block length"))? as usize;
-        let block = p
-            .checked_add(4 + len)
-            .and_then(|end| data.get(p + 4..end))
-            .ok_or_else(|| corrupt("snappy: truncated block"))?;
-        snappy_block(block, out, max)?;
-        p += 4 + len;
     }
     Ok(())
 }

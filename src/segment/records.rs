@@ -7,13 +7,16 @@
 //! length | attributes i8 | timestamp_delta | offset_delta | key_len key | value_len value
 //!        | header_count [ header_key_len header_key | header_value_len header_value ]
 //! ```
-//! The walker reads lengths only (never copies key, value or header bytes), so an
-//! uncompressed batch is checked in place and stored as received. A compressed one is
-//! decompressed into a caller-owned bounded buffer first (`decompress_bounded`).
+//! The walker reads lengths only and passes over key, value and header bytes, from a
+//! `Source`: a slice (an uncompressed batch checked in place and then stored as
+//! received, or records already decompressed) or, on the produce path, a decompressor
+//! read through a small window, so a compressed batch is checked without ever holding
+//! its records: memory stays at the window (and the codec's own state) whatever the
+//! records claim, and a compression bomb costs bounded CPU (`PRODUCE_RECORDS_BYTES_MAX`).
 //!
 //! Every count is checked against the bytes that could hold it before it drives a
-//! loop: a header count must fit two bytes per header in the record, a record count
-//! is checked against what the bytes actually hold.
+//! loop: a header count must fit two bytes per header in the record; the record loop
+//! ends with the bytes, and a record count is compared with what they held.
 
 use std::io::Read;
 use std::ops::Range;
@@ -24,21 +27,25 @@ use super::error::StorageError;
 
 /// Attribute bit 5: a control batch (transaction markers), written by brokers only.
 pub const ATTR_CONTROL: i16 = 0x20;
-/// Decompressed records of one produced batch above this are refused: bounds the
-/// memory a compression bomb can take on the produce path. Far above what clients
-/// send (their batches are sized before compression, at most `message.max.bytes`).
+/// Decompressed records of one produced batch above this are refused: bounds the CPU a
+/// compression bomb takes on the produce path (and, for snappy, whose blocks do not
+/// stream, the memory). Far above what clients send (they size batches before or
+/// around compression, at most `message.max.bytes`).
 pub const PRODUCE_RECORDS_BYTES_MAX: usize = 64 << 20;
 /// A zstd frame may ask for a window up to 2^27 bytes by default; clients compress
 /// with small levels (windows of a few MiB). Refusing larger windows on produce
 /// keeps a hostile frame from taking 128 MiB of decoder memory.
 const PRODUCE_ZSTD_WINDOW_LOG_MAX: u32 = 24;
+/// The window a compressed produced batch is read through.
+const STREAM_WINDOW_BYTES: usize = 32 << 10;
 /// Smallest header on the wire: a key length and a value length, one byte each.
 const HEADER_BYTES_MIN: usize = 2;
 /// Decompression output grows by doubling from this, up to the bound exactly.
 const DECOMPRESS_CHUNK_BYTES: usize = 64 << 10;
 const _: () = assert!(PRODUCE_RECORDS_BYTES_MAX <= super::compact::RECORDS_BYTES_MAX);
 
-/// One record, as ranges into the (decompressed) records section.
+/// One record, as ranges into the records section (positions in the decompressed
+/// stream when read from one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordRef {
     /// The whole record, length prefix included.
@@ -50,23 +57,188 @@ pub struct RecordRef {
     pub value: Option<Range<usize>>,
 }
 
+/// Where the walker reads a records section from. Reads never pass `limit` (the end
+/// of the record being read).
+trait Source {
+    /// Bytes read so far: the position in the records section.
+    fn pos(&self) -> usize;
+    fn byte(&mut self, limit: usize) -> Option<u8>;
+    /// Passes `n` bytes, all before `limit`.
+    fn skip(&mut self, n: usize, limit: usize) -> Option<Range<usize>>;
+    /// No bytes are left.
+    fn at_end(&mut self) -> bool;
+    /// The section surely ends before `end` (a record claiming to end there lies).
+    fn ends_before(&mut self, end: usize) -> bool;
+}
+
+struct SliceSource<'a> {
+    b: &'a [u8],
+    p: usize,
+}
+
+impl Source for SliceSource<'_> {
+    #[inline(always)]
+    fn pos(&self) -> usize {
+        self.p
+    }
+    #[inline(always)]
+    fn byte(&mut self, limit: usize) -> Option<u8> {
+        if self.p >= limit {
+            return None;
+        }
+        let b = *self.b.get(self.p)?;
+        self.p += 1;
+        Some(b)
+    }
+    #[inline(always)]
+    fn skip(&mut self, n: usize, limit: usize) -> Option<Range<usize>> {
+        let end = self
+            .p
+            .checked_add(n)
+            .filter(|e| *e <= limit && *e <= self.b.len())?;
+        let r = self.p..end;
+        self.p = end;
+        Some(r)
+    }
+    #[inline(always)]
+    fn at_end(&mut self) -> bool {
+        self.p >= self.b.len()
+    }
+    #[inline(always)]
+    fn ends_before(&mut self, end: usize) -> bool {
+        end > self.b.len()
+    }
+}
+
+/// A decompressor read through a window of `STREAM_WINDOW_BYTES`, failing once more
+/// than `max` bytes came out. A decompression failure or the bound ends the stream
+/// and is kept in `error`, which the caller reports instead of the walker's view.
+struct StreamSource<R: Read> {
+    r: R,
+    window: Vec<u8>,
+    at: usize,
+    filled: usize,
+    pos: usize,
+    /// Bytes the decompressor produced so far.
+    produced: usize,
+    max: usize,
+    done: bool,
+    error: Option<StorageError>,
+}
+
+impl<R: Read> StreamSource<R> {
+    fn new(r: R, max: usize) -> Self {
+        StreamSource {
+            r,
+            window: vec![0; STREAM_WINDOW_BYTES],
+            at: 0,
+            filled: 0,
+            pos: 0,
+            produced: 0,
+            max,
+            done: false,
+            error: None,
+        }
+    }
+
+    /// Makes at least one unread byte available; false at the end of the stream.
+    fn fill(&mut self) -> bool {
+        if self.at < self.filled {
+            return true;
+        }
+        if self.done {
+            return false;
+        }
+        // Bounded: every pass either returns or retries an interrupted read.
+        loop {
+            match self.r.read(&mut self.window) {
+                Ok(0) => {
+                    self.done = true;
+                    return false;
+                }
+                Ok(n) => {
+                    self.produced += n;
+                    if self.produced > self.max {
+                        self.done = true;
+                        self.error = Some(StorageError::CorruptBatch(format!(
+                            "decompressed records exceed {} bytes",
+                            self.max
+                        )));
+                        return false;
+                    }
+                    self.at = 0;
+                    self.filled = n;
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.done = true;
+                    self.error = Some(StorageError::CorruptBatch(format!(
+                        "records do not decompress: {e}"
+                    )));
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read> Source for StreamSource<R> {
+    fn pos(&self) -> usize {
+        self.pos
+    }
+    fn byte(&mut self, limit: usize) -> Option<u8> {
+        if self.pos >= limit || !self.fill() {
+            return None;
+        }
+        let b = self.window[self.at];
+        self.at += 1;
+        self.pos += 1;
+        Some(b)
+    }
+    fn skip(&mut self, n: usize, limit: usize) -> Option<Range<usize>> {
+        let start = self.pos;
+        let end = start.checked_add(n).filter(|e| *e <= limit)?;
+        // Bounded by `n`: every pass passes at least one byte or returns.
+        while self.pos < end {
+            if !self.fill() {
+                return None;
+            }
+            let k = (end - self.pos).min(self.filled - self.at);
+            self.at += k;
+            self.pos += k;
+        }
+        Some(start..end)
+    }
+    fn at_end(&mut self) -> bool {
+        !self.fill()
+    }
+    fn ends_before(&mut self, end: usize) -> bool {
+        if end > self.max && self.error.is_none() {
+            self.error = Some(StorageError::CorruptBatch(format!(
+                "a record ends past {} decompressed bytes",
+                self.max
+            )));
+        }
+        end > self.max
+    }
+}
+
 fn invalid(index: usize, at: usize, what: &str) -> StorageError {
     StorageError::InvalidRecord(format!("record {index} at byte {at}: {what}"))
 }
 
 /// Zigzag varint of at most 5 bytes into an i32 (Kafka's `readVarint`).
 #[inline(always)]
-fn varint(b: &[u8], p: &mut usize) -> Option<i32> {
-    let first = *b.get(*p)?;
-    *p += 1;
+fn varint(s: &mut impl Source, limit: usize) -> Option<i32> {
+    let first = s.byte(limit)?;
     if first < 0x80 {
         let u = u32::from(first);
         return Some(((u >> 1) as i32) ^ -((u & 1) as i32));
     }
     let mut u = u64::from(first & 0x7f);
     for shift in [7u32, 14, 21, 28] {
-        let byte = *b.get(*p)?;
-        *p += 1;
+        let byte = s.byte(limit)?;
         u |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             let u = u32::try_from(u).ok()?;
@@ -78,11 +250,10 @@ fn varint(b: &[u8], p: &mut usize) -> Option<i32> {
 
 /// Zigzag varlong of at most 10 bytes (Kafka's `readVarlong`).
 #[inline(always)]
-fn varlong(b: &[u8], p: &mut usize) -> Option<i64> {
+fn varlong(s: &mut impl Source, limit: usize) -> Option<i64> {
     let mut u: u64 = 0;
     for shift in (0..70).step_by(7) {
-        let byte = *b.get(*p)?;
-        *p += 1;
+        let byte = s.byte(limit)?;
         u |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Some(((u >> 1) as i64) ^ -((u & 1) as i64));
@@ -91,14 +262,14 @@ fn varlong(b: &[u8], p: &mut usize) -> Option<i64> {
     None
 }
 
-/// A length-prefixed field of `len` bytes at `p` inside `b` (whose end is the
-/// record's end); -1 is null when `nullable`.
+/// A length-prefixed field of `len` bytes ending by `limit`; -1 is null when
+/// `nullable`.
 #[inline(always)]
 fn field(
-    b: &[u8],
-    p: &mut usize,
+    s: &mut impl Source,
     len: i32,
     nullable: bool,
+    limit: usize,
 ) -> Result<Option<Range<usize>>, &'static str> {
     if len < 0 {
         return if len == -1 && nullable {
@@ -107,55 +278,48 @@ fn field(
             Err("negative length")
         };
     }
-    let end = p
-        .checked_add(len as usize)
-        .filter(|e| *e <= b.len())
-        .ok_or("length past the record")?;
-    let r = *p..end;
-    *p = end;
-    Ok(Some(r))
+    s.skip(len as usize, limit)
+        .map(Some)
+        .ok_or("length past the record")
 }
 
-/// Reads the record starting at `*p` (the `index`th), leaving `*p` at its end.
+/// Reads the `index`th record, leaving the source at its end.
 #[inline(always)]
-fn read_record(raw: &[u8], p: &mut usize, index: usize) -> Result<RecordRef, StorageError> {
-    let start = *p;
+fn read_record(s: &mut impl Source, index: usize) -> Result<RecordRef, StorageError> {
+    let start = s.pos();
     let bad = |what: &str| invalid(index, start, what);
-    let len = varint(raw, p).ok_or_else(|| bad("bad length varint"))?;
+    let len = varint(s, usize::MAX).ok_or_else(|| bad("bad length varint"))?;
     let end = usize::try_from(len)
         .ok()
-        .and_then(|l| p.checked_add(l))
-        .filter(|e| *e <= raw.len())
+        .and_then(|l| s.pos().checked_add(l))
+        .filter(|e| !s.ends_before(*e))
         .ok_or_else(|| bad("length past the records"))?;
-    let body = &raw[..end];
-    if *p >= end {
-        return Err(bad("empty record"));
-    }
-    *p += 1; // attributes: no bits are defined for v2 records
-    let timestamp_delta = varlong(body, p).ok_or_else(|| bad("bad timestamp delta"))?;
-    let offset_delta = varint(body, p).ok_or_else(|| bad("bad offset delta"))?;
-    let key_len = varint(body, p).ok_or_else(|| bad("bad key length"))?;
-    let key = field(body, p, key_len, true).map_err(|e| bad(&format!("key: {e}")))?;
-    let value_len = varint(body, p).ok_or_else(|| bad("bad value length"))?;
-    let value = field(body, p, value_len, true).map_err(|e| bad(&format!("value: {e}")))?;
-    let headers = varint(body, p).ok_or_else(|| bad("bad header count"))?;
+    // Attributes: no bits are defined for v2 records.
+    s.byte(end).ok_or_else(|| bad("empty record"))?;
+    let timestamp_delta = varlong(s, end).ok_or_else(|| bad("bad timestamp delta"))?;
+    let offset_delta = varint(s, end).ok_or_else(|| bad("bad offset delta"))?;
+    let key_len = varint(s, end).ok_or_else(|| bad("bad key length"))?;
+    let key = field(s, key_len, true, end).map_err(|e| bad(&format!("key: {e}")))?;
+    let value_len = varint(s, end).ok_or_else(|| bad("bad value length"))?;
+    let value = field(s, value_len, true, end).map_err(|e| bad(&format!("value: {e}")))?;
+    let headers = varint(s, end).ok_or_else(|| bad("bad header count"))?;
     let headers = usize::try_from(headers).map_err(|_| bad("negative header count"))?;
-    if headers > (end - *p) / HEADER_BYTES_MIN {
+    let left = end.saturating_sub(s.pos());
+    if headers > left / HEADER_BYTES_MIN {
         return Err(bad(&format!(
-            "{headers} headers cannot fit the {} bytes left in the record",
-            end - *p
+            "{headers} headers cannot fit the {left} bytes left in the record"
         )));
     }
     for h in 0..headers {
-        let k = varint(body, p).ok_or_else(|| bad("bad header key length"))?;
-        field(body, p, k, false).map_err(|e| bad(&format!("header {h} key: {e}")))?;
-        let v = varint(body, p).ok_or_else(|| bad("bad header value length"))?;
-        field(body, p, v, true).map_err(|e| bad(&format!("header {h} value: {e}")))?;
+        let k = varint(s, end).ok_or_else(|| bad("bad header key length"))?;
+        field(s, k, false, end).map_err(|e| bad(&format!("header {h} key: {e}")))?;
+        let v = varint(s, end).ok_or_else(|| bad("bad header value length"))?;
+        field(s, v, true, end).map_err(|e| bad(&format!("header {h} value: {e}")))?;
     }
-    if *p != end {
+    if s.pos() != end {
         return Err(bad(&format!(
             "{} bytes past the last field of the record",
-            end - *p
+            end - s.pos()
         )));
     }
     Ok(RecordRef {
@@ -167,31 +331,25 @@ fn read_record(raw: &[u8], p: &mut usize, index: usize) -> Result<RecordRef, Sto
     })
 }
 
-/// Walks every record of a records section, which must hold exactly `count` records
-/// and nothing after them; calls `f(index, record)` for each. Stops at the first
-/// error (from the bytes or from `f`). Bounded: every record takes at least 7 bytes.
-#[inline]
-pub fn walk_records(
-    raw: &[u8],
+#[inline(always)]
+fn walk(
+    s: &mut impl Source,
     count: i32,
     mut f: impl FnMut(usize, &RecordRef) -> Result<(), StorageError>,
 ) -> Result<(), StorageError> {
     let count = usize::try_from(count)
         .map_err(|_| StorageError::InvalidRecord(format!("negative record count {count}")))?;
-    let mut p = 0usize;
     let mut index = 0usize;
-    while p < raw.len() {
+    // Bounded by the bytes: every record takes at least two.
+    while !s.at_end() {
         if index == count {
             return Err(invalid(
                 index,
-                p,
-                &format!(
-                    "the batch claims {count} records but {} bytes follow them",
-                    raw.len() - p
-                ),
+                s.pos(),
+                &format!("the batch claims {count} records but more bytes follow them"),
             ));
         }
-        let r = read_record(raw, &mut p, index)?;
+        let r = read_record(s, index)?;
         f(index, &r)?;
         index += 1;
     }
@@ -203,8 +361,107 @@ pub fn walk_records(
     Ok(())
 }
 
+/// Walks every record of a records section, which must hold exactly `count` records
+/// and nothing after them; calls `f(index, record)` for each. Stops at the first
+/// error (from the bytes or from `f`).
+pub fn walk_records(
+    raw: &[u8],
+    count: i32,
+    f: impl FnMut(usize, &RecordRef) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    walk(&mut SliceSource { b: raw, p: 0 }, count, f)
+}
+
+/// `walk_records` over a compressed records section, decompressed through a window as
+/// the walk goes (never held whole), refusing more than `max` decompressed bytes. A
+/// stream that does not decompress, or passes `max`, is `CorruptBatch` whatever the
+/// walker made of the bytes it got.
+pub fn walk_compressed_records(
+    codec: Codec,
+    data: &[u8],
+    count: i32,
+    max: usize,
+    f: impl FnMut(usize, &RecordRef) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    fn run<R: Read>(
+        r: R,
+        count: i32,
+        max: usize,
+        f: impl FnMut(usize, &RecordRef) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut s = StreamSource::new(r, max);
+        let walked = walk(&mut s, count, f);
+        match s.error {
+            Some(e) => Err(e),
+            None => walked,
+        }
+    }
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+        StorageError::CorruptBatch(format!("{what} records: {e}"))
+    };
+    match codec {
+        Codec::None => walk_records(data, count, f),
+        Codec::Gzip => run(flate2::read::MultiGzDecoder::new(data), count, max, f),
+        Codec::Lz4 => run(lz4_flex::frame::FrameDecoder::new(data), count, max, f),
+        Codec::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(data).map_err(|e| corrupt("zstd", &e))?;
+            d.window_log_max(PRODUCE_ZSTD_WINDOW_LOG_MAX)
+                .map_err(|e| corrupt("zstd", &e))?;
+            run(d, count, max, f)
+        }
+        // Raw snappy blocks do not stream: one block at a time, exactly sized.
+        Codec::Snappy => run(SnappyReader::new(data, max), count, max, f),
+    }
+}
+
+/// Java's xerial-framed snappy (or one raw block) as a `Read`: each block is
+/// decompressed alone into a buffer of exactly its size, refused past `max`.
+struct SnappyReader<'a> {
+    data: &'a [u8],
+    p: usize,
+    block: Vec<u8>,
+    at: usize,
+    max: usize,
+}
+
+impl<'a> SnappyReader<'a> {
+    fn new(data: &'a [u8], max: usize) -> Self {
+        SnappyReader {
+            data,
+            p: 0,
+            block: Vec::new(),
+            at: 0,
+            max,
+        }
+    }
+}
+
+impl Read for SnappyReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // Bounded by the blocks in `data`: each pass consumes one or returns.
+        while self.at == self.block.len() {
+            if self.p >= self.data.len() {
+                return Ok(0);
+            }
+            let next = super::compact::snappy_next_block(self.data, &mut self.p)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.block.clear();
+            self.at = 0;
+            if let Some(block) = next {
+                super::compact::snappy_block(block, &mut self.block, self.max)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.at);
+        buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Decompresses `data` into `out` (cleared first), failing past `max` bytes without
 /// ever holding more than `max + 1`: the buffer grows by doubling, capped at the bound.
+/// For stored batches whose records are needed (compaction, replay).
 pub fn decompress_bounded(
     codec: Codec,
     data: &[u8],
@@ -230,13 +487,7 @@ pub fn decompress_bounded(
         Codec::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(data), out, max)
             .map_err(|e| corrupt("lz4", &e)),
         Codec::Zstd => {
-            let mut d = zstd::stream::read::Decoder::new(data).map_err(|e| corrupt("zstd", &e))?;
-            // Stored batches (compaction, replay) keep zstd's own limit: they were
-            // accepted before this bound existed.
-            if max <= PRODUCE_RECORDS_BYTES_MAX {
-                d.window_log_max(PRODUCE_ZSTD_WINDOW_LOG_MAX)
-                    .map_err(|e| corrupt("zstd", &e))?;
-            }
+            let d = zstd::stream::read::Decoder::new(data).map_err(|e| corrupt("zstd", &e))?;
             read_bounded(d, out, max).map_err(|e| corrupt("zstd", &e))
         }
         Codec::Snappy => super::compact::snappy_decompress_into(data, out, max),
@@ -245,6 +496,7 @@ pub fn decompress_bounded(
 
 fn read_bounded(mut r: impl Read, out: &mut Vec<u8>, max: usize) -> std::io::Result<()> {
     let mut filled = 0usize;
+    // Bounded: the buffer never passes max + 1, and each pass fills some of it.
     loop {
         if filled == out.len() {
             if out.len() > max {
@@ -283,8 +535,8 @@ pub struct ProduceRules {
 /// write markers), a record count matching the offset range, offset deltas 0, 1, ..,
 /// every length inside its record and the records exactly filling the (decompressed)
 /// records section, and keys on compacted topics. `batch` passed `validate_batch`.
-/// `scratch` holds a compressed batch's records while they are walked; an
-/// uncompressed batch is walked in place.
+/// An uncompressed batch is walked in place; a compressed one through a window as it
+/// decompresses (`walk_compressed_records`). Nothing is copied or kept.
 ///
 /// Errors: `CorruptBatch` (CORRUPT_MESSAGE) when the bytes cannot be read at all (an
 /// unknown codec, a stream that does not decompress or is too large), `InvalidRecord`
@@ -293,7 +545,6 @@ pub fn validate_produced(
     header: &BatchHeader,
     batch: &[u8],
     rules: ProduceRules,
-    scratch: &mut Vec<u8>,
 ) -> Result<(), StorageError> {
     let codec = Codec::from_attributes(header.attributes).map_err(|e| match e {
         StorageError::InvalidBatch(m) => StorageError::CorruptBatch(m),
@@ -317,14 +568,8 @@ pub fn validate_produced(
         )));
     }
     let body = batch.get(BATCH_HEADER_LEN..).unwrap_or_default();
-    let raw: &[u8] = if codec == Codec::None {
-        body
-    } else {
-        decompress_bounded(codec, body, scratch, PRODUCE_RECORDS_BYTES_MAX)?;
-        scratch
-    };
-    walk_records(raw, header.records_count, |i, r| {
-        if r.offset_delta as usize != i || r.offset_delta < 0 {
+    let check = |i: usize, r: &RecordRef| {
+        if usize::try_from(r.offset_delta) != Ok(i) {
             return Err(StorageError::InvalidRecord(format!(
                 "record {i} has offset delta {}",
                 r.offset_delta
@@ -336,35 +581,18 @@ pub fn validate_produced(
             )));
         }
         Ok(())
-    })
-}
-
-/// `validate_produced` with a per-thread scratch buffer (one per shard: validation
-/// never awaits, so no two batches share it). A buffer a big batch grew is dropped
-/// afterwards rather than kept per shard.
-pub fn validate_produced_here(
-    header: &BatchHeader,
-    batch: &[u8],
-    rules: ProduceRules,
-) -> Result<(), StorageError> {
-    /// Scratch kept between batches: enough for common compressed batches.
-    const SCRATCH_KEEP_BYTES: usize = 1 << 20;
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    };
+    if codec == Codec::None {
+        walk_records(body, header.records_count, check)
+    } else {
+        walk_compressed_records(
+            codec,
+            body,
+            header.records_count,
+            PRODUCE_RECORDS_BYTES_MAX,
+            check,
+        )
     }
-    SCRATCH.with(|s| {
-        let Ok(mut scratch) = s.try_borrow_mut() else {
-            // Not reentrant in practice; a fresh buffer is correct anyway.
-            return validate_produced(header, batch, rules, &mut Vec::new());
-        };
-        let result = validate_produced(header, batch, rules, &mut scratch);
-        if scratch.capacity() > SCRATCH_KEEP_BYTES {
-            *scratch = Vec::new();
-        } else {
-            scratch.clear();
-        }
-        result
-    })
 }
 
 #[cfg(test)]
@@ -411,7 +639,7 @@ mod tests {
 
     fn check(b: &[u8], compacted: bool) -> Result<(), StorageError> {
         let h = validate_batch(b).unwrap();
-        validate_produced(&h, b, ProduceRules { compacted }, &mut Vec::new())
+        validate_produced(&h, b, ProduceRules { compacted })
     }
 
     const CODECS: [Codec; 5] = [
@@ -500,6 +728,26 @@ mod tests {
         let crc = crc32c::crc32c(&b[21..]);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         assert_eq!(check(&b, false).unwrap_err().kafka_error_code(), 2);
+    }
+
+    #[test]
+    fn a_produced_compression_bomb_is_corrupt_message_for_every_codec() {
+        // One record claiming more than the bound (refused before decompressing it),
+        // and well-formed 1 MiB records past the bound (streamed up to it).
+        let one = record(Some(b"k"), &vec![0u8; PRODUCE_RECORDS_BYTES_MAX], 0, 0, 0);
+        let mib = vec![0u8; 1 << 20];
+        let n = (PRODUCE_RECORDS_BYTES_MAX >> 20) + 1;
+        let many: Vec<u8> = (0..n)
+            .flat_map(|i| record(Some(b"k"), &mib, 0, i as i64, 0))
+            .collect();
+        for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+            for (raw, count) in [(&one, 1), (&many, n as i32)] {
+                let b = batch_of(raw, count, codec);
+                assert!(b.len() < raw.len() / 20, "{codec:?} compresses");
+                let e = check(&b, false).unwrap_err();
+                assert_eq!(e.kafka_error_code(), 2, "{codec:?} {count}: {e}");
+            }
+        }
     }
 
     #[test]

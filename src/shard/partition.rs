@@ -639,11 +639,11 @@ impl Partition {
         };
         let mut valid = Vec::with_capacity(batches.len());
         for b in batches {
-            // Every record is checked once here (decompressed into a bounded scratch
-            // buffer when compressed); the batch is then stored as received. A batch
+            // Every record is checked once here (in place, or through a small window
+            // while it decompresses); the batch is then stored as received. A batch
             // that lies inside would stop every consumer at its offset.
             let checked = ValidBatch::new(b).and_then(|v| {
-                segment::records::validate_produced_here(v.header(), v.bytes(), rules)?;
+                segment::records::validate_produced(v.header(), v.bytes(), rules)?;
                 Ok(v)
             });
             match checked {
