@@ -113,9 +113,9 @@ impl Source for SliceSource<'_> {
 /// A decompressor read through a window of `STREAM_WINDOW_BYTES`, failing once more
 /// than `max` bytes came out. A decompression failure or the bound ends the stream
 /// and is kept in `error`, which the caller reports instead of the walker's view.
-struct StreamSource<R: Read> {
+struct StreamSource<'w, R: Read> {
     r: R,
-    window: Vec<u8>,
+    window: &'w mut [u8],
     at: usize,
     filled: usize,
     pos: usize,
@@ -126,11 +126,11 @@ struct StreamSource<R: Read> {
     error: Option<StorageError>,
 }
 
-impl<R: Read> StreamSource<R> {
-    fn new(r: R, max: usize) -> Self {
+impl<'w, R: Read> StreamSource<'w, R> {
+    fn new(r: R, window: &'w mut [u8], max: usize) -> Self {
         StreamSource {
             r,
-            window: vec![0; STREAM_WINDOW_BYTES],
+            window,
             at: 0,
             filled: 0,
             pos: 0,
@@ -151,7 +151,7 @@ impl<R: Read> StreamSource<R> {
         }
         // Bounded: every pass either returns or retries an interrupted read.
         loop {
-            match self.r.read(&mut self.window) {
+            match self.r.read(self.window) {
                 Ok(0) => {
                     self.done = true;
                     return false;
@@ -183,7 +183,7 @@ impl<R: Read> StreamSource<R> {
     }
 }
 
-impl<R: Read> Source for StreamSource<R> {
+impl<R: Read> Source for StreamSource<'_, R> {
     fn pos(&self) -> usize {
         self.pos
     }
@@ -372,6 +372,20 @@ pub fn walk_records(
     walk(&mut SliceSource { b: raw, p: 0 }, count, f)
 }
 
+/// Per-thread state of the compressed walk, kept between batches (one per shard: a
+/// walk never awaits, so no two share it): the window, and zstd's decoder context
+/// (creating one per batch cost more than decompressing a small batch).
+struct StreamScratch {
+    window: Vec<u8>,
+    zstd: Option<zstd::zstd_safe::DCtx<'static>>,
+}
+
+thread_local! {
+    static STREAM_SCRATCH: std::cell::RefCell<StreamScratch> = const {
+        std::cell::RefCell::new(StreamScratch { window: Vec::new(), zstd: None })
+    };
+}
+
 /// `walk_records` over a compressed records section, decompressed through a window as
 /// the walk goes (never held whole), refusing more than `max` decompressed bytes. A
 /// stream that does not decompress, or passes `max`, is `CorruptBatch` whatever the
@@ -383,34 +397,90 @@ pub fn walk_compressed_records(
     max: usize,
     f: impl FnMut(usize, &RecordRef) -> Result<(), StorageError>,
 ) -> Result<(), StorageError> {
+    if codec == Codec::None {
+        return walk_records(data, count, f);
+    }
+    STREAM_SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => walk_stream(codec, data, count, max, &mut scratch, f),
+        // Not reentrant in practice; fresh state is correct anyway.
+        Err(_) => walk_stream(
+            codec,
+            data,
+            count,
+            max,
+            &mut StreamScratch {
+                window: Vec::new(),
+                zstd: None,
+            },
+            f,
+        ),
+    })
+}
+
+fn walk_stream(
+    codec: Codec,
+    data: &[u8],
+    count: i32,
+    max: usize,
+    scratch: &mut StreamScratch,
+    f: impl FnMut(usize, &RecordRef) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
     fn run<R: Read>(
         r: R,
+        window: &mut Vec<u8>,
         count: i32,
         max: usize,
         f: impl FnMut(usize, &RecordRef) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        let mut s = StreamSource::new(r, max);
+        window.resize(STREAM_WINDOW_BYTES, 0);
+        let mut s = StreamSource::new(r, window, max);
         let walked = walk(&mut s, count, f);
         match s.error {
             Some(e) => Err(e),
             None => walked,
         }
     }
-    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
-        StorageError::CorruptBatch(format!("{what} records: {e}"))
-    };
+    let corrupt = |e: &dyn std::fmt::Display| StorageError::CorruptBatch(format!("zstd: {e}"));
+    let window = &mut scratch.window;
     match codec {
         Codec::None => walk_records(data, count, f),
-        Codec::Gzip => run(flate2::read::MultiGzDecoder::new(data), count, max, f),
-        Codec::Lz4 => run(lz4_flex::frame::FrameDecoder::new(data), count, max, f),
+        Codec::Gzip => run(
+            flate2::bufread::MultiGzDecoder::new(data),
+            window,
+            count,
+            max,
+            f,
+        ),
+        Codec::Lz4 => run(
+            lz4_flex::frame::FrameDecoder::new(data),
+            window,
+            count,
+            max,
+            f,
+        ),
         Codec::Zstd => {
-            let mut d = zstd::stream::read::Decoder::new(data).map_err(|e| corrupt("zstd", &e))?;
-            d.window_log_max(PRODUCE_ZSTD_WINDOW_LOG_MAX)
-                .map_err(|e| corrupt("zstd", &e))?;
-            run(d, count, max, f)
+            let ctx = match &mut scratch.zstd {
+                Some(ctx) => ctx,
+                None => {
+                    let mut ctx = zstd::zstd_safe::DCtx::try_create()
+                        .ok_or_else(|| corrupt(&"no decoder context"))?;
+                    ctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+                        PRODUCE_ZSTD_WINDOW_LOG_MAX,
+                    ))
+                    .map_err(|code| corrupt(&zstd::zstd_safe::get_error_name(code)))?;
+                    scratch.zstd.insert(ctx)
+                }
+            };
+            run(
+                zstd::stream::read::Decoder::with_context(data, ctx),
+                window,
+                count,
+                max,
+                f,
+            )
         }
         // Raw snappy blocks do not stream: one block at a time, exactly sized.
-        Codec::Snappy => run(SnappyReader::new(data, max), count, max, f),
+        Codec::Snappy => run(SnappyReader::new(data, max), window, count, max, f),
     }
 }
 
