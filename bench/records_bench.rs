@@ -20,6 +20,9 @@ use runnel::segment::ValidBatch;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A record's key and value (`None`: null).
+type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 #[derive(Parser, Debug)]
 #[command(about = "Produce-path batch validation cost")]
 struct Args {
@@ -89,7 +92,7 @@ fn main() {
         Codec::Lz4,
         Codec::Zstd,
     ] {
-        let recs: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = (0..args.records)
+        let recs: Vec<KeyValue> = (0..args.records)
             .map(|i| (Some(format!("key-{i}").into_bytes()), Some(value(i))))
             .collect();
         let batch = encode_keyed_batch(0, 1_700_000_000_000, &recs, codec);
