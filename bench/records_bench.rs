@@ -32,6 +32,37 @@ struct Args {
     /// CPU seconds per case and run.
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
+    /// Also write small valid batches of every codec here, as seeds for the
+    /// `record_validation` fuzz target (a flags byte, then the batch), and exit.
+    #[arg(long)]
+    write_seeds: Option<std::path::PathBuf>,
+}
+
+const CODECS: [Codec; 5] = [
+    Codec::None,
+    Codec::Gzip,
+    Codec::Snappy,
+    Codec::Lz4,
+    Codec::Zstd,
+];
+
+/// Two keyed records and a tombstone per codec; flags byte 1 = a compacted topic.
+fn write_seeds(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for codec in CODECS {
+        let recs: Vec<KeyValue> = vec![
+            (Some(b"k1".to_vec()), Some(value(1)[..64].to_vec())),
+            (Some(b"k2".to_vec()), Some(value(2)[..64].to_vec())),
+            (Some(b"k1".to_vec()), None),
+        ];
+        let batch = encode_keyed_batch(0, 1_700_000_000_000, &recs, codec);
+        for flags in [0u8, 1] {
+            let mut seed = vec![flags];
+            seed.extend_from_slice(&batch);
+            std::fs::write(dir.join(format!("{codec:?}-{flags}").to_lowercase()), seed)?;
+        }
+    }
+    Ok(())
 }
 
 fn thread_cpu() -> Duration {
@@ -81,17 +112,15 @@ fn value(i: usize) -> Vec<u8> {
 
 fn main() {
     let args = Args::parse();
+    if let Some(dir) = &args.write_seeds {
+        write_seeds(dir).expect("write the seeds");
+        return;
+    }
     println!(
         "{:<7} {:>9} {:>14} {:>14} {:>14} {:>14}",
         "codec", "batch B", "crc ns/batch", "rec ns/batch", "crc s/GiB", "rec s/GiB"
     );
-    for codec in [
-        Codec::None,
-        Codec::Gzip,
-        Codec::Snappy,
-        Codec::Lz4,
-        Codec::Zstd,
-    ] {
+    for codec in CODECS {
         let recs: Vec<KeyValue> = (0..args.records)
             .map(|i| (Some(format!("key-{i}").into_bytes()), Some(value(i))))
             .collect();
