@@ -649,7 +649,9 @@ impl Partition {
             match checked {
                 Ok(v) => valid.push(v),
                 Err(e) => {
-                    note_refused_batch(self.log.dir(), &e);
+                    // A hostile client can send thousands a second; it gets the reason
+                    // in the response either way.
+                    crate::warn_limited!(dir = %self.log.dir().display(), error = %e, "produced batch refused");
                     return ProduceOutcome::error(e.kafka_error_code(), e.to_string());
                 }
             }
@@ -1015,26 +1017,6 @@ impl Partition {
 /// Topic configs with Kafka's names → the log's settings, over the broker's defaults
 /// (`message.max.bytes`, the shard's share of `log.cleaner.dedupe.buffer.size`);
 /// unknown keys are kept in the metadata but ignored here.
-/// Logs a refused produced batch, at most once per `REFUSED_LOG_INTERVAL` per shard (a
-/// hostile client can send thousands a second); the count of those not logged goes
-/// with the next line. Clients get the reason in the response either way.
-fn note_refused_batch(dir: &std::path::Path, e: &segment::StorageError) {
-    const REFUSED_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-    thread_local! {
-        static LAST: Cell<(Option<Instant>, u64)> = const { Cell::new((None, 0)) };
-    }
-    LAST.with(|last| {
-        let (at, suppressed) = last.get();
-        let now = Instant::now();
-        if at.is_some_and(|t| now.duration_since(t) < REFUSED_LOG_INTERVAL) {
-            last.set((at, suppressed + 1));
-            return;
-        }
-        last.set((Some(now), 0));
-        tracing::warn!(dir = %dir.display(), error = %e, suppressed, "produced batch refused");
-    });
-}
-
 pub fn log_config_for(configs: &BTreeMap<String, String>, broker: &BrokerConfig) -> LogConfig {
     let mut c = LogConfig {
         max_message_bytes: broker.message_max_bytes,
