@@ -121,8 +121,9 @@ impl MetaCommand {
                     }
                     _ => events.push(MetaEvent::RegisterBroker { broker: b }),
                 }
-                // A cluster gets its id with the first registration its leader decides.
-                if image.cluster_id.is_none() {
+                // A cluster gets its id with the first registration its leader decides
+                // (one that changes something: a repeat decides nothing).
+                if image.cluster_id.is_none() && !events.is_empty() {
                     events.push(MetaEvent::SetClusterId {
                         id: crate::metadata::new_cluster_id(),
                     });
