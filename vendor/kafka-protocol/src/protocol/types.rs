@@ -74,6 +74,9 @@ macro_rules! define_simple_ints {
                 fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<T> {
                     Ok(buf.$get()?.into())
                 }
+                fn min_wire_size(&self) -> usize {
+                    std::mem::size_of::<$t>()
+                }
             }
 
             define_copy_impl!($name, $t);
@@ -250,6 +253,9 @@ impl<T: NewType<uuid::Uuid>> Encoder<&T> for Uuid {
 }
 
 impl<T: NewType<uuid::Uuid>> Decoder<T> for Uuid {
+    fn min_wire_size(&self) -> usize {
+        16
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<T> {
         let mut result = [0; 16];
         buf.try_copy_to_slice(&mut result)?;
@@ -355,6 +361,9 @@ impl<T: NewType<StrBytes>> Encoder<&T> for String {
 }
 
 impl Decoder<Option<StdString>> for String {
+    fn min_wire_size(&self) -> usize {
+        2 // the i16 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<StdString>> {
         match Int16.decode(buf)? {
             -1 => Ok(None),
@@ -374,6 +383,9 @@ impl Decoder<Option<StdString>> for String {
 }
 
 impl<T: NewType<StrBytes>> Decoder<Option<T>> for String {
+    fn min_wire_size(&self) -> usize {
+        2 // the i16 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<T>> {
         match Int16.decode(buf)? {
             -1 => Ok(None),
@@ -389,6 +401,9 @@ impl<T: NewType<StrBytes>> Decoder<Option<T>> for String {
 }
 
 impl Decoder<StdString> for String {
+    fn min_wire_size(&self) -> usize {
+        2 // the i16 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<StdString> {
         match String.decode(buf) {
             Ok(None) => {
@@ -401,6 +416,9 @@ impl Decoder<StdString> for String {
 }
 
 impl<T: NewType<StrBytes>> Decoder<T> for String {
+    fn min_wire_size(&self) -> usize {
+        2 // the i16 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<T> {
         match String.decode(buf) {
             Ok(None) => {
@@ -657,6 +675,9 @@ impl Encoder<&bytes::Bytes> for Bytes {
 }
 
 impl Decoder<Option<Vec<u8>>> for Bytes {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<Vec<u8>>> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
@@ -676,6 +697,9 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
 }
 
 impl Decoder<Option<bytes::Bytes>> for Bytes {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<bytes::Bytes>> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
@@ -688,6 +712,9 @@ impl Decoder<Option<bytes::Bytes>> for Bytes {
 }
 
 impl Decoder<Vec<u8>> for Bytes {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Vec<u8>> {
         match Bytes.decode(buf) {
             Ok(None) => {
@@ -700,6 +727,9 @@ impl Decoder<Vec<u8>> for Bytes {
 }
 
 impl Decoder<bytes::Bytes> for Bytes {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<bytes::Bytes> {
         match Bytes.decode(buf) {
             Ok(None) => {
@@ -916,6 +946,28 @@ impl<T: Decodable> Decoder<Option<T>> for OptionStruct {
     }
 }
 
+/// Most bytes an array decoder reserves up front (runnel patch); a longer array grows
+/// as its elements are decoded, so its memory follows the bytes actually received.
+pub(crate) const ARRAY_PREALLOC_BYTES_MAX: usize = 64 * 1024;
+
+/// The capacity to reserve for an array whose wire count is `n` (runnel patch).
+///
+/// A count is a claim: `n` elements of at least `element_wire_min` bytes each must fit
+/// in the `remaining` bytes, or the input is malformed and refused before anything is
+/// allocated. Even a count that fits reserves at most `ARRAY_PREALLOC_BYTES_MAX`:
+/// an element in memory can be far larger than on the wire (a 10-byte CreatableTopic
+/// is ~100 bytes decoded), so `n * size_of::<T>()` from a 100 MB frame could still
+/// ask for gigabytes.
+pub(crate) fn array_capacity<T>(n: usize, element_wire_min: usize, remaining: usize) -> Result<usize> {
+    let fits = remaining / element_wire_min.max(1);
+    if n > fits {
+        bail!(
+            "Array claims {n} elements of at least {element_wire_min} bytes but only {remaining} bytes are left (runnel patch)"
+        );
+    }
+    Ok(n.min(ARRAY_PREALLOC_BYTES_MAX / std::mem::size_of::<T>().max(1)))
+}
+
 /// An array whose length is encoded with an `i32`.
 #[derive(Debug, Copy, Clone)]
 pub struct Array<E>(pub E);
@@ -993,13 +1045,16 @@ impl<T, E: for<'a> Encoder<&'a T>> Encoder<&Vec<T>> for Array<E> {
 }
 
 impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 count
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<Vec<T>>> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                // runnel patch: a claimed count is bounded by the bytes left, or a
-                // 20-byte frame can ask for a 100+ GB allocation (abort).
-                let mut result = Vec::with_capacity((n as usize).min(buf.remaining()));
+                // runnel patch: see `array_capacity`.
+                let cap = array_capacity::<T>(n as usize, self.0.min_wire_size(), buf.remaining())?;
+                let mut result = Vec::with_capacity(cap);
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1013,6 +1068,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
 }
 
 impl<T, E: Decoder<T>> Decoder<Vec<T>> for Array<E> {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 count
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Vec<T>> {
         match self.decode(buf) {
             Ok(None) => {
@@ -1107,8 +1165,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                // runnel patch: see Array::decode.
-                let mut result = Vec::with_capacity(((n - 1) as usize).min(buf.remaining()));
+                // runnel patch: see `array_capacity`.
+                let cap = array_capacity::<T>((n - 1) as usize, self.0.min_wire_size(), buf.remaining())?;
+                let mut result = Vec::with_capacity(cap);
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
