@@ -158,7 +158,8 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> Reply {
     let (header, kind) = match decode_request(key, version, &req.frame) {
         Ok(v) => v,
         Err(e) => {
-            crate::warn_limited!(api = ?key, version, error = %e, "malformed request");
+            // The whole chain: the outer context names the message, the inner one the reason.
+            crate::warn_limited!(api = ?key, version, error = %format!("{e:#}"), "malformed request");
             return Reply::Close;
         }
     };
