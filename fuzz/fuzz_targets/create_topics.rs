@@ -9,6 +9,11 @@
 //! largest in memory), else any served API. libFuzzer's own `-malloc_limit_mb` needs a
 //! sanitizer's malloc hooks; this target counts allocations itself, so a `-s none`
 //! build checks the bound too.
+//!
+//! A count that does fit decodes for real, up to `REQUEST_DECODED_BYTES_MAX` (64 MiB)
+//! of arrays, freed after each run. glibc's dynamic mmap threshold would keep such
+//! freed buffers in the heap and let RSS creep past `-rss_limit_mb` over many runs
+//! without any one input needing it, so the threshold is pinned at its default.
 #![no_main]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -61,7 +66,15 @@ fn check(size: usize) {
 #[global_allocator]
 static ALLOC: Bounded = Bounded;
 
+/// glibc's default M_MMAP_THRESHOLD; pinning it turns off the dynamic raise.
+const MMAP_THRESHOLD_BYTES: i32 = 128 * 1024;
+
 fuzz_target!(|data: &[u8]| {
+    static PIN_MMAP_THRESHOLD: std::sync::Once = std::sync::Once::new();
+    // SAFETY: mallopt only changes the allocator's tuning.
+    PIN_MMAP_THRESHOLD.call_once(|| unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+    });
     let [api, ver, tail_len, tail_byte, body @ ..] = data else {
         return;
     };

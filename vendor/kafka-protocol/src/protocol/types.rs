@@ -965,7 +965,38 @@ pub(crate) fn array_capacity<T>(n: usize, element_wire_min: usize, remaining: us
             "Array claims {n} elements of at least {element_wire_min} bytes but only {remaining} bytes are left (runnel patch)"
         );
     }
+    // Elements that do fit can still be far larger decoded than on the wire (a
+    // 2-byte empty topic name is a ~72-byte MetadataRequestTopic): charged against
+    // the decode's budget, if the caller set one.
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    let left = DECODED_BYTES_LEFT.with(|c| c.get());
+    if bytes > left {
+        bail!(
+            "Array of {n} elements would take {bytes} bytes decoded, more than the {left} bytes left of this decode's budget (runnel patch)"
+        );
+    }
+    DECODED_BYTES_LEFT.with(|c| c.set(left - bytes));
     Ok(n.min(ARRAY_PREALLOC_BYTES_MAX / std::mem::size_of::<T>().max(1)))
+}
+
+thread_local! {
+    /// What the arrays of the decode running on this thread may still take in memory
+    /// (runnel patch); unbounded unless set by `with_decoded_bytes_max`.
+    static DECODED_BYTES_LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Runs `decode` with the arrays it decodes limited to `max` bytes in memory, all
+/// together (runnel patch): an array that would pass the limit is a decode error.
+/// Decoding is synchronous, so a thread-local budget covers exactly this call.
+pub fn with_decoded_bytes_max<R>(max: usize, decode: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DECODED_BYTES_LEFT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(DECODED_BYTES_LEFT.with(|c| c.replace(max)));
+    decode()
 }
 
 /// An array whose length is encoded with an `i32`.
