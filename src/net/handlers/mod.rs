@@ -414,6 +414,20 @@ mod tests {
         assert!(decode_request(ApiKey::Metadata, 0, &frame).is_ok());
     }
 
+    /// Unknown tagged fields are map entries: their count is charged like an array's
+    /// (4 M of 2 bytes each fit in 8 MiB but would be ~256 MB of map).
+    #[test]
+    fn a_flexible_request_claiming_millions_of_tagged_fields_is_refused() {
+        let mut body = BytesMut::new();
+        body.put_u8(1); // client software name: ""
+        body.put_u8(1); // client software version: ""
+        put_uvarint(&mut body, 4_000_000);
+        body.put_slice(&vec![0u8; 8 << 20]);
+        let frame = frame_of(ApiKey::ApiVersions, 3, true, &body);
+        let e = decode_request(ApiKey::ApiVersions, 3, &frame).expect_err("over the bound");
+        assert!(format!("{e:#}").contains("budget"), "{e:#}");
+    }
+
     /// A count that does fit decodes: the bound refuses only impossible claims.
     #[test]
     fn an_array_whose_count_fits_its_bytes_still_decodes() {

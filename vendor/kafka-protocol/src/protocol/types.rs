@@ -968,15 +968,48 @@ pub(crate) fn array_capacity<T>(n: usize, element_wire_min: usize, remaining: us
     // Elements that do fit can still be far larger decoded than on the wire (a
     // 2-byte empty topic name is a ~72-byte MetadataRequestTopic): charged against
     // the decode's budget, if the caller set one.
-    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    charge_decoded(n, n.saturating_mul(std::mem::size_of::<T>()))?;
+    Ok(n.min(ARRAY_PREALLOC_BYTES_MAX / std::mem::size_of::<T>().max(1)))
+}
+
+/// Charges `bytes` for `n` decoded elements to the decode's budget (runnel patch).
+fn charge_decoded(n: usize, bytes: usize) -> Result<()> {
     let left = DECODED_BYTES_LEFT.with(|c| c.get());
     if bytes > left {
         bail!(
-            "Array of {n} elements would take {bytes} bytes decoded, more than the {left} bytes left of this decode's budget (runnel patch)"
+            "{n} elements would take {bytes} bytes decoded, more than the {left} bytes left of this decode's budget (runnel patch)"
         );
     }
     DECODED_BYTES_LEFT.with(|c| c.set(left - bytes));
-    Ok(n.min(ARRAY_PREALLOC_BYTES_MAX / std::mem::size_of::<T>().max(1)))
+    Ok(())
+}
+
+/// What unknown tagged fields are charged in the decode's budget (runnel patch): a
+/// `BTreeMap<i32, Bytes>` allocates a whole node (11 entries, ~400 bytes) for its
+/// first entry, and about 64 bytes an entry as it grows.
+const TAGGED_FIELDS_MAP_DECODED_BYTES: usize = 512;
+const TAGGED_FIELD_DECODED_BYTES: usize = 64;
+
+/// Reads the count of a struct's tagged fields (runnel patch). Each field takes at
+/// least 2 bytes (tag and size) and becomes a map entry, so the count is refused when
+/// the bytes left cannot hold it and charged against the decode's budget like an
+/// array: 8 MiB of distinct empty tags would otherwise be 4 M map entries.
+pub(crate) fn tagged_fields_count<B: ByteBuf>(buf: &mut B) -> Result<u32> {
+    let n: u32 = UnsignedVarInt.decode(buf)?;
+    let n_fields = n as usize;
+    if n_fields > buf.remaining() / 2 {
+        bail!(
+            "{n_fields} tagged fields claimed but only {} bytes are left (runnel patch)",
+            buf.remaining()
+        );
+    }
+    if n_fields > 0 {
+        charge_decoded(
+            n_fields,
+            TAGGED_FIELDS_MAP_DECODED_BYTES + n_fields * TAGGED_FIELD_DECODED_BYTES,
+        )?;
+    }
+    Ok(n)
 }
 
 thread_local! {
