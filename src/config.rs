@@ -41,6 +41,48 @@ pub const OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 600_000;
 /// small is a mistake (bytes taken for KiB or MiB), not a setting.
 pub const DEDUPE_BUFFER_SHARD_BYTES_MIN: u64 = 1024;
 
+/// Upper end of the default `queued.max.request.bytes`: enough for ~18 Fetch responses
+/// at Kafka's 55 MiB `fetch.max.bytes`, or ten requests at `socket.request.max.bytes`,
+/// in flight at once; buffering more only adds latency.
+pub const QUEUED_MAX_REQUEST_BYTES_DEFAULT_MAX: u64 = 1 << 30;
+/// The default's share of the memory the broker may use (RAM, or the cgroup's
+/// `memory.max` when lower): the rest is for the logs' write buffers and batch cache,
+/// indexes, compaction key maps and the page cache of non-O_DIRECT files.
+pub const QUEUED_MAX_REQUEST_BYTES_MEMORY_DIVISOR: u64 = 8;
+/// Smallest accepted `queued.max.request.bytes`: a smaller budget is a unit mistake.
+pub const QUEUED_MAX_REQUEST_BYTES_MIN: i64 = 1 << 20;
+
+/// The default `queued.max.request.bytes`: min(1 GiB, memory / 8), where memory is the
+/// machine's RAM or the cgroup's limit if lower (1 GiB when neither can be read).
+pub fn queued_max_request_bytes_default() -> i64 {
+    let ram = physical_memory_bytes();
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let memory = match (ram, cgroup) {
+        (Some(r), Some(c)) => r.min(c),
+        (r, c) => r.or(c).unwrap_or(QUEUED_MAX_REQUEST_BYTES_DEFAULT_MAX * 8),
+    };
+    let bytes = (memory / QUEUED_MAX_REQUEST_BYTES_MEMORY_DIVISOR)
+        .min(QUEUED_MAX_REQUEST_BYTES_DEFAULT_MAX)
+        .max(QUEUED_MAX_REQUEST_BYTES_MIN as u64);
+    bytes as i64
+}
+
+fn physical_memory_bytes() -> Option<u64> {
+    // SAFETY: sysconf only reads system values.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page <= 0 {
+        return None;
+    }
+    (pages as u64).checked_mul(page as u64)
+}
+
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     pub listen: SocketAddr,
@@ -57,6 +99,10 @@ pub struct BrokerConfig {
     pub num_partitions: u32,
     pub socket_request_max_bytes: usize,
     pub message_max_bytes: u32,
+    /// `queued.max.request.bytes`: bytes of requests being handled plus their responses
+    /// not yet written, all connections together, before connections stop reading
+    /// (`net::memory`); -1: no broker-wide bound (Kafka's default).
+    pub queued_max_request_bytes: i64,
     pub connections_max: usize,
     /// A shard whose reactor could not run for longer than this is logged and counted.
     pub stall_threshold_ms: u64,
@@ -121,6 +167,7 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             socket_request_max_bytes: SOCKET_REQUEST_MAX_BYTES_DEFAULT,
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
+            queued_max_request_bytes: queued_max_request_bytes_default(),
             connections_max: CONNECTIONS_MAX_DEFAULT,
             stall_threshold_ms: 20,
             stall_backtraces: false,
@@ -246,6 +293,16 @@ impl BrokerConfig {
         usize::try_from(share).unwrap_or(usize::MAX)
     }
 
+    /// Each shard's share of `queued.max.request.bytes` (`usize::MAX`: no bound).
+    pub fn queued_max_request_bytes_per_shard(&self) -> usize {
+        match u64::try_from(self.queued_max_request_bytes) {
+            Ok(total) => {
+                usize::try_from(total / self.cores.max(1) as u64).map_or(usize::MAX, |s| s.max(1))
+            }
+            Err(_) => usize::MAX,
+        }
+    }
+
     /// How long an Empty group keeps its committed offsets.
     pub fn offsets_retention(&self) -> std::time::Duration {
         std::time::Duration::from_millis(
@@ -268,6 +325,15 @@ impl BrokerConfig {
             return Err(format!(
                 "socket.request.max.bytes={}: must be at least 1024",
                 self.socket_request_max_bytes
+            ));
+        }
+        if self.queued_max_request_bytes != -1
+            && self.queued_max_request_bytes < QUEUED_MAX_REQUEST_BYTES_MIN
+        {
+            return Err(format!(
+                "queued.max.request.bytes={}: must be -1 (no bound) or at least {QUEUED_MAX_REQUEST_BYTES_MIN} \
+                 (it is the memory for requests and their responses of all connections together)",
+                self.queued_max_request_bytes
             ));
         }
         if self.message_max_bytes as usize > self.socket_request_max_bytes {
@@ -402,6 +468,7 @@ pub const FILE_KEYS: &[(&str, &str)] = &[
     ("num.partitions", "num-partitions"),
     ("socket.request.max.bytes", "socket-request-max-bytes"),
     ("message.max.bytes", "message-max-bytes"),
+    ("queued.max.request.bytes", "queued-max-request-bytes"),
     ("max.connections", "max-connections"),
     ("stall.threshold.ms", "stall-threshold-ms"),
     ("stall.backtraces", "stall-backtraces"),
@@ -514,7 +581,7 @@ pub fn render_toml(c: &BrokerConfig) -> String {
         .map(|a| a.to_string())
         .unwrap_or_else(|| "off".into());
     format!(
-        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n\"stall.backtraces\" = {}\n\"log.level\" = \"{}\"\n\"log.format\" = \"{}\"\n\"log.retention.check.interval.ms\" = {}\n\"group.initial.rebalance.delay.ms\" = {}\n\"group.min.session.timeout.ms\" = {}\n\"group.max.session.timeout.ms\" = {}\n",
+        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"queued.max.request.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n\"stall.backtraces\" = {}\n\"log.level\" = \"{}\"\n\"log.format\" = \"{}\"\n\"log.retention.check.interval.ms\" = {}\n\"group.initial.rebalance.delay.ms\" = {}\n\"group.min.session.timeout.ms\" = {}\n\"group.max.session.timeout.ms\" = {}\n",
         c.listen,
         c.advertised_host,
         c.data_dir.display(),
@@ -525,6 +592,7 @@ pub fn render_toml(c: &BrokerConfig) -> String {
         c.num_partitions,
         c.socket_request_max_bytes,
         c.message_max_bytes,
+        c.queued_max_request_bytes,
         c.connections_max,
         c.stall_threshold_ms,
         c.stall_backtraces,
@@ -636,6 +704,34 @@ mod tests {
         };
         assert!(just.validate().is_ok());
         assert_eq!(just.dedupe_buffer_bytes_per_shard(), 1024);
+    }
+
+    #[test]
+    fn the_request_memory_budget_defaults_from_memory_and_is_split_among_shards() {
+        let d = queued_max_request_bytes_default();
+        assert!((QUEUED_MAX_REQUEST_BYTES_MIN..=1 << 30).contains(&d), "{d}");
+        let c = BrokerConfig {
+            cores: 4,
+            queued_max_request_bytes: 64 << 20,
+            ..BrokerConfig::default()
+        };
+        assert!(c.validate().is_ok());
+        assert_eq!(c.queued_max_request_bytes_per_shard(), 16 << 20);
+        let unbounded = BrokerConfig {
+            queued_max_request_bytes: -1,
+            ..c.clone()
+        };
+        assert!(unbounded.validate().is_ok());
+        assert_eq!(unbounded.queued_max_request_bytes_per_shard(), usize::MAX);
+        let small = BrokerConfig {
+            queued_max_request_bytes: 1000,
+            ..c
+        };
+        let e = small.validate().unwrap_err();
+        assert!(
+            e.starts_with("queued.max.request.bytes=1000: must be"),
+            "{e}"
+        );
     }
 
     #[test]

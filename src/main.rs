@@ -85,6 +85,16 @@ struct ServeArgs {
     /// message.max.bytes
     #[arg(long, env = "RUNNEL_MESSAGE_MAX_BYTES", default_value_t = config::MESSAGE_MAX_BYTES_DEFAULT)]
     message_max_bytes: u32,
+    /// queued.max.request.bytes: bytes of requests being handled plus their responses
+    /// not yet written, all connections together; past it connections stop reading
+    /// new requests and Fetch responses shrink. -1: no bound. Default: min(1 GiB,
+    /// memory / 8).
+    #[arg(
+        long,
+        env = "RUNNEL_QUEUED_MAX_REQUEST_BYTES",
+        allow_hyphen_values = true
+    )]
+    queued_max_request_bytes: Option<i64>,
     /// max.connections
     #[arg(long, env = "RUNNEL_MAX_CONNECTIONS", default_value_t = config::CONNECTIONS_MAX_DEFAULT)]
     max_connections: usize,
@@ -377,6 +387,9 @@ fn build_config(a: ServeArgs) -> Result<BrokerConfig, String> {
         num_partitions: a.num_partitions,
         socket_request_max_bytes: a.socket_request_max_bytes,
         message_max_bytes: a.message_max_bytes,
+        queued_max_request_bytes: a
+            .queued_max_request_bytes
+            .unwrap_or_else(config::queued_max_request_bytes_default),
         connections_max: a.max_connections,
         stall_threshold_ms: a.stall_threshold_ms,
         stall_backtraces: a.stall_backtraces,

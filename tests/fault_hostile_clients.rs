@@ -3,7 +3,9 @@
 //! it stays bounded, and checks that a well-behaved rdkafka producer + consumer still
 //! gets through within a deadline while the hostile client is connected.
 //! Bounds under test: src/net/connection.rs (buffered bytes per connection, frame read
-//! timeout, buffers that grow with received bytes).
+//! timeout, buffers that grow with received bytes), src/net/memory.rs (the broker-wide
+//! `queued.max.request.bytes`) and the vendored decoder's array-count bounds
+//! (vendor/kafka-protocol/RUNNEL_PATCH.md).
 
 mod common;
 
@@ -11,11 +13,13 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiVersionsRequest, FetchRequest, ProduceRequest, TopicName};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, FetchRequest, ProduceRequest, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use runnel::segment::testing::encode_batch;
 
@@ -501,4 +505,234 @@ fn a_client_streaming_lying_batches_and_internal_produces_is_refused_while_other
     let c = consumer(&bootstrap, &[]);
     assign(&c, &topic, &[0], rdkafka::Offset::Beginning);
     assert!(consume_to_end(&c, &[0], CONSUME_TIMEOUT).is_empty());
+}
+
+/// A request frame for `key` v`version` (non-flexible header v1) whose body is `body`.
+fn raw_request(key: ApiKey, version: i16, body: &[u8]) -> Bytes {
+    let mut f = BytesMut::with_capacity(body.len() + 32);
+    f.put_i16(key as i16);
+    f.put_i16(version);
+    f.put_i32(1);
+    f.put_i16(-1); // null client id
+    f.put_slice(body);
+    frame(&f)
+}
+
+/// Broker stderr, all of it.
+fn broker_log(broker: &Broker) -> String {
+    broker.log_tail(1 << 20)
+}
+
+/// Sends `frame` on a fresh connection and expects the broker to close it (a malformed
+/// request), logged, within a deadline.
+fn refused_and_closed(broker: &Broker, what: &str, frame: &[u8]) {
+    let mut s = TcpStream::connect(broker.bootstrap()).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    // The broker may close as soon as it has decoded, before the whole frame is
+    // written: a failed write is the same answer.
+    let _ = s.write_all(frame);
+    assert!(
+        closed_within(&mut s, Duration::from_secs(30)),
+        "{what}: the connection was not closed"
+    );
+}
+
+#[test]
+fn frames_claiming_billions_of_array_elements_are_refused_without_allocating_them() {
+    // ulimit -v 4 GiB: a normal broker runs well within it, and the decoder's old
+    // bound (one element per byte left, ~112 bytes each for CreateTopics) asked for
+    // 7.5 GB for the 64 MiB frame below, which fails under the limit and aborts.
+    let broker = Broker::start_with(BrokerOptions {
+        address_space_bytes: Some(4 << 30),
+        ..BrokerOptions::default()
+    });
+    let bootstrap = broker.bootstrap();
+    // Touch the paths once so RSS before includes them.
+    assert_broker_serves(&bootstrap);
+    let before = rss_mib(&broker);
+    const BODY_BYTES: usize = 64 << 20;
+    const SMALL_BODY_BYTES: usize = 16 << 20;
+    let zeros = vec![0u8; BODY_BYTES];
+    let claim = |count: i32, len: usize| {
+        let mut body = BytesMut::with_capacity(len + 4);
+        body.put_i32(count);
+        body.put_slice(&zeros[..len]);
+        body
+    };
+
+    // CreateTopics v4: 2^31 - 1 topics claimed, 64 MiB of zeros behind the count.
+    refused_and_closed(
+        &broker,
+        "CreateTopics",
+        &raw_request(ApiKey::CreateTopics, 4, &claim(i32::MAX, BODY_BYTES)),
+    );
+    // Metadata v4: the same claim for topics, in 16 MiB.
+    refused_and_closed(
+        &broker,
+        "Metadata",
+        &raw_request(ApiKey::Metadata, 4, &claim(i32::MAX, SMALL_BODY_BYTES)),
+    );
+    // DeleteTopics v3: 10 M topic names claimed in 16 MiB: fewer than the bytes, but
+    // each name takes at least 2.
+    refused_and_closed(
+        &broker,
+        "DeleteTopics",
+        &raw_request(
+            ApiKey::DeleteTopics,
+            3,
+            &claim(10_000_000, SMALL_BODY_BYTES),
+        ),
+    );
+
+    assert!(broker_is_running(&broker), "the broker died");
+    let peak = hwm_mib(&broker);
+    let log = broker_log(&broker);
+    let refusals = log.matches("Array claims").count();
+    eprintln!(
+        "frames of 64, 16 and 16 MiB claiming huge arrays: broker RSS {before} MiB before, \
+         peak (VmHWM) {peak} MiB; {refusals} refusals logged"
+    );
+    assert_eq!(
+        refusals, 3,
+        "each refusal is logged with its reason; log:\n{log}"
+    );
+    // The frame buffers themselves: the largest twice (its buffer doubles as bytes
+    // arrive; old and new coexist for a moment), the others once, and slack for the
+    // allocator keeping freed memory a while. Before, gigabytes were asked for.
+    let frames_mib = ((2 * BODY_BYTES + 2 * SMALL_BODY_BYTES) >> 20) as u64;
+    assert!(
+        peak < before + frames_mib + 64,
+        "peak RSS {peak} MiB from {before} MiB"
+    );
+    others_still_served(&bootstrap, "huge array claims");
+}
+
+fn broker_is_running(broker: &Broker) -> bool {
+    std::fs::metadata(format!("/proc/{}/status", broker.pid())).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{}/status", broker.pid()))
+            .unwrap_or_default()
+            .contains("State:\tZ")
+}
+
+fn free_local_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `/metrics` from the admin listener at `addr`.
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read admin response");
+    out
+}
+
+/// Sum over shards of a per-shard sample.
+fn sample_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn never_reading_fetchers_stay_within_the_broker_memory_budget() {
+    // A 64 MiB budget, and ~96 MiB of data older than the batch cache: each of the 16
+    // fetchers below asks for all of it (max_bytes = i32::MAX) and never reads.
+    const BUDGET_MIB: u64 = 64;
+    const CONNECTIONS: usize = 16;
+    let admin = format!("127.0.0.1:{}", free_local_port());
+    let broker = Broker::start_with(BrokerOptions {
+        extra_args: vec![
+            "--queued-max-request-bytes".into(),
+            (BUDGET_MIB << 20).to_string(),
+            "--admin-listen".into(),
+            admin.clone(),
+        ],
+        ..BrokerOptions::default()
+    });
+    let bootstrap = broker.bootstrap();
+    let topic = topic_name("budget");
+    create_topic_blocking(&bootstrap, &topic, 1);
+    let mut w = Wire::connect(&bootstrap);
+    let value = vec![b'x'; 1000 * 1000];
+    for _ in 0..96 {
+        let resp = w.call(&produce_req(&topic, encode_batch(0, 0, &[&value])), 9);
+        assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
+    }
+    let before = rss_mib(&broker);
+
+    let mut hostile: Vec<Wire> = (0..CONNECTIONS)
+        .map(|_| Wire::connect(&bootstrap))
+        .collect();
+    for h in hostile.iter_mut() {
+        for _ in 0..4 {
+            let (f, _) = h.encode_request(&fetch_req(&topic, i32::MAX), 12);
+            h.send_raw(&f).unwrap();
+        }
+    }
+    // Every connection got a fetch read (sized by the budget) or is waiting for room:
+    // wait until the budget's use stops changing, watching RSS meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut peak_rss = 0;
+    let mut last = (-1.0, Instant::now());
+    loop {
+        assert!(Instant::now() < deadline, "budget use did not settle");
+        peak_rss = peak_rss.max(rss_mib(&broker));
+        let m = scrape(&admin);
+        let used = sample_sum(&m, "runnel_request_memory_bytes");
+        let clamped = sample_sum(&m, "runnel_fetch_responses_clamped_total");
+        if used != last.0 {
+            last = (used, Instant::now());
+        } else if clamped >= CONNECTIONS as f64 && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = scrape(&admin);
+    let used_mib = sample_sum(&m, "runnel_request_memory_bytes") / f64::from(1u32 << 20);
+    let limit_mib = sample_sum(&m, "runnel_request_memory_limit_bytes") / f64::from(1u32 << 20);
+    eprintln!(
+        "{CONNECTIONS} never-reading fetchers of i32::MAX bytes: budget {used_mib:.1} of {limit_mib:.0} MiB in use, \
+         broker RSS {before} MiB before, {peak_rss} MiB at most while they wait; paused {} s, {} fetches clamped",
+        sample_sum(&m, "runnel_connections_paused_seconds_total"),
+        sample_sum(&m, "runnel_fetch_responses_clamped_total")
+    );
+    assert!(
+        used_mib <= BUDGET_MIB as f64,
+        "budget overspent: {used_mib} MiB"
+    );
+    // The budget plus slack for the reads in progress and the allocator.
+    assert!(
+        peak_rss < before + BUDGET_MIB + 64,
+        "broker RSS grew from {before} to {peak_rss} MiB under a {BUDGET_MIB} MiB budget"
+    );
+    others_still_served(&bootstrap, "never-reading fetchers");
+    assert!(
+        rss_mib(&broker) < before + BUDGET_MIB + 64,
+        "broker RSS grew past the bound while others were served"
+    );
+    // Everything is released once they go.
+    drop(hostile);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let used = sample_sum(&scrape(&admin), "runnel_request_memory_bytes");
+        if used == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{used} bytes still charged after the fetchers closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -81,8 +81,18 @@ fn exchange<R: Request>(
             "response length {len} out of range"
         )));
     }
-    let mut buf = vec![0u8; len as usize];
-    stream.read_exact(&mut buf).map_err(io)?;
+    // Grows with the bytes that arrive, not with the announced length.
+    let mut buf = Vec::new();
+    (&mut stream)
+        .take(len as u64)
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    if buf.len() != len as usize {
+        return Err(CliError::error(format!(
+            "response ended after {} of {len} bytes",
+            buf.len()
+        )));
+    }
     let mut buf = Bytes::from(buf);
     let decode = |e: anyhow::Error| CliError::error(format!("decoding response: {e}"));
     let api = ApiKey::try_from(R::KEY).map_err(|_| CliError::error("unknown api key"))?;

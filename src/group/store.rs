@@ -168,8 +168,12 @@ pub struct MemberMetadata {
 }
 
 /// Bound on a stored group's member count when decoding: a corrupt count must not
-/// become a huge allocation (each member takes at least 24 bytes anyway).
+/// become a huge allocation.
 const GROUP_MEMBERS_MAX: usize = 100_000;
+/// The fewest bytes a stored member takes (v0: member id, client id and host as empty
+/// strings, the session timeout, empty subscription and assignment): a count the
+/// value's remaining bytes cannot hold is refused before anything is allocated.
+const MEMBER_BYTES_MIN: usize = 2 + 2 + 2 + 4 + 4 + 4;
 
 fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
     match s {
@@ -287,7 +291,7 @@ pub fn decode_group_value(mut b: Bytes) -> Option<GroupMetadata> {
         return None;
     }
     let count = b.get_i32().max(0) as usize;
-    if count > GROUP_MEMBERS_MAX {
+    if count > GROUP_MEMBERS_MAX || count > b.remaining() / MEMBER_BYTES_MIN {
         return None;
     }
     let mut members = Vec::with_capacity(count);

@@ -32,6 +32,10 @@ struct Snapshot {
     fetch_record_bytes: u64,
     record_bytes_copied: u64,
     connections: u64,
+    memory_used_bytes: usize,
+    memory_limit_bytes: usize,
+    memory_paused_ns: u64,
+    fetches_clamped: u64,
     stalls: u64,
     partitions: usize,
     records_in: u64,
@@ -61,6 +65,10 @@ fn snapshot(s: &Shard) -> Snapshot {
                 .map(|p| p.log.read_copied_bytes())
                 .sum::<u64>(),
         connections: m.connections.get(),
+        memory_used_bytes: s.memory.used_bytes(),
+        memory_limit_bytes: s.memory.limit_bytes(),
+        memory_paused_ns: s.memory.paused_ns(),
+        fetches_clamped: s.memory.fetches_clamped(),
         stalls: m.stalls.get(),
         records_in: m.records_in.get(),
         records_out: m.records_out.get(),
@@ -269,6 +277,7 @@ pub async fn render(shard: &Rc<Shard>) -> String {
     for (i, s) in snaps.iter().enumerate() {
         let _ = writeln!(out, "runnel_connections{{shard=\"{i}\"}} {}", s.connections);
     }
+    render_memory(&mut out, &snaps);
     let _ = writeln!(
         out,
         "# HELP runnel_partitions Partitions owned.\n# TYPE runnel_partitions gauge"
@@ -277,6 +286,60 @@ pub async fn render(shard: &Rc<Shard>) -> String {
         let _ = writeln!(out, "runnel_partitions{{shard=\"{i}\"}} {}", s.partitions);
     }
     out
+}
+
+/// Each shard's share of queued.max.request.bytes: in use, its limit, and the backpressure
+/// it caused.
+fn render_memory(out: &mut String, snaps: &[Snapshot]) {
+    let _ = writeln!(
+        out,
+        "# HELP runnel_request_memory_bytes Bytes of requests being handled plus responses not yet written (queued.max.request.bytes).\n# TYPE runnel_request_memory_bytes gauge"
+    );
+    for (i, s) in snaps.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "runnel_request_memory_bytes{{shard=\"{i}\"}} {}",
+            s.memory_used_bytes
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP runnel_request_memory_limit_bytes The shard's share of queued.max.request.bytes.\n# TYPE runnel_request_memory_limit_bytes gauge"
+    );
+    for (i, s) in snaps.iter().enumerate() {
+        // An unbounded share (-1) is shown as 0 rather than 2^64.
+        let limit = if s.memory_limit_bytes == usize::MAX {
+            0
+        } else {
+            s.memory_limit_bytes
+        };
+        let _ = writeln!(
+            out,
+            "runnel_request_memory_limit_bytes{{shard=\"{i}\"}} {limit}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP runnel_connections_paused_seconds_total Time connections spent not reading new requests because the shard's request memory was spent, summed over connections.\n# TYPE runnel_connections_paused_seconds_total counter"
+    );
+    for (i, s) in snaps.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "runnel_connections_paused_seconds_total{{shard=\"{i}\"}} {}",
+            s.memory_paused_ns as f64 / 1e9
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP runnel_fetch_responses_clamped_total Fetch reads sized below what the client asked for, for lack of request memory.\n# TYPE runnel_fetch_responses_clamped_total counter"
+    );
+    for (i, s) in snaps.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "runnel_fetch_responses_clamped_total{{shard=\"{i}\"}} {}",
+            s.fetches_clamped
+        );
+    }
 }
 
 /// Partitions answered with an error, by API and Kafka error code, summed over shards.

@@ -12,6 +12,9 @@
 //!   that never reads its responses, or pipelines requests at the size limit, holds at
 //!   most that plus one request and its response. A frame's buffer grows with the bytes
 //!   that actually arrived, not with the size the client announced.
+//! - broker memory: the same bytes count against the shard's share of
+//!   `queued.max.request.bytes` (`net::memory`, with real response sizes); while it is
+//!   spent the reader does not start another request.
 //! - time: a frame that has started must arrive whole within `frame_read_timeout` (a
 //!   slowloris dribble is cut off), and a connection idle for `CONNECTION_IDLE_MAX`
 //!   (Kafka's connections.max.idle.ms) is closed.
@@ -30,6 +33,7 @@ use glommio::task::JoinHandle;
 
 use crate::config::CONNECTION_INFLIGHT_MAX;
 use crate::net::handlers::{self, Reply};
+use crate::net::memory::Reservation;
 use crate::net::metrics::{self, ShardMetrics, Stage, StagedApi};
 use crate::shard::Shard;
 
@@ -103,6 +107,9 @@ impl Request {
 struct Budget {
     bytes: Cell<usize>,
     waiter: RefCell<Option<oneshot::Sender<()>>>,
+    /// The writer has stopped: replies it did not write are never released, so the
+    /// reader must not wait for room any more.
+    closed: Cell<bool>,
 }
 
 impl Budget {
@@ -119,9 +126,16 @@ impl Budget {
         }
     }
 
-    /// Waits until the buffered bytes are back under the bound.
+    fn close(&self) {
+        self.closed.set(true);
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            let _ = w.send(());
+        }
+    }
+
+    /// Waits until the buffered bytes are back under the bound (or the writer stopped).
     async fn wait_room(&self) {
-        while self.bytes.get() > CONNECTION_BUFFERED_BYTES_MAX {
+        while self.bytes.get() > CONNECTION_BUFFERED_BYTES_MAX && !self.closed.get() {
             let (tx, rx) = oneshot::channel();
             *self.waiter.borrow_mut() = Some(tx);
             if rx.await.is_err() {
@@ -193,7 +207,11 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, scope: Scope) {
     let fd = stream.as_raw_fd();
     shard.sockets.borrow_mut().insert(fd);
     let (mut reader, mut writer) = stream.split();
-    let (tx, rx) = local_channel::new_bounded::<(i16, JoinHandle<Reply>)>(CONNECTION_INFLIGHT_MAX);
+    // A reply travels with its hold on the shard's memory budget, so a reply dropped
+    // unwritten (closed connection) releases it too.
+    let (tx, rx) = local_channel::new_bounded::<(i16, JoinHandle<(Reply, Reservation)>)>(
+        CONNECTION_INFLIGHT_MAX,
+    );
     let budget = Rc::new(Budget::default());
     let writer_shard = shard.clone();
     let writer_budget = budget.clone();
@@ -201,7 +219,10 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, scope: Scope) {
         while let Some((api_key, handle)) = rx.recv().await {
             // A handler task that panicked leaves no response: the client would wait
             // forever, so the connection is closed instead.
-            let reply = handle.await;
+            let (reply, _memory_held) = match handle.await {
+                Some((reply, held)) => (Some(reply), Some(held)),
+                None => (None, None),
+            };
             let write_started = Instant::now();
             let held = reply.as_ref().map_or(0, reply_bytes);
             let written = match reply {
@@ -219,6 +240,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, scope: Scope) {
                 metrics::record_stage(api, Stage::ResponseWrite, write_started.elapsed());
             }
         }
+        writer_budget.close();
         // Out of the set before the fd can be closed and reused by another connection.
         writer_shard.sockets.borrow_mut().remove(&fd);
         let _ = writer.close().await;
@@ -332,6 +354,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, scope: Scope) {
                 RESPONSE_BYTES_ASSUMED
             };
         budget.add(assumed);
+        let frame_held = shard.memory.hold(frame_len);
         let task_budget = budget.clone();
         let task = glommio::spawn_local(async move {
             if let Some(api) = StagedApi::from_api_key(api_key) {
@@ -343,7 +366,9 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, scope: Scope) {
                 .record_latency(api_key, started.elapsed().as_micros() as u64);
             task_budget.add(reply_bytes(&response));
             task_budget.release(assumed);
-            response
+            let reply_held = shard2.memory.hold(reply_bytes(&response));
+            drop(frame_held);
+            (response, reply_held)
         })
         .detach();
         if tx.send((api_key, task)).await.is_err() {
@@ -352,6 +377,9 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, scope: Scope) {
         // A client that does not read its responses (or pipelines huge requests) stops
         // being read here: TCP flow control pushes back on it.
         budget.wait_room().await;
+        // Nor does any connection of a shard whose share of queued.max.request.bytes is
+        // spent (the time paused is counted in the budget's metrics).
+        shard.memory.wait_room().await;
         // A client pipelining many small requests must not hold the core.
         glommio::yield_if_needed().await;
         // Keep the buffer's spare room for the next reads instead of reallocating.

@@ -5,4 +5,5 @@ pub mod connection;
 pub mod error_code;
 pub mod handlers;
 pub mod listener;
+pub mod memory;
 pub mod metrics;

@@ -522,8 +522,15 @@ impl Conn {
             if len < 0 || len as usize > RESPONSE_BYTES_MAX {
                 anyhow::bail!("response length {len} out of range");
             }
-            let mut buf = vec![0u8; len as usize];
-            stream.read_exact(&mut buf).await?;
+            // Grows with the bytes that arrive, not with the announced length.
+            let mut buf = Vec::new();
+            (&mut *stream)
+                .take(len as u64)
+                .read_to_end(&mut buf)
+                .await?;
+            if buf.len() != len as usize {
+                anyhow::bail!("response ended after {} of {len} bytes", buf.len());
+            }
             Ok::<_, anyhow::Error>(Bytes::from(buf))
         };
         let mut buf = with_timeout(timeout, exchange)

@@ -46,8 +46,13 @@ pub async fn read_frame<R: futures::io::AsyncRead + Unpin>(r: &mut R) -> Option<
         tracing::warn!(len, "cluster link: frame length out of bounds; closing");
         return None;
     }
-    let mut body = vec![0u8; len - 1];
-    r.read_exact(&mut body).await.ok()?;
+    // The buffer grows with the bytes that arrive: a peer that announces 64 MiB and
+    // sends nothing costs nothing.
+    let mut body = Vec::new();
+    r.take((len - 1) as u64).read_to_end(&mut body).await.ok()?;
+    if body.len() != len - 1 {
+        return None;
+    }
     Some((head[4], Bytes::from(body)))
 }
 

@@ -195,7 +195,10 @@ pub struct RecordRef {
 /// Walks the records of one batch (`records::walk_records`: every length checked, the
 /// records exactly fill `raw` and number `count`).
 pub fn parse_records(raw: &[u8], count: i32) -> Result<Vec<RecordRef>, StorageError> {
-    let mut out = Vec::with_capacity(count.clamp(0, 1 << 16) as usize);
+    // The header's count is a claim: each record takes at least 7 bytes (one per
+    // varint field), so the bytes bound what is reserved.
+    let claimed = usize::try_from(count).unwrap_or(0);
+    let mut out = Vec::with_capacity(claimed.min(raw.len() / 7).min(1 << 16));
     super::records::walk_records(raw, count, |_, r| {
         out.push(RecordRef {
             bytes: r.bytes.clone(),

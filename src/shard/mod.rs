@@ -58,6 +58,8 @@ pub struct Shard {
     /// Serializes metadata changes on shard 0 (held across the broadcast await).
     pub meta_lock: glommio::sync::Semaphore,
     pub metrics: crate::net::metrics::ShardMetrics,
+    /// This shard's share of `queued.max.request.bytes` (see `net::memory`).
+    pub memory: Rc<crate::net::memory::MemoryBudget>,
     /// Set once every shard has opened its logs; listeners wait for it.
     pub ready: Cell<bool>,
     /// Consumer groups this shard coordinates (see `crate::group`).

@@ -270,6 +270,9 @@ async fn shard_main(
         quorum: Default::default(),
         meta_lock: glommio::sync::Semaphore::new(1),
         metrics: Default::default(),
+        memory: Rc::new(crate::net::memory::MemoryBudget::new(
+            config.queued_max_request_bytes_per_shard(),
+        )),
         ready: Cell::new(false),
         listener: RefCell::new(None),
         stopping: Cell::new(false),

@@ -57,6 +57,10 @@ pub struct BrokerOptions {
     /// Where the data directory is created (a temp dir inside it); default: the
     /// system temp dir. For tests that give the broker a filesystem of their own.
     pub data_parent: Option<PathBuf>,
+    /// RLIMIT_AS for the broker process (`ulimit -v`): an allocation beyond it fails
+    /// (and aborts the broker) instead of being reserved lazily, so a test can tell a
+    /// huge allocation from a huge RSS.
+    pub address_space_bytes: Option<u64>,
 }
 
 impl Default for BrokerOptions {
@@ -67,6 +71,7 @@ impl Default for BrokerOptions {
             auto_create_topics: None,
             extra_args: Vec::new(),
             data_parent: None,
+            address_space_bytes: None,
         }
     }
 }
@@ -204,6 +209,22 @@ impl Broker {
         // Kafka's 3 s initial group rebalance delay would slow every group test; tests
         // of the delay pass --group-initial-rebalance-delay-ms, which wins.
         cmd.env("RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS", "0");
+        if let Some(limit) = self.options.address_space_bytes {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));

@@ -440,8 +440,13 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
     let min_bytes = req.min_bytes.max(0) as usize;
     let started = Instant::now();
     let wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
-    let reads = loop {
-        let reads = read_all(shard, &targets, response_max, replica).await;
+    // Each read is sized by the shard's memory budget (`net::memory`); the reservation
+    // covers the read until the connection holds the response's real size. A parked
+    // long poll holds none.
+    let memory = &shard.memory;
+    let (reads, reservation) = loop {
+        let reservation = memory.reserve_fetch(response_max);
+        let reads = read_all(shard, &targets, reservation.bytes(), replica).await;
         let total: usize = reads.iter().map(|r| r.bytes()).sum();
         let errored = reads.iter().any(|r| r.error_code != ec::NONE);
         // A follower is told a moved high watermark at once (Kafka's DelayedFetch does
@@ -450,17 +455,38 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         let elapsed = started.elapsed();
         if total >= min_bytes.max(1) || errored || hw_news || elapsed >= wait || targets.is_empty()
         {
-            break reads;
+            break (reads, reservation);
         }
         let ends: Vec<i64> = reads.iter().map(|r| r.visible_end).collect();
+        drop(reads);
+        drop(reservation);
         let parked = Instant::now();
         let left = (wait - elapsed).as_millis() as u64;
         wait_any(shard, &targets, &ends, left, replica == -1).await;
         metrics::record_stage(StagedApi::Fetch, Stage::LongPoll, parked.elapsed());
         if started.elapsed() >= wait {
-            break read_all(shard, &targets, response_max, replica).await;
+            let reservation = memory.reserve_fetch(response_max);
+            break (
+                read_all(shard, &targets, reservation.bytes(), replica).await,
+                reservation,
+            );
         }
     };
+    // A first batch larger than the reservation (KIP-74) is kept only if it fits the
+    // budget; otherwise it is dropped, and read again once there is room for it (or
+    // nothing else is held), so never-reading fetchers cannot pile up batches.
+    let read_bytes: usize = reads.iter().map(|r| r.bytes()).sum();
+    let (reads, reservation) = if memory.fits(reservation.bytes(), read_bytes) {
+        (reads, reservation)
+    } else {
+        drop(reads);
+        drop(reservation);
+        memory.wait_fits(read_bytes).await;
+        let reservation = memory.hold(read_bytes);
+        let reads = read_all(shard, &targets, read_bytes, replica).await;
+        (reads, reservation)
+    };
+    let response_max = response_max.min(reservation.bytes().max(1));
     let mut total = 0usize;
     let mut topics: Vec<TopicOut> = Vec::new();
     for (i, (t, r)) in targets.iter().zip(reads).enumerate() {

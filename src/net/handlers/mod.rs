@@ -158,7 +158,8 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> Reply {
     let (header, kind) = match decode_request(key, version, &req.frame) {
         Ok(v) => v,
         Err(e) => {
-            crate::warn_limited!(api = ?key, version, error = %e, "malformed request");
+            // The whole chain: the outer context names the message, the inner one the reason.
+            crate::warn_limited!(api = ?key, version, error = %format!("{e:#}"), "malformed request");
             return Reply::Close;
         }
     };
@@ -232,6 +233,12 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> Reply {
     }
 }
 
+/// Most bytes the arrays of one decoded request may take in memory. Counts that fit
+/// their bytes can still decode to far more than the frame (an empty topic name is 2
+/// bytes on the wire, ~72 decoded: a 100 MB Metadata request of them would be 3.6 GB).
+/// Real requests stay far below: 100,000 topics or partitions take under 16 MiB.
+pub const REQUEST_DECODED_BYTES_MAX: usize = 64 << 20;
+
 /// Decodes a request frame (header + body, after the 4-byte size) of an API and version
 /// this broker serves. The fuzz target `request_frame` drives this exact path.
 pub fn decode_request(
@@ -244,9 +251,11 @@ pub fn decode_request(
     // The decoders are generated code fed by the network: a panic in one must not take
     // the shard down with it, so it is contained and treated as a malformed request.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let header = RequestHeader::decode(&mut body, header_version)?;
-        let kind = RequestKind::decode(key, &mut body, version)?;
-        Ok::<_, anyhow::Error>((header, kind))
+        kafka_protocol::protocol::types::with_decoded_bytes_max(REQUEST_DECODED_BYTES_MAX, || {
+            let header = RequestHeader::decode(&mut body, header_version)?;
+            let kind = RequestKind::decode(key, &mut body, version)?;
+            Ok::<_, anyhow::Error>((header, kind))
+        })
     }))
     .unwrap_or_else(|_| Err(anyhow::anyhow!("decoder panicked on a malformed request")))
 }
@@ -314,6 +323,176 @@ pub fn topic_name(s: &str) -> kafka_protocol::messages::TopicName {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
+
+    /// A request frame (after the 4-byte size): header v1 (v2 when `flexible`) with
+    /// client id "t", then `body`.
+    fn frame_of(key: ApiKey, version: i16, flexible: bool, body: &[u8]) -> bytes::Bytes {
+        let mut f = BytesMut::new();
+        f.put_i16(key as i16);
+        f.put_i16(version);
+        f.put_i32(7);
+        f.put_i16(1);
+        f.put_u8(b't');
+        if flexible {
+            f.put_u8(0); // no tagged fields
+        }
+        f.put_slice(body);
+        f.freeze()
+    }
+
+    fn put_uvarint(out: &mut BytesMut, mut v: u64) {
+        while v >= 0x80 {
+            out.put_u8((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        out.put_u8(v as u8);
+    }
+
+    fn refused_as_a_claim(key: ApiKey, version: i16, frame: &bytes::Bytes) {
+        assert!(is_served(key, version), "{key:?} v{version}");
+        let e = decode_request(key, version, frame).expect_err("a count that cannot fit");
+        assert!(
+            format!("{e:#}").contains("Array claims"),
+            "{key:?} v{version}: refused for another reason: {e:#}"
+        );
+    }
+
+    /// Each element takes at least one byte on the wire, so a count above the bytes
+    /// left is refused before any allocation (the old bound, `min(count, bytes left)`
+    /// elements, still reserved ~112 bytes per CreatableTopic: 11 GB for 100 MB).
+    #[test]
+    fn create_topics_claiming_more_topics_than_its_bytes_hold_is_refused() {
+        let zeros = vec![0u8; 1 << 20];
+        let mut body = BytesMut::new();
+        body.put_i32(i32::MAX);
+        body.put_slice(&zeros);
+        let frame = frame_of(ApiKey::CreateTopics, 4, false, &body);
+        refused_as_a_claim(ApiKey::CreateTopics, 4, &frame);
+
+        // Flexible versions: a compact (varint) count.
+        let mut body = BytesMut::new();
+        put_uvarint(&mut body, 1 << 31);
+        body.put_slice(&zeros);
+        let frame = frame_of(ApiKey::CreateTopics, 7, true, &body);
+        refused_as_a_claim(ApiKey::CreateTopics, 7, &frame);
+    }
+
+    #[test]
+    fn metadata_and_delete_topics_claiming_huge_arrays_are_refused() {
+        let mut body = BytesMut::new();
+        body.put_i32(i32::MAX);
+        body.put_slice(&[0u8; 4096]);
+        let frame = frame_of(ApiKey::Metadata, 4, false, &body);
+        refused_as_a_claim(ApiKey::Metadata, 4, &frame);
+
+        // A topic name takes at least its 2-byte length: 3,000 names cannot fit in
+        // 4 KiB, though 3,000 is below the byte count.
+        let mut body = BytesMut::new();
+        body.put_i32(3_000);
+        body.put_slice(&[0u8; 4096]);
+        let frame = frame_of(ApiKey::DeleteTopics, 3, false, &body);
+        refused_as_a_claim(ApiKey::DeleteTopics, 3, &frame);
+    }
+
+    /// A count that fits its bytes but would decode to more than
+    /// `REQUEST_DECODED_BYTES_MAX` is refused (found by fuzz/ create_topics: 4 M empty
+    /// topic names in 8 MiB asked for a 300 MB vector).
+    #[test]
+    fn a_request_that_would_decode_past_its_memory_bound_is_refused() {
+        let mut body = BytesMut::new();
+        body.put_i32(4 << 20);
+        body.put_slice(&vec![0u8; 8 << 20]);
+        let frame = frame_of(ApiKey::Metadata, 0, false, &body);
+        let e = decode_request(ApiKey::Metadata, 0, &frame).expect_err("over the bound");
+        assert!(format!("{e:#}").contains("budget"), "{e:#}");
+        // The bound is per request: the next decode on this thread starts afresh.
+        let mut body = BytesMut::new();
+        body.put_i32(1000);
+        body.put_slice(&[0u8; 2000]);
+        let frame = frame_of(ApiKey::Metadata, 0, false, &body);
+        assert!(decode_request(ApiKey::Metadata, 0, &frame).is_ok());
+    }
+
+    /// Unknown tagged fields are map entries: their count is charged like an array's
+    /// (4 M of 2 bytes each fit in 8 MiB but would be ~256 MB of map).
+    #[test]
+    fn a_flexible_request_claiming_millions_of_tagged_fields_is_refused() {
+        let mut body = BytesMut::new();
+        body.put_u8(1); // client software name: ""
+        body.put_u8(1); // client software version: ""
+        put_uvarint(&mut body, 4_000_000);
+        body.put_slice(&vec![0u8; 8 << 20]);
+        let frame = frame_of(ApiKey::ApiVersions, 3, true, &body);
+        let e = decode_request(ApiKey::ApiVersions, 3, &frame).expect_err("over the bound");
+        assert!(format!("{e:#}").contains("budget"), "{e:#}");
+    }
+
+    /// A count that does fit decodes: the bound refuses only impossible claims.
+    #[test]
+    fn an_array_whose_count_fits_its_bytes_still_decodes() {
+        // 2,048 empty topic names in exactly 4 KiB, then the timeout.
+        let mut body = BytesMut::new();
+        body.put_i32(2_048);
+        body.put_slice(&[0u8; 4096]);
+        body.put_i32(1000);
+        let frame = frame_of(ApiKey::DeleteTopics, 3, false, &body);
+        let (_, kind) = decode_request(ApiKey::DeleteTopics, 3, &frame).expect("decodes");
+        let RequestKind::DeleteTopics(r) = kind else {
+            panic!("not a DeleteTopics");
+        };
+        assert_eq!(r.topic_names.len(), 2_048);
+        assert_eq!(r.timeout_ms, 1000);
+    }
+
+    /// A valid (CRC-correct) v2 batch around `records` whose header claims `count`.
+    fn batch_claiming(records: &[u8], count: i32) -> bytes::Bytes {
+        use crate::segment::batch::{BATCH_HEADER_LEN, LOG_OVERHEAD};
+        let one = crate::segment::testing::encode_batch(0, 0, &[b""]);
+        let mut b = one[..BATCH_HEADER_LEN].to_vec();
+        let len = (BATCH_HEADER_LEN - LOG_OVERHEAD + records.len()) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        b[57..61].copy_from_slice(&count.to_be_bytes());
+        b.extend_from_slice(records);
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        bytes::Bytes::from(b)
+    }
+
+    #[test]
+    fn a_batch_claiming_more_records_than_its_bytes_hold_is_refused() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        // One real record (7 bytes: length, attributes, deltas, null key and value,
+        // no headers) and a count of 2^31 - 1.
+        let record = [12u8, 0, 0, 0, 1, 1, 0];
+        let ok = batch_claiming(&record, 1);
+        assert_eq!(
+            RecordBatchDecoder::decode(&mut ok.clone())
+                .unwrap()
+                .records
+                .len(),
+            1
+        );
+        let lie = batch_claiming(&record, i32::MAX);
+        let e = RecordBatchDecoder::decode(&mut lie.clone()).expect_err("count cannot fit");
+        assert!(format!("{e:#}").contains("Array claims"), "{e:#}");
+    }
+
+    #[test]
+    fn a_record_claiming_2_pow_30_headers_is_refused() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        // attributes, timestamp delta, offset delta, null key, null value, then a
+        // header count of 2^30 (zigzag varint 2^31).
+        let mut rec = BytesMut::new();
+        rec.put_slice(&[0, 0, 0, 1, 1]);
+        put_uvarint(&mut rec, 1 << 31);
+        let mut records = BytesMut::new();
+        put_uvarint(&mut records, (rec.len() as u64) << 1);
+        records.put_slice(&rec);
+        let batch = batch_claiming(&records, 1);
+        let e = RecordBatchDecoder::decode(&mut batch.clone()).expect_err("headers cannot fit");
+        assert!(format!("{e:#}").contains("Array claims"), "{e:#}");
+    }
 
     /// Found by fuzz/ (request_frame): a Fetch v11 frame whose array claims 2^31
     /// elements made kafka-protocol ask for a 134 GB allocation, which aborts the

@@ -39,7 +39,7 @@
 //!  }
 //! ```
 use anyhow::{anyhow, bail, Result};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use crc::{Crc, CRC_32_ISO_HDLC};
 use crc32c::crc32c;
 use indexmap::IndexMap;
@@ -514,7 +514,15 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // runnel patch: the header's record count is a claim like any array count;
+        // refused when the bytes left cannot hold that many records, and never
+        // reserved beyond `ARRAY_PREALLOC_BYTES_MAX` (see `types::array_capacity`).
+        let cap = types::array_capacity::<Record>(
+            batch_decode_info.record_count as usize,
+            RECORD_WIRE_SIZE_MIN,
+            buf.remaining(),
+        )?;
+        records.reserve(cap);
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
@@ -666,6 +674,13 @@ impl RecordBatchDecoder {
         Ok(compression)
     }
 }
+
+/// The fewest bytes a v2 record takes (runnel patch): its length, attributes, timestamp
+/// delta, offset delta, key length, value length and header count, one byte each at
+/// least.
+const RECORD_WIRE_SIZE_MIN: usize = 7;
+/// The fewest bytes a record header takes (runnel patch): key and value length.
+const HEADER_WIRE_SIZE_MIN: usize = 2;
 
 impl Record {
     fn encode_new<B: ByteBufMut>(
@@ -893,7 +908,14 @@ impl Record {
         }
         let num_headers = num_headers as usize;
 
-        let mut headers = IndexMap::with_capacity(num_headers);
+        // runnel patch: bounded as an array count (a 2^30 header count in a 20-byte
+        // record asked for gigabytes).
+        let cap = types::array_capacity::<(StrBytes, Option<Bytes>)>(
+            num_headers,
+            HEADER_WIRE_SIZE_MIN,
+            buf.remaining(),
+        )?;
+        let mut headers = IndexMap::with_capacity(cap);
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;

@@ -144,6 +144,14 @@ pub(crate) trait Encoder<Value> {
 
 pub(crate) trait Decoder<Value> {
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Value>;
+    /// The fewest bytes one value takes on the wire (runnel patch). An array decoder
+    /// refuses a count its remaining bytes cannot hold at this size per element before
+    /// it allocates anything. At least 1: Kafka's generated decoders make the same
+    /// assumption ("Tried to allocate a collection of size N, but there are only M
+    /// bytes remaining").
+    fn min_wire_size(&self) -> usize {
+        1
+    }
 }
 
 /// The range of versions (min, max) allowed for agiven message.

@@ -74,6 +74,9 @@ macro_rules! define_simple_ints {
                 fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<T> {
                     Ok(buf.$get()?.into())
                 }
+                fn min_wire_size(&self) -> usize {
+                    std::mem::size_of::<$t>()
+                }
             }
 
             define_copy_impl!($name, $t);
@@ -250,6 +253,9 @@ impl<T: NewType<uuid::Uuid>> Encoder<&T> for Uuid {
 }
 
 impl<T: NewType<uuid::Uuid>> Decoder<T> for Uuid {
+    fn min_wire_size(&self) -> usize {
+        16
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<T> {
         let mut result = [0; 16];
         buf.try_copy_to_slice(&mut result)?;
@@ -355,6 +361,9 @@ impl<T: NewType<StrBytes>> Encoder<&T> for String {
 }
 
 impl Decoder<Option<StdString>> for String {
+    fn min_wire_size(&self) -> usize {
+        2 // the i16 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<StdString>> {
         match Int16.decode(buf)? {
             -1 => Ok(None),
@@ -374,6 +383,9 @@ impl Decoder<Option<StdString>> for String {
 }
 
 impl<T: NewType<StrBytes>> Decoder<Option<T>> for String {
+    fn min_wire_size(&self) -> usize {
+        2 // the i16 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<T>> {
         match Int16.decode(buf)? {
             -1 => Ok(None),
@@ -389,6 +401,9 @@ impl<T: NewType<StrBytes>> Decoder<Option<T>> for String {
 }
 
 impl Decoder<StdString> for String {
+    fn min_wire_size(&self) -> usize {
+        2 // the i16 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<StdString> {
         match String.decode(buf) {
             Ok(None) => {
@@ -401,6 +416,9 @@ impl Decoder<StdString> for String {
 }
 
 impl<T: NewType<StrBytes>> Decoder<T> for String {
+    fn min_wire_size(&self) -> usize {
+        2 // the i16 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<T> {
         match String.decode(buf) {
             Ok(None) => {
@@ -657,6 +675,9 @@ impl Encoder<&bytes::Bytes> for Bytes {
 }
 
 impl Decoder<Option<Vec<u8>>> for Bytes {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<Vec<u8>>> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
@@ -676,6 +697,9 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
 }
 
 impl Decoder<Option<bytes::Bytes>> for Bytes {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<bytes::Bytes>> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
@@ -688,6 +712,9 @@ impl Decoder<Option<bytes::Bytes>> for Bytes {
 }
 
 impl Decoder<Vec<u8>> for Bytes {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Vec<u8>> {
         match Bytes.decode(buf) {
             Ok(None) => {
@@ -700,6 +727,9 @@ impl Decoder<Vec<u8>> for Bytes {
 }
 
 impl Decoder<bytes::Bytes> for Bytes {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 length
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<bytes::Bytes> {
         match Bytes.decode(buf) {
             Ok(None) => {
@@ -916,6 +946,92 @@ impl<T: Decodable> Decoder<Option<T>> for OptionStruct {
     }
 }
 
+/// Most bytes an array decoder reserves up front (runnel patch); a longer array grows
+/// as its elements are decoded, so its memory follows the bytes actually received.
+pub(crate) const ARRAY_PREALLOC_BYTES_MAX: usize = 64 * 1024;
+
+/// The capacity to reserve for an array whose wire count is `n` (runnel patch).
+///
+/// A count is a claim: `n` elements of at least `element_wire_min` bytes each must fit
+/// in the `remaining` bytes, or the input is malformed and refused before anything is
+/// allocated. Even a count that fits reserves at most `ARRAY_PREALLOC_BYTES_MAX`:
+/// an element in memory can be far larger than on the wire (a 10-byte CreatableTopic
+/// is ~100 bytes decoded), so `n * size_of::<T>()` from a 100 MB frame could still
+/// ask for gigabytes.
+pub(crate) fn array_capacity<T>(n: usize, element_wire_min: usize, remaining: usize) -> Result<usize> {
+    let fits = remaining / element_wire_min.max(1);
+    if n > fits {
+        bail!(
+            "Array claims {n} elements of at least {element_wire_min} bytes but only {remaining} bytes are left (runnel patch)"
+        );
+    }
+    // Elements that do fit can still be far larger decoded than on the wire (a
+    // 2-byte empty topic name is a ~72-byte MetadataRequestTopic): charged against
+    // the decode's budget, if the caller set one.
+    charge_decoded(n, n.saturating_mul(std::mem::size_of::<T>()))?;
+    Ok(n.min(ARRAY_PREALLOC_BYTES_MAX / std::mem::size_of::<T>().max(1)))
+}
+
+/// Charges `bytes` for `n` decoded elements to the decode's budget (runnel patch).
+fn charge_decoded(n: usize, bytes: usize) -> Result<()> {
+    let left = DECODED_BYTES_LEFT.with(|c| c.get());
+    if bytes > left {
+        bail!(
+            "{n} elements would take {bytes} bytes decoded, more than the {left} bytes left of this decode's budget (runnel patch)"
+        );
+    }
+    DECODED_BYTES_LEFT.with(|c| c.set(left - bytes));
+    Ok(())
+}
+
+/// What unknown tagged fields are charged in the decode's budget (runnel patch): a
+/// `BTreeMap<i32, Bytes>` allocates a whole node (11 entries, ~400 bytes) for its
+/// first entry, and about 64 bytes an entry as it grows.
+const TAGGED_FIELDS_MAP_DECODED_BYTES: usize = 512;
+const TAGGED_FIELD_DECODED_BYTES: usize = 64;
+
+/// Reads the count of a struct's tagged fields (runnel patch). Each field takes at
+/// least 2 bytes (tag and size) and becomes a map entry, so the count is refused when
+/// the bytes left cannot hold it and charged against the decode's budget like an
+/// array: 8 MiB of distinct empty tags would otherwise be 4 M map entries.
+pub(crate) fn tagged_fields_count<B: ByteBuf>(buf: &mut B) -> Result<u32> {
+    let n: u32 = UnsignedVarInt.decode(buf)?;
+    let n_fields = n as usize;
+    if n_fields > buf.remaining() / 2 {
+        bail!(
+            "{n_fields} tagged fields claimed but only {} bytes are left (runnel patch)",
+            buf.remaining()
+        );
+    }
+    if n_fields > 0 {
+        charge_decoded(
+            n_fields,
+            TAGGED_FIELDS_MAP_DECODED_BYTES + n_fields * TAGGED_FIELD_DECODED_BYTES,
+        )?;
+    }
+    Ok(n)
+}
+
+thread_local! {
+    /// What the arrays of the decode running on this thread may still take in memory
+    /// (runnel patch); unbounded unless set by `with_decoded_bytes_max`.
+    static DECODED_BYTES_LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Runs `decode` with the arrays it decodes limited to `max` bytes in memory, all
+/// together (runnel patch): an array that would pass the limit is a decode error.
+/// Decoding is synchronous, so a thread-local budget covers exactly this call.
+pub fn with_decoded_bytes_max<R>(max: usize, decode: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DECODED_BYTES_LEFT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(DECODED_BYTES_LEFT.with(|c| c.replace(max)));
+    decode()
+}
+
 /// An array whose length is encoded with an `i32`.
 #[derive(Debug, Copy, Clone)]
 pub struct Array<E>(pub E);
@@ -993,13 +1109,16 @@ impl<T, E: for<'a> Encoder<&'a T>> Encoder<&Vec<T>> for Array<E> {
 }
 
 impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 count
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Option<Vec<T>>> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                // runnel patch: a claimed count is bounded by the bytes left, or a
-                // 20-byte frame can ask for a 100+ GB allocation (abort).
-                let mut result = Vec::with_capacity((n as usize).min(buf.remaining()));
+                // runnel patch: see `array_capacity`.
+                let cap = array_capacity::<T>(n as usize, self.0.min_wire_size(), buf.remaining())?;
+                let mut result = Vec::with_capacity(cap);
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1013,6 +1132,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
 }
 
 impl<T, E: Decoder<T>> Decoder<Vec<T>> for Array<E> {
+    fn min_wire_size(&self) -> usize {
+        4 // the i32 count
+    }
     fn decode<B: ByteBuf>(&self, buf: &mut B) -> Result<Vec<T>> {
         match self.decode(buf) {
             Ok(None) => {
@@ -1107,8 +1229,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                // runnel patch: see Array::decode.
-                let mut result = Vec::with_capacity(((n - 1) as usize).min(buf.remaining()));
+                // runnel patch: see `array_capacity`.
+                let cap = array_capacity::<T>((n - 1) as usize, self.0.min_wire_size(), buf.remaining())?;
+                let mut result = Vec::with_capacity(cap);
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
