@@ -53,7 +53,7 @@ async fn read_records(log: &PartitionLog, from: i64) -> Vec<(i64, String, Option
                 let off = d.offset(rec);
                 if off >= offset {
                     let k = String::from_utf8(d.key(rec).unwrap().to_vec()).unwrap();
-                    let v = (!rec.tombstone).then(|| {
+                    let v = rec.value.is_some().then(|| {
                         // value follows the key; decode it from the record bytes
                         value_of(&d.records[rec.bytes.clone()])
                     });

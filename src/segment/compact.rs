@@ -180,17 +180,9 @@ pub fn compress(codec: Codec, raw: &[u8]) -> Result<Vec<u8>, StorageError> {
     }
 }
 
-/// One record inside a batch's (decompressed) records, as ranges into them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordRef {
-    /// The whole record, length prefix included (copied as is when it survives).
-    pub bytes: Range<usize>,
-    pub offset_delta: i32,
-    pub timestamp_delta: i64,
-    pub key: Option<Range<usize>>,
-    /// Null value: a tombstone.
-    pub tombstone: bool,
-}
+/// One record inside a batch's (decompressed) records, as ranges into them; a null
+/// value (`value: None`) is a tombstone.
+pub use super::records::RecordRef;
 
 /// Walks the records of one batch (`records::walk_records`: every length checked, the
 /// records exactly fill `raw` and number `count`).
@@ -200,13 +192,7 @@ pub fn parse_records(raw: &[u8], count: i32) -> Result<Vec<RecordRef>, StorageEr
     let claimed = usize::try_from(count).unwrap_or(0);
     let mut out = Vec::with_capacity(claimed.min(raw.len() / 7).min(1 << 16));
     super::records::walk_records(raw, count, |_, r| {
-        out.push(RecordRef {
-            bytes: r.bytes.clone(),
-            offset_delta: r.offset_delta,
-            timestamp_delta: r.timestamp_delta,
-            key: r.key.clone(),
-            tombstone: r.value.is_none(),
-        });
+        out.push(r.clone());
         Ok(())
     })?;
     Ok(out)
@@ -372,7 +358,7 @@ impl Retain<'_> {
         if self.map.latest(key).is_some_and(|latest| latest > off) {
             return false;
         }
-        !(r.tombstone && b.timestamp(r) < self.tombstone_horizon_ms)
+        !(r.value.is_none() && b.timestamp(r) < self.tombstone_horizon_ms)
     }
 }
 
@@ -571,7 +557,7 @@ mod tests {
         for b in batches {
             let d = decode_batch(b).unwrap();
             for r in &d.refs {
-                out.push((d.offset(r), d.key(r).map(<[u8]>::to_vec), r.tombstone));
+                out.push((d.offset(r), d.key(r).map(<[u8]>::to_vec), r.value.is_none()));
             }
         }
         out
