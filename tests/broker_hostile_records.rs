@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::ProduceRequest;
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -137,20 +135,6 @@ fn produce_good(bootstrap: &str, topic: &str, values: &[String]) {
     p.flush(CLIENT_TIMEOUT).expect("deliver the good records");
 }
 
-/// The partition error code of a raw Produce (v9) of `records` to partition 0.
-fn raw_produce(bootstrap: &str, topic: &str, records: Bytes) -> i16 {
-    let mut wire = Wire::connect(bootstrap);
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(topic_name_of(topic))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(records))])]);
-    wire.call(&req, 9).responses[0].partition_responses[0].error_code
-}
-
 /// The whole check for one lying batch: good records, the lie refused with `code`,
 /// good records, and a consumer that reads exactly the good ones to the end.
 fn lie_is_refused_and_readers_pass(what: &str, lying: Bytes, code: i16, compacted: bool) {
@@ -162,7 +146,7 @@ fn lie_is_refused_and_readers_pass(what: &str, lying: Bytes, code: i16, compacte
     let after: Vec<String> = (0..GOOD_EACH_SIDE).map(|i| format!("after-{i}")).collect();
     produce_good(&bootstrap, &topic, &before);
     assert_eq!(
-        raw_produce(&bootstrap, &topic, lying),
+        raw_produce_records(&bootstrap, &topic, 0, lying),
         code,
         "{what}: the lying batch's error code"
     );
@@ -268,7 +252,7 @@ fn unknown_codecs_5_6_7_are_corrupt_message() {
     produce_good(&bootstrap, &topic, &["before".to_string()]);
     for codec in 5..=7 {
         assert_eq!(
-            raw_produce(&bootstrap, &topic, with_attributes(&good, codec)),
+            raw_produce_records(&bootstrap, &topic, 0, with_attributes(&good, codec)),
             CORRUPT_MESSAGE,
             "codec {codec}"
         );
@@ -312,7 +296,7 @@ fn compressed_batches_whose_records_lie_are_invalid_record_for_every_codec() {
         // A valid batch of the codec is stored: the check does not refuse them all.
         let raw = [good_record(), record(Some(b"k"), b"value", second)].concat();
         assert_eq!(
-            raw_produce(&bootstrap, &topic, batch(&raw, 2, codec)),
+            raw_produce_records(&bootstrap, &topic, 0, batch(&raw, 2, codec)),
             0,
             "{codec:?} valid"
         );
@@ -320,7 +304,7 @@ fn compressed_batches_whose_records_lie_are_invalid_record_for_every_codec() {
         for (l, lie) in lies.iter().enumerate() {
             let raw = record(Some(b"k"), b"value", *lie);
             assert_eq!(
-                raw_produce(&bootstrap, &topic, batch(&raw, 1, codec)),
+                raw_produce_records(&bootstrap, &topic, 0, batch(&raw, 1, codec)),
                 INVALID_RECORD,
                 "{codec:?} lie {l}"
             );
@@ -381,7 +365,10 @@ fn a_gzip_bomb_is_refused_without_holding_its_size() {
     drop((value, raw));
     assert!(bomb.len() < 1 << 20, "the bomb is small on the wire");
     let rss_before = broker.rss_bytes();
-    assert_eq!(raw_produce(&bootstrap, &topic, bomb), CORRUPT_MESSAGE);
+    assert_eq!(
+        raw_produce_records(&bootstrap, &topic, 0, bomb),
+        CORRUPT_MESSAGE
+    );
     let grown = broker.rss_bytes().saturating_sub(rss_before);
     assert!(grown < 150 << 20, "RSS grew {} MiB", grown >> 20);
     produce_good(&bootstrap, &topic, &["after".to_string()]);

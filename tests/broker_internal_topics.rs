@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use glommio::LocalExecutorBuilder;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::ProduceRequest;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use runnel::group::store::{offset_key, offset_value};
@@ -71,20 +69,6 @@ fn committed(bootstrap: &str, group: &str, topic: &str, timeout: Duration) -> Op
     }
 }
 
-/// The partition error code of a raw Produce (v9) of `records` to `topic`-`partition`.
-fn raw_produce(bootstrap: &str, topic: &str, partition: i32, records: Bytes) -> i16 {
-    let mut wire = Wire::connect(bootstrap);
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(topic_name_of(topic))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(records))])]);
-    wire.call(&req, 9).responses[0].partition_responses[0].error_code
-}
-
 /// An offset-commit record batch for (group, topic-0) at `offset`, as the coordinator
 /// writes them.
 fn commit_batch(group: &str, topic: &str, offset: i64) -> Bytes {
@@ -114,13 +98,13 @@ fn a_client_produce_to_consumer_offsets_is_refused_and_a_forged_commit_never_app
     // A forged commit for the victim group, produced straight to the topic.
     let forged = commit_batch("victim", &topic, 999);
     assert_eq!(
-        raw_produce(&bootstrap, OFFSETS, 0, forged.clone()),
+        raw_produce_records(&bootstrap, OFFSETS, 0, forged.clone()),
         INVALID_TOPIC_EXCEPTION
     );
     // Other internal names too, existing or not.
     for name in ["__transaction_state", "__share_group_state"] {
         assert_eq!(
-            raw_produce(&bootstrap, name, 0, forged.clone()),
+            raw_produce_records(&bootstrap, name, 0, forged.clone()),
             INVALID_TOPIC_EXCEPTION,
             "{name}"
         );

@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::ops::Range;
 
 use bytes::Bytes;
 

@@ -700,6 +700,30 @@ pub fn raw_produce_code(
     acks: i16,
     timeout_ms: i32,
 ) -> i16 {
+    raw_produce_with(
+        bootstrap,
+        topic,
+        partition,
+        record_batch(3),
+        acks,
+        timeout_ms,
+    )
+}
+
+/// The partition error code of a raw Produce (v9, acks=all) of `records`, exactly as
+/// given, to `topic`-`partition`.
+pub fn raw_produce_records(bootstrap: &str, topic: &str, partition: i32, records: Bytes) -> i16 {
+    raw_produce_with(bootstrap, topic, partition, records, -1, 10_000)
+}
+
+fn raw_produce_with(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+    acks: i16,
+    timeout_ms: i32,
+) -> i16 {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     let mut wire = Wire::connect(bootstrap);
     wire.set_read_timeout(Duration::from_millis(timeout_ms as u64) + CLIENT_TIMEOUT);
@@ -710,7 +734,7 @@ pub fn raw_produce_code(
             .with_name(topic_name_of(topic))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(partition)
-                .with_records(Some(record_batch(3)))])]);
+                .with_records(Some(records))])]);
     wire.call(&produce, 9).responses[0].partition_responses[0].error_code
 }
 
