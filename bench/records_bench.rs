@@ -38,18 +38,10 @@ struct Args {
     write_seeds: Option<std::path::PathBuf>,
 }
 
-const CODECS: [Codec; 5] = [
-    Codec::None,
-    Codec::Gzip,
-    Codec::Snappy,
-    Codec::Lz4,
-    Codec::Zstd,
-];
-
 /// Two keyed records and a tombstone per codec; flags byte 1 = a compacted topic.
 fn write_seeds(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    for codec in CODECS {
+    for codec in Codec::ALL {
         let recs: Vec<KeyValue> = vec![
             (Some(b"k1".to_vec()), Some(value(1)[..64].to_vec())),
             (Some(b"k2".to_vec()), Some(value(2)[..64].to_vec())),
@@ -120,7 +112,7 @@ fn main() {
         "{:<7} {:>9} {:>14} {:>14} {:>14} {:>14}",
         "codec", "batch B", "crc ns/batch", "rec ns/batch", "crc s/GiB", "rec s/GiB"
     );
-    for codec in CODECS {
+    for codec in Codec::ALL {
         let recs: Vec<KeyValue> = (0..args.records)
             .map(|i| (Some(format!("key-{i}").into_bytes()), Some(value(i))))
             .collect();

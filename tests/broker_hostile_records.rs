@@ -18,20 +18,12 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Offset;
 use runnel::segment::batch::{compute_crc, BatchHeader, BATCH_HEADER_LEN};
 use runnel::segment::compact::{build_batch, Codec};
+use runnel::segment::testing::put_varint;
 
 const CORRUPT_MESSAGE: i16 = 2;
 const INVALID_RECORD: i16 = 87;
 /// Good records produced before and after each lying batch.
 const GOOD_EACH_SIDE: usize = 3;
-
-fn put_varint(out: &mut Vec<u8>, v: i64) {
-    let mut u = ((v << 1) ^ (v >> 63)) as u64;
-    while u >= 0x80 {
-        out.push((u as u8 & 0x7f) | 0x80);
-        u >>= 7;
-    }
-    out.push(u as u8);
-}
 
 /// How a hand-built record lies.
 #[derive(Clone, Copy, Default)]

@@ -45,6 +45,15 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// Every codec Kafka clients use.
+    pub const ALL: [Codec; 5] = [
+        Codec::None,
+        Codec::Gzip,
+        Codec::Snappy,
+        Codec::Lz4,
+        Codec::Zstd,
+    ];
+
     pub fn from_attributes(attributes: i16) -> Result<Codec, StorageError> {
         Ok(match attributes & ATTR_CODEC_MASK {
             0 => Codec::None,

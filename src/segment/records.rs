@@ -670,16 +670,7 @@ mod tests {
     use super::*;
     use crate::segment::batch::validate_batch;
     use crate::segment::compact::build_batch;
-    use crate::segment::testing::{encode_batch, encode_keyed_batch};
-
-    fn put_varint(out: &mut Vec<u8>, v: i64) {
-        let mut u = ((v << 1) ^ (v >> 63)) as u64;
-        while u >= 0x80 {
-            out.push((u as u8 & 0x7f) | 0x80);
-            u >>= 7;
-        }
-        out.push(u as u8);
-    }
+    use crate::segment::testing::{encode_batch, encode_keyed_batch, put_varint};
 
     /// A record from its parts; `len_fix` is added to the true length prefix.
     fn record(key: Option<&[u8]>, value: &[u8], headers: i64, delta: i64, len_fix: i64) -> Vec<u8> {
@@ -712,17 +703,9 @@ mod tests {
         validate_produced(&h, b, ProduceRules { compacted })
     }
 
-    const CODECS: [Codec; 5] = [
-        Codec::None,
-        Codec::Gzip,
-        Codec::Snappy,
-        Codec::Lz4,
-        Codec::Zstd,
-    ];
-
     #[test]
     fn valid_batches_of_every_codec_pass() {
-        for codec in CODECS {
+        for codec in Codec::ALL {
             let recs = vec![
                 (Some(b"k".to_vec()), Some(b"v".to_vec())),
                 (Some(b"k2".to_vec()), None),
@@ -765,7 +748,7 @@ mod tests {
                 1,
             ),
         ];
-        for codec in CODECS {
+        for codec in Codec::ALL {
             for (what, raw, count) in &cases {
                 let b = batch_of(raw, *count, codec);
                 let e = check(&b, true).expect_err(what);

@@ -5,7 +5,8 @@ use bytes::Bytes;
 
 use super::batch::{compute_crc, BATCH_HEADER_LEN, LOG_OVERHEAD, MAGIC_V2};
 
-fn put_varint(out: &mut Vec<u8>, v: i64) {
+/// A zigzag varint as Kafka records use them.
+pub fn put_varint(out: &mut Vec<u8>, v: i64) {
     // Kafka varints are zigzag-encoded.
     let mut u = ((v << 1) ^ (v >> 63)) as u64;
     loop {
