@@ -243,7 +243,7 @@ fn serve(args: ServeArgs) -> cli::CliResult {
         Ok(l) => l,
         Err(e) => return Err(CliError::usage(e.to_string())),
     };
-    if let Err(e) = runnel::shard::runtime::run(config) {
+    if let Err(e) = runnel::broker::run(config) {
         tracing::error!("cannot serve: {e:#}");
         eprintln!("runnel: {e:#}");
         std::process::exit(exit::ERROR);

@@ -35,10 +35,16 @@ pub struct TopicMeta {
 /// Kafka's internal topics: written only by the broker's own coordinators, never by
 /// a client's Produce (Kafka answers INVALID_TOPIC_EXCEPTION).
 pub const INTERNAL_TOPICS: [&str; 3] = [
-    "__consumer_offsets",
-    "__transaction_state",
-    "__share_group_state",
+    OFFSETS_TOPIC,
+    TRANSACTION_STATE_TOPIC,
+    SHARE_GROUP_STATE_TOPIC,
 ];
+/// Committed offsets and group metadata (the group coordinator's log).
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Transaction coordinator state.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+/// Share-group partition state.
+pub const SHARE_GROUP_STATE_TOPIC: &str = "__share_group_state";
 
 impl TopicMeta {
     /// Internal: marked so in the metadata, or one of Kafka's internal names (a

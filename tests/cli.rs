@@ -346,7 +346,10 @@ fn kcat_produce_is_consumed_by_the_cli_as_text_and_json() {
             serde_json::json!([{"key": "h1", "value": "v1"}])
         );
         let ts = m["timestamp"].as_i64().unwrap();
-        assert!((runnel::now_ms() - ts).abs() < 600_000, "timestamp {ts}");
+        assert!(
+            (runnel::time::now_ms() - ts).abs() < 600_000,
+            "timestamp {ts}"
+        );
     }
     assert!(json.stderr.is_empty(), "-q: {}", json.stderr);
 }
@@ -707,7 +710,7 @@ fn json_logs_are_one_object_per_line_with_per_module_levels() {
             "--log-format".into(),
             "json".into(),
             "--log".into(),
-            "warn,runnel::shard=info".into(),
+            "warn,runnel::broker=info".into(),
         ],
         ..BrokerOptions::default()
     });
@@ -718,20 +721,20 @@ fn json_logs_are_one_object_per_line_with_per_module_levels() {
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    // "broker ready" is logged at info by runnel::shard::runtime.
+    // "broker ready" is logged at info by runnel::broker.
     assert!(
         lines.iter().any(|l| l["level"] == "INFO"
             && l["target"]
                 .as_str()
-                .is_some_and(|t| t.starts_with("runnel::shard"))),
+                .is_some_and(|t| t.starts_with("runnel::broker"))),
         "{log}"
     );
     assert!(
         lines.iter().all(|l| l["level"] != "INFO"
             || l["target"]
                 .as_str()
-                .is_some_and(|t| t.starts_with("runnel::shard"))),
-        "info lines outside runnel::shard: {log}"
+                .is_some_and(|t| t.starts_with("runnel::broker"))),
+        "info lines outside runnel::broker: {log}"
     );
 }
 

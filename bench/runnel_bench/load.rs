@@ -771,12 +771,8 @@ fn broker_cpu(args: &Args) -> Option<(f64, String)> {
         }
     }
     let pid = args.broker_pid?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| (ticks as f64 / hz as f64, format!("/proc/{pid}/stat")))
+    let cpu = runnel::metrics::process_cpu_seconds(Some(pid))?;
+    Some((cpu, format!("/proc/{pid}/stat")))
 }
 
 /// GET http://ADDR/metrics with a bounded wait.

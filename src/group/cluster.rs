@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::codes;
 use super::store::{self, OFFSETS_TOPIC};
+use super::{codes, Coordinator};
 use crate::metadata::{BrokerMeta, Image};
 use crate::shard::Shard;
 
@@ -54,7 +54,7 @@ impl Default for Leadership {
 /// (partition, leader, leader epoch) of `group`'s offsets partition in `image`, as
 /// broker `me` sees it. A restarted broker's replayed image names it leader of what it
 /// led before it stopped until its new registration commits (every leadership change
-/// since is then applied, as in `runtime::apply_partition_state`): until then it is no
+/// since is then applied, as in `replication::apply::apply_partition_state`): until then it is no
 /// leader (-1), so it neither coordinates nor names itself coordinator on that image.
 fn placement(image: &Image, group: &str, me: i32) -> Option<(i32, i32, i32)> {
     let topic = image.topic(OFFSETS_TOPIC)?;
@@ -95,13 +95,12 @@ pub async fn ensure(shard: &Rc<Shard>, group: &str) -> Result<(), i16> {
         if leader != shard.config.node_id {
             return Err(NOT_COORDINATOR);
         }
-        let lead = &shard.groups.cluster;
+        let lead = &Coordinator::of(&shard).cluster;
         if lead.loaded.borrow().get(&p) == Some(&epoch) {
             return Ok(());
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let permit =
-            crate::replication::quorum::with_timeout(left, lead.load_lock.acquire_permit(1)).await;
+        let permit = crate::time::with_timeout(left, lead.load_lock.acquire_permit(1)).await;
         let Some(Ok(_permit)) = permit else {
             return Err(codes::COORDINATOR_LOAD_IN_PROGRESS);
         };
@@ -142,8 +141,7 @@ async fn load(shard: &Rc<Shard>, p: i32) -> Result<usize, String> {
     let found = super::read_groups(shard, &[p]).await?;
     drop_partition(shard, p);
     super::install_groups(shard, found);
-    Ok(shard
-        .groups
+    Ok(Coordinator::of(&shard)
         .groups
         .borrow()
         .keys()
@@ -168,8 +166,7 @@ fn drop_partition(shard: &Shard, p: i32) {
     else {
         return;
     };
-    shard
-        .groups
+    Coordinator::of(&shard)
         .groups
         .borrow_mut()
         .retain(|id, _| store::partition_for(id, n) != p);
@@ -179,7 +176,7 @@ fn drop_partition(shard: &Shard, p: i32) {
 /// broker no longer leads (or leads under a newer epoch), and any group whose partition
 /// is not loaded (created by a request that raced a leadership change).
 fn start_watch(shard: &Rc<Shard>) {
-    let lead = &shard.groups.cluster;
+    let lead = &Coordinator::of(&shard).cluster;
     if lead.watching.replace(true) {
         return;
     }
@@ -192,8 +189,7 @@ fn start_watch(shard: &Rc<Shard>) {
                 continue;
             };
             let me = shard.config.node_id;
-            let lost: Vec<i32> = shard
-                .groups
+            let lost: Vec<i32> = Coordinator::of(&shard)
                 .cluster
                 .loaded
                 .borrow()
@@ -207,7 +203,11 @@ fn start_watch(shard: &Rc<Shard>) {
                 .map(|(p, _)| *p)
                 .collect();
             for p in lost {
-                shard.groups.cluster.loaded.borrow_mut().remove(&p);
+                Coordinator::of(&shard)
+                    .cluster
+                    .loaded
+                    .borrow_mut()
+                    .remove(&p);
                 drop_partition(&shard, p);
                 tracing::info!(
                     shard = shard.id,
@@ -216,9 +216,9 @@ fn start_watch(shard: &Rc<Shard>) {
                 );
             }
             let n = topic.partition_count();
-            let loaded = shard.groups.cluster.loaded.borrow();
-            shard
-                .groups
+            let coordinator = Coordinator::of(&shard);
+            let loaded = coordinator.cluster.loaded.borrow();
+            Coordinator::of(&shard)
                 .groups
                 .borrow_mut()
                 .retain(|id, _| loaded.contains_key(&store::partition_for(id, n)));

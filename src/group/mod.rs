@@ -27,25 +27,8 @@ use bytes::Bytes;
 use crate::shard::Shard;
 pub use state::{Committed, Group, GroupState, JoinReply, JoinRequest, Step, SyncReply};
 
-/// Kafka error codes of the group APIs (values from the Kafka protocol guide).
-pub mod codes {
-    pub use crate::net::error_code::{
-        COORDINATOR_NOT_AVAILABLE, INVALID_REQUEST, NONE, UNKNOWN_SERVER_ERROR,
-    };
-    pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-    pub const ILLEGAL_GENERATION: i16 = 22;
-    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-    pub const INVALID_GROUP_ID: i16 = 24;
-    pub const UNKNOWN_MEMBER_ID: i16 = 25;
-    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
-    pub const REBALANCE_IN_PROGRESS: i16 = 27;
-    pub const NON_EMPTY_GROUP: i16 = 68;
-    pub const GROUP_ID_NOT_FOUND: i16 = 69;
-    pub const MEMBER_ID_REQUIRED: i16 = 79;
-    pub const FENCED_INSTANCE_ID: i16 = 82;
-    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
-}
+/// Kafka error codes of the group APIs are in the crate's one list.
+pub use crate::kafka_error as codes;
 
 /// offset.metadata.max.bytes: the commit metadata string is stored and replayed.
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
@@ -114,6 +97,14 @@ impl Default for Coordinator {
 }
 
 impl Coordinator {
+    /// This shard's group coordinator (installed on every shard when the broker starts).
+    pub fn of(shard: &Shard) -> Rc<Coordinator> {
+        shard
+            .services
+            .get::<Coordinator>()
+            .expect("the broker installs a group coordinator on every shard")
+    }
+
     pub fn new() -> Coordinator {
         Coordinator {
             groups: RefCell::default(),
@@ -153,7 +144,7 @@ impl Coordinator {
 /// each snapshots the group after its turn comes, so the log's last record for a group
 /// is never older than a write that finished before.
 async fn store_group(shard: &Rc<Shard>, group_id: &str) -> Result<(), i16> {
-    let c = &shard.groups;
+    let c = &*Coordinator::of(&shard);
     let _permit = c
         .store_lock
         .acquire_permit(1)
@@ -164,7 +155,7 @@ async fn store_group(shard: &Rc<Shard>, group_id: &str) -> Result<(), i16> {
         match groups.get_mut(group_id) {
             Some(g) => {
                 g.store_needed = false;
-                match g.metadata(crate::now_ms()) {
+                match g.metadata(crate::time::now_ms()) {
                     Some(md) => Some(store::group_value(&md)),
                     // Mid-rebalance: the last stored generation stands, unless the group
                     // was removed and created again since (its old record must go).
@@ -204,7 +195,7 @@ async fn store_group(shard: &Rc<Shard>, group_id: &str) -> Result<(), i16> {
 /// Stores the group's metadata if a transition asked for it. Failures are logged and
 /// left to the tick's retry: the calls that trigger this already took effect in memory.
 async fn persist_if_needed(shard: &Rc<Shard>, group_id: &str) {
-    if shard.groups.needs_store(group_id) {
+    if Coordinator::of(&shard).needs_store(group_id) {
         let _ = store_group(shard, group_id).await;
     }
 }
@@ -277,7 +268,7 @@ pub async fn read_groups(shard: &Rc<Shard>, partitions: &[i32]) -> Result<Stored
 /// session timers start now. Returns how many groups there were.
 pub fn install_groups(shard: &Shard, found: StoredGroups) -> usize {
     let now = Instant::now();
-    let c = &shard.groups;
+    let c = &*Coordinator::of(&shard);
     let mut groups = c.groups.borrow_mut();
     let count = found.len();
     for (id, (md, offsets)) in found {
@@ -295,7 +286,7 @@ pub fn install_groups(shard: &Shard, found: StoredGroups) -> usize {
 /// Makes `shard`'s coordinator usable: replays committed offsets and starts the timer
 /// tick, once. Concurrent first requests wait for the one replay.
 async fn ready(shard: &Rc<Shard>) -> Result<(), i16> {
-    let c = &shard.groups;
+    let c = &*Coordinator::of(&shard);
     if c.loaded.get() {
         return Ok(());
     }
@@ -326,9 +317,9 @@ async fn ready(shard: &Rc<Shard>) -> Result<(), i16> {
         loop {
             glommio::timer::sleep(TICK_INTERVAL).await;
             let now = Instant::now();
-            let now_ms = crate::now_ms();
+            let now_ms = crate::time::now_ms();
             let due: Vec<String> = {
-                let c = &ticker.groups;
+                let c = &*Coordinator::of(&ticker);
                 let mut groups = c.groups.borrow_mut();
                 for g in groups.values_mut() {
                     g.tick(now);
@@ -369,9 +360,10 @@ async fn ready(shard: &Rc<Shard>) -> Result<(), i16> {
 async fn expire_offsets(shard: &Rc<Shard>) {
     let retention_ms =
         i64::try_from(shard.config.offsets_retention().as_millis()).unwrap_or(i64::MAX);
-    let now_ms = crate::now_ms();
+    let now_ms = crate::time::now_ms();
     let due: Vec<(String, Vec<(String, i32)>)> = {
-        let mut groups = shard.groups.groups.borrow_mut();
+        let coordinator = Coordinator::of(&shard);
+        let mut groups = coordinator.groups.borrow_mut();
         groups
             .values_mut()
             .filter_map(|g| {
@@ -394,7 +386,7 @@ async fn expire_offsets(shard: &Rc<Shard>) {
             }
         };
         {
-            let c = &shard.groups;
+            let c = &*Coordinator::of(&shard);
             let mut groups = c.groups.borrow_mut();
             if let Some(g) = groups.get_mut(&group_id) {
                 for key in &keys {
@@ -426,7 +418,8 @@ pub async fn join(shard: &Rc<Shard>, group_id: String, req: JoinRequest) -> Join
         return JoinReply::error(code, &member_id);
     }
     let step = {
-        let mut groups = shard.groups.groups.borrow_mut();
+        let coordinator = Coordinator::of(&shard);
+        let mut groups = coordinator.groups.borrow_mut();
         let g = groups
             .entry(group_id.clone())
             .or_insert_with(|| Group::new(&group_id));
@@ -460,7 +453,8 @@ pub async fn sync(
         return SyncReply::error(code);
     }
     let (step, store) = {
-        let mut groups = shard.groups.groups.borrow_mut();
+        let coordinator = Coordinator::of(&shard);
+        let mut groups = coordinator.groups.borrow_mut();
         match groups.get_mut(&group_id) {
             None => (
                 Step::Reply(SyncReply::error(codes::UNKNOWN_MEMBER_ID)),
@@ -483,7 +477,11 @@ pub async fn sync(
     if store {
         // The leader's assignment: durable before anyone gets it.
         let result = store_group(shard, &group_id).await;
-        if let Some(g) = shard.groups.groups.borrow_mut().get_mut(&group_id) {
+        if let Some(g) = Coordinator::of(&shard)
+            .groups
+            .borrow_mut()
+            .get_mut(&group_id)
+        {
             g.assignment_stored(generation, result, Instant::now());
         }
     }
@@ -505,7 +503,8 @@ pub async fn heartbeat(
     if let Err(code) = ready(shard).await {
         return code;
     }
-    let mut groups = shard.groups.groups.borrow_mut();
+    let coordinator = Coordinator::of(&shard);
+    let mut groups = coordinator.groups.borrow_mut();
     match groups.get_mut(&group_id) {
         None => codes::UNKNOWN_MEMBER_ID,
         Some(g) => g.heartbeat(
@@ -525,7 +524,7 @@ pub async fn leave(
 ) -> Result<Vec<i16>, i16> {
     ready(shard).await?;
     let results = {
-        let c = &shard.groups;
+        let c = &*Coordinator::of(&shard);
         let mut groups = c.groups.borrow_mut();
         let Some(g) = groups.get_mut(&group_id) else {
             return Ok(vec![codes::UNKNOWN_MEMBER_ID; members.len()]);
@@ -559,7 +558,8 @@ pub async fn commit(
         return vec![code; n];
     }
     let code = {
-        let mut groups = shard.groups.groups.borrow_mut();
+        let coordinator = Coordinator::of(&shard);
+        let mut groups = coordinator.groups.borrow_mut();
         let code = match groups.get_mut(&group_id) {
             Some(g) => g.check_commit(
                 &member_id,
@@ -600,7 +600,7 @@ struct InFlightCommit<'a> {
 
 impl Drop for InFlightCommit<'_> {
     fn drop(&mut self) {
-        let c = &self.shard.groups;
+        let c = &*Coordinator::of(&self.shard);
         let mut groups = c.groups.borrow_mut();
         if let Some(g) = groups.get_mut(self.group_id) {
             g.commits_in_flight = g.commits_in_flight.saturating_sub(1);
@@ -616,7 +616,7 @@ async fn commit_checked(shard: &Rc<Shard>, group_id: &str, entries: &[CommitEntr
     let mut results = vec![codes::NONE; n];
     let mut records = Vec::new();
     let mut written = Vec::new();
-    let now_ms = crate::now_ms();
+    let now_ms = crate::time::now_ms();
     for (i, e) in entries.iter().enumerate() {
         let metadata = e.metadata.as_deref().unwrap_or("");
         if metadata.len() > OFFSET_METADATA_BYTES_MAX {
@@ -639,7 +639,8 @@ async fn commit_checked(shard: &Rc<Shard>, group_id: &str, entries: &[CommitEntr
     }
     match store::append(shard, group_id, records).await {
         Ok(base) => {
-            let mut groups = shard.groups.groups.borrow_mut();
+            let coordinator = Coordinator::of(&shard);
+            let mut groups = coordinator.groups.borrow_mut();
             let g = groups
                 .entry(group_id.to_string())
                 .or_insert_with(|| Group::new(group_id));
@@ -705,7 +706,8 @@ pub async fn delete_offsets(
 ) -> Result<Vec<i16>, i16> {
     ready(shard).await?;
     let (codes_out, doomed) = {
-        let groups = shard.groups.groups.borrow();
+        let coordinator = Coordinator::of(&shard);
+        let groups = coordinator.groups.borrow();
         let Some(g) = groups.get(&group_id) else {
             return Err(codes::GROUP_ID_NOT_FOUND);
         };
@@ -757,7 +759,7 @@ pub async fn delete_offsets(
     let base = store::append(shard, &group_id, records).await?;
     let tombstone_last = base + doomed.len() as i64 - 1;
     {
-        let c = &shard.groups;
+        let c = &*Coordinator::of(&shard);
         let mut groups = c.groups.borrow_mut();
         if let Some(g) = groups.get_mut(&group_id) {
             for key in &doomed {
@@ -784,7 +786,8 @@ pub async fn fetch_offsets(
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> Result<Vec<(String, i32, Option<Committed>)>, i16> {
     ready(shard).await?;
-    let groups = shard.groups.groups.borrow();
+    let coordinator = Coordinator::of(&shard);
+    let groups = coordinator.groups.borrow();
     let g = groups.get(&group_id);
     Ok(match topics {
         None => g
@@ -810,8 +813,7 @@ pub async fn fetch_offsets(
 /// (group id, protocol type, state) of this shard's groups.
 pub async fn list(shard: &Rc<Shard>) -> Result<Vec<(String, String, &'static str)>, i16> {
     ready(shard).await?;
-    Ok(shard
-        .groups
+    Ok(Coordinator::of(&shard)
         .groups
         .borrow()
         .values()
@@ -827,7 +829,8 @@ pub async fn list(shard: &Rc<Shard>) -> Result<Vec<(String, String, &'static str
 
 pub async fn describe(shard: &Rc<Shard>, group_id: String) -> Result<Option<GroupSummary>, i16> {
     ready(shard).await?;
-    let groups = shard.groups.groups.borrow();
+    let coordinator = Coordinator::of(&shard);
+    let groups = coordinator.groups.borrow();
     let Some(g) = groups.get(&group_id) else {
         return Ok(None);
     };
@@ -880,7 +883,8 @@ pub async fn delete(shard: &Rc<Shard>, group_id: String) -> i16 {
         return code;
     }
     let keys: Vec<(String, i32)> = {
-        let groups = shard.groups.groups.borrow();
+        let coordinator = Coordinator::of(&shard);
+        let groups = coordinator.groups.borrow();
         let Some(g) = groups.get(&group_id) else {
             return codes::GROUP_ID_NOT_FOUND;
         };
@@ -901,7 +905,7 @@ pub async fn delete(shard: &Rc<Shard>, group_id: String) -> i16 {
         }
     }
     {
-        let c = &shard.groups;
+        let c = &*Coordinator::of(&shard);
         let mut groups = c.groups.borrow_mut();
         if let Some(g) = groups.get_mut(&group_id) {
             // A commit that landed after the tombstones survives them, as on replay.
@@ -910,7 +914,7 @@ pub async fn delete(shard: &Rc<Shard>, group_id: String) -> i16 {
         c.drop_dead(&mut groups);
     }
     // The group's metadata record goes too (a tombstone), before DeleteGroups answers.
-    if shard.groups.needs_store(&group_id) {
+    if Coordinator::of(&shard).needs_store(&group_id) {
         if let Err(code) = store_group(shard, &group_id).await {
             return code;
         }

@@ -24,12 +24,12 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-use crate::net::error_code as ec;
-use crate::net::metrics::ShardMetrics;
+use crate::kafka_error as ec;
+use crate::metrics::ShardMetrics;
 use crate::segment::Durability;
 use crate::shard::Shard;
 
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub use crate::metadata::OFFSETS_TOPIC;
 /// Bytes read per hop while replaying the offsets topic.
 const REPLAY_READ_BYTES: usize = 1 << 20;
 
@@ -53,7 +53,7 @@ pub async fn ensure_topic(shard: &Rc<Shard>) -> Result<Vec<u32>, String> {
     } else {
         -1
     };
-    let created = crate::net::handlers::create_topics::create_topics_rf(
+    let created = crate::replication::topics::create_topics_rf(
         shard,
         vec![(
             OFFSETS_TOPIC.to_string(),
@@ -406,7 +406,7 @@ pub async fn append(
     {
         return Err(super::cluster::NOT_COORDINATOR);
     }
-    let now = crate::now_ms();
+    let now = crate::time::now_ms();
     let recs: Vec<Record> = records
         .into_iter()
         .enumerate()

@@ -10,7 +10,8 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::ApiKey;
 
-use crate::net::metrics::{self, Stage, StagedApi};
+use crate::metrics::{self, Stage, StagedApi};
+use crate::net::memory::MemoryBudget;
 use crate::shard::Shard;
 
 /// Largest HTTP request head read; admin requests are tiny.
@@ -65,10 +66,10 @@ fn snapshot(s: &Shard) -> Snapshot {
                 .map(|p| p.log.read_copied_bytes())
                 .sum::<u64>(),
         connections: m.connections.get(),
-        memory_used_bytes: s.memory.used_bytes(),
-        memory_limit_bytes: s.memory.limit_bytes(),
-        memory_paused_ns: s.memory.paused_ns(),
-        fetches_clamped: s.memory.fetches_clamped(),
+        memory_used_bytes: MemoryBudget::of(&s).used_bytes(),
+        memory_limit_bytes: MemoryBudget::of(&s).limit_bytes(),
+        memory_paused_ns: MemoryBudget::of(&s).paused_ns(),
+        fetches_clamped: MemoryBudget::of(&s).fetches_clamped(),
         stalls: m.stalls.get(),
         records_in: m.records_in.get(),
         records_out: m.records_out.get(),
@@ -257,7 +258,7 @@ pub async fn render(shard: &Rc<Shard>) -> String {
         out,
         "# HELP runnel_fetch_copy_ratio Record bytes copied per record byte fetched.\n# TYPE runnel_fetch_copy_ratio gauge\nrunnel_fetch_copy_ratio {ratio}"
     );
-    if let Some(cpu) = process_cpu_seconds() {
+    if let Some(cpu) = crate::metrics::process_cpu_seconds(None) {
         let gib_in = total(|s| s.bytes_in) as f64 / f64::from(1u32 << 30);
         let gib_out = total(|s| s.bytes_out) as f64 / f64::from(1u32 << 30);
         let per = |gib: f64| if gib > 0.0 { cpu / gib } else { 0.0 };
@@ -396,16 +397,4 @@ fn render_stages(out: &mut String, snaps: &[Snapshot]) {
             h.len()
         );
     }
-}
-
-/// utime + stime of this process from /proc/self/stat, in seconds.
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) start at state (field 3).
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| ticks as f64 / hz as f64)
 }

@@ -32,9 +32,10 @@ use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
 
 use crate::config::CONNECTION_INFLIGHT_MAX;
+use crate::metrics::{self, ShardMetrics, Stage, StagedApi};
 use crate::net::handlers::{self, Reply};
+use crate::net::memory::MemoryBudget;
 use crate::net::memory::Reservation;
-use crate::net::metrics::{self, ShardMetrics, Stage, StagedApi};
 use crate::shard::Shard;
 
 /// Largest read issued to the socket between frames; several small requests arrive in
@@ -354,7 +355,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, scope: Scope) {
                 RESPONSE_BYTES_ASSUMED
             };
         budget.add(assumed);
-        let frame_held = shard.memory.hold(frame_len);
+        let frame_held = MemoryBudget::of(&shard).hold(frame_len);
         let task_budget = budget.clone();
         let task = glommio::spawn_local(async move {
             if let Some(api) = StagedApi::from_api_key(api_key) {
@@ -366,7 +367,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, scope: Scope) {
                 .record_latency(api_key, started.elapsed().as_micros() as u64);
             task_budget.add(reply_bytes(&response));
             task_budget.release(assumed);
-            let reply_held = shard2.memory.hold(reply_bytes(&response));
+            let reply_held = MemoryBudget::of(&shard2).hold(reply_bytes(&response));
             drop(frame_held);
             (response, reply_held)
         })
@@ -379,7 +380,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, scope: Scope) {
         budget.wait_room().await;
         // Nor does any connection of a shard whose share of queued.max.request.bytes is
         // spent (the time paused is counted in the budget's metrics).
-        shard.memory.wait_room().await;
+        MemoryBudget::of(&shard).wait_room().await;
         // A client pipelining many small requests must not hold the core.
         glommio::yield_if_needed().await;
         // Keep the buffer's spare room for the next reads instead of reallocating.

@@ -47,6 +47,14 @@ pub struct MemoryBudget {
 }
 
 impl MemoryBudget {
+    /// This shard's budget (installed on every shard when the broker starts).
+    pub fn of(shard: &crate::shard::Shard) -> Rc<MemoryBudget> {
+        shard
+            .services
+            .get::<MemoryBudget>()
+            .expect("the broker installs a memory budget on every shard")
+    }
+
     /// `limit_bytes`: this shard's share; `usize::MAX` for no bound.
     pub fn new(limit_bytes: usize) -> Self {
         assert!(limit_bytes > 0, "a zero budget could never admit a request");

@@ -2,8 +2,6 @@
 
 pub mod admin;
 pub mod connection;
-pub mod error_code;
 pub mod handlers;
 pub mod listener;
 pub mod memory;
-pub mod metrics;

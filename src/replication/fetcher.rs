@@ -26,10 +26,10 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
-use super::quorum::with_timeout;
 use super::transport::{self, KIND_KAFKA};
-use crate::net::error_code as ec;
+use crate::kafka_error as ec;
 use crate::shard::{Partition, Shard};
+use crate::time::with_timeout;
 
 /// Fetch v12: topic names, flexible encoding, `replica_id` as a field.
 const FETCH_VERSION: i16 = 12;
@@ -298,7 +298,9 @@ async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
                 Some(t) if t.topic.0.as_str() == key.0 => t.partitions.push(part),
                 _ => topics.push(
                     FetchTopic::default()
-                        .with_topic(crate::net::handlers::topic_name(&key.0))
+                        .with_topic(kafka_protocol::messages::TopicName(
+                            kafka_protocol::protocol::StrBytes::from_string(key.0.to_string()),
+                        ))
                         .with_partitions(vec![part]),
                 ),
             }
@@ -428,7 +430,9 @@ async fn truncate(
             let req = OffsetForLeaderEpochRequest::default()
                 .with_replica_id(BrokerId(shard.config.node_id))
                 .with_topics(vec![OffsetForLeaderTopic::default()
-                    .with_topic(crate::net::handlers::topic_name(&key.0))
+                    .with_topic(kafka_protocol::messages::TopicName(
+                        kafka_protocol::protocol::StrBytes::from_string(key.0.to_string()),
+                    ))
                     .with_partitions(vec![OffsetForLeaderPartition::default()
                         .with_partition(key.1)
                         .with_current_leader_epoch(epoch)
@@ -593,15 +597,15 @@ pub async fn isr_task(shard: Rc<Shard>) {
             p.set_pending_isr(Some(isr.clone()));
             let shard = shard.clone();
             glommio::spawn_local(async move {
-                let cmd = crate::shard::commands::MetaCommand::AlterPartition {
+                let cmd = crate::replication::commands::MetaCommand::AlterPartition {
                     topic: topic.clone(),
                     partition,
                     leader: node,
                     leader_epoch,
                     isr,
                 };
-                match crate::shard::runtime::commit_meta(&shard, cmd).await {
-                    Ok(crate::shard::commands::MetaReply::AlterPartition(Err((code, msg)))) => {
+                match crate::replication::apply::commit_meta(&shard, cmd).await {
+                    Ok(crate::replication::commands::MetaReply::AlterPartition(Err((code, msg)))) => {
                         tracing::info!(%topic, partition, code, msg, "in-sync set change refused")
                     }
                     Ok(_) => {}

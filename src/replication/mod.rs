@@ -5,12 +5,15 @@
 //! none of this runs, it leads every partition at epoch 0, and metadata stays in
 //! `data/meta/metadata.log`. Design and the choice of Raft crate: `README.md`.
 
+pub mod apply;
+pub mod commands;
 pub mod controller;
 pub mod fetcher;
 pub mod placement;
 pub mod quorum;
 pub mod raft_log;
 pub mod shutdown;
+pub mod topics;
 pub mod transport;
 
 use std::sync::atomic::{AtomicI32, Ordering};

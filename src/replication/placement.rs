@@ -3,7 +3,9 @@
 //! spread round robin; followers follow at a shift that changes every `n` partitions,
 //! so the same broker pairs are not always together.
 
-use crate::metadata::PartitionState;
+use std::collections::BTreeMap;
+
+use crate::metadata::{PartitionState, TopicMeta};
 
 /// Replica sets for partitions `first..first + count` over `brokers` (sorted ids,
 /// `rf <= brokers.len()`). `topic` seeds the starting broker, so many one-partition
@@ -42,6 +44,31 @@ pub fn assign(
             }
         })
         .collect()
+}
+
+/// Assigns new partitions to shards round robin from a per-topic starting shard (a hash
+/// of the name), so many one-partition topics still spread over the cores.
+pub fn place_partitions(nshards: usize, first_partition: u32, count: u32, topic: &str) -> Vec<u32> {
+    let seed = crc32c::crc32c(topic.as_bytes()) as usize;
+    (0..count)
+        .map(|i| ((seed + (first_partition + i) as usize) % nshards) as u32)
+        .collect()
+}
+
+pub fn new_topic(
+    nshards: usize,
+    name: &str,
+    partitions: u32,
+    configs: BTreeMap<String, String>,
+) -> TopicMeta {
+    TopicMeta {
+        name: name.to_string(),
+        id: rand::random::<u128>() | 1,
+        owners: place_partitions(nshards, 0, partitions, name),
+        configs,
+        internal: name.starts_with("__"),
+        replicas: Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -33,8 +33,9 @@ use super::raft_log::RaftLog;
 use super::transport::{self, PeerLink, KIND_FORWARD, KIND_FORWARD_REPLY, KIND_KAFKA, KIND_RAFT};
 use crate::config::ClusterConfig;
 use crate::metadata::{BrokerMeta, Image, MetaEvent};
-use crate::shard::commands::{MetaCommand, MetaReply};
+use crate::replication::commands::{MetaCommand, MetaReply};
 use crate::shard::Shard;
+use crate::time::with_timeout;
 
 /// Raft's clock. Elections after 10–20 ticks of silence (1–2 s), heartbeats every 2.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -119,11 +120,26 @@ pub struct Quorum {
     leader_since: Cell<Option<Instant>>,
 }
 
+/// Serves one replica fetcher's connection on the cluster listener.
+pub type ReplicaFetchServer =
+    Rc<dyn Fn(Rc<Shard>, glommio::net::TcpStream) -> std::pin::Pin<Box<dyn Future<Output = ()>>>>;
+
 impl Quorum {
+    /// This broker's metadata quorum: on shard 0 of a cluster member, else `None`.
+    pub fn of(shard: &Shard) -> Option<Rc<Quorum>> {
+        shard.services.get::<Quorum>()
+    }
+
     /// Opens the Raft log in `data/meta`, replays and applies what is committed (so this
     /// broker starts with the image it had), binds the cluster listener and starts the
     /// driver, the ticker and the peer links. Runs on shard 0.
-    pub async fn start(shard: &Rc<Shard>, cluster: &ClusterConfig) -> anyhow::Result<Rc<Quorum>> {
+    /// `fetch_server` serves replica fetchers' connections to the cluster listener (the
+    /// Kafka protocol is the layer above; it hands this its server).
+    pub async fn start(
+        shard: &Rc<Shard>,
+        cluster: &ClusterConfig,
+        fetch_server: ReplicaFetchServer,
+    ) -> anyhow::Result<Rc<Quorum>> {
         let me = shard.config.node_id;
         let voters: Vec<u64> = cluster.voters.iter().map(|v| raft_id(v.id)).collect();
         let dir = shard.config.data_dir.join("meta");
@@ -202,7 +218,7 @@ impl Quorum {
             })
             .detach();
         }
-        glommio::spawn_local(serve(listener, quorum.clone(), shard.clone())).detach();
+        glommio::spawn_local(serve(listener, quorum.clone(), shard.clone(), fetch_server)).detach();
         glommio::spawn_local(register(quorum.clone(), shard.clone())).detach();
         glommio::spawn_local(watch_brokers(quorum.clone(), shard.clone())).detach();
         Ok(quorum)
@@ -669,7 +685,7 @@ async fn apply(q: &Rc<Quorum>, shard: &Rc<Shard>, entries: Vec<Entry>) {
         shard
             .invoke_on_all(move |s| {
                 let image = image.clone();
-                async move { crate::shard::runtime::apply_image(&s, image).await }
+                async move { crate::replication::apply::apply_image(&s, image).await }
             })
             .await;
     }
@@ -695,7 +711,12 @@ fn is_voter_host(shard: &Shard, ip: std::net::IpAddr) -> bool {
 
 /// Accepts peers' connections: Raft messages go to the driver, forwarded commands are
 /// decided here (if this broker leads) and answered on the same connection.
-async fn serve(listener: glommio::net::TcpListener, q: Rc<Quorum>, shard: Rc<Shard>) {
+async fn serve(
+    listener: glommio::net::TcpListener,
+    q: Rc<Quorum>,
+    shard: Rc<Shard>,
+    fetch_server: ReplicaFetchServer,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -713,7 +734,7 @@ async fn serve(listener: glommio::net::TcpListener, q: Rc<Quorum>, shard: Rc<Sha
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let (q, shard) = (q.clone(), shard.clone());
+        let (q, shard, fetch_server) = (q.clone(), shard.clone(), fetch_server.clone());
         glommio::spawn_local(async move {
             use futures::io::{AsyncReadExt, AsyncWriteExt};
             let mut stream = stream;
@@ -727,7 +748,7 @@ async fn serve(listener: glommio::net::TcpListener, q: Rc<Quorum>, shard: Rc<Sha
             if first.0 == KIND_KAFKA {
                 // A replica fetcher: the rest of the connection is the Kafka requests
                 // fetchers make, and nothing else.
-                crate::net::connection::handle_replica_fetcher(shard, stream).await;
+                fetch_server(shard, stream).await;
                 return;
             }
             let mut first = Some(first);
@@ -877,15 +898,5 @@ async fn watch_brokers(q: Rc<Quorum>, shard: Rc<Shard>) {
         if let Err(f) = q.decide_and_commit(&shard, MetaCommand::CheckBrokers).await {
             tracing::debug!(error = %f.message, "broker failure check not committed");
         }
-    }
-}
-
-/// `Some(output)` unless `timeout` passes first.
-pub async fn with_timeout<T>(timeout: Duration, f: impl Future<Output = T>) -> Option<T> {
-    let sleep = std::pin::pin!(glommio::timer::sleep(timeout));
-    let f = std::pin::pin!(f);
-    match futures::future::select(f, sleep).await {
-        futures::future::Either::Left((v, _)) => Some(v),
-        futures::future::Either::Right(_) => None,
     }
 }

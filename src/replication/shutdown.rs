@@ -24,10 +24,11 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::quorum::{with_timeout, Quorum, BROKER_SESSION_TIMEOUT};
-use crate::shard::commands::{MetaCommand, MetaReply};
+use super::quorum::{Quorum, BROKER_SESSION_TIMEOUT};
+use crate::replication::commands::{MetaCommand, MetaReply};
 use crate::shard::partition::Role;
 use crate::shard::Shard;
+use crate::time::with_timeout;
 
 /// Set once a controlled shutdown starts: this process appends nothing more to the
 /// partitions it leads. A flag read on every shard, like the shutdown request itself.

@@ -51,16 +51,17 @@ pub enum StorageError {
 
 impl StorageError {
     pub fn kafka_error_code(&self) -> i16 {
+        use crate::kafka_error as ec;
         match self {
-            StorageError::CorruptBatch(_) | StorageError::InvalidBatch(_) => 2,
-            StorageError::InvalidRecord(_) => 87,
-            StorageError::BatchTooLarge { .. } => 10,
-            StorageError::OffsetOutOfRange { .. } => 1,
-            StorageError::Io { .. } => 56,
-            StorageError::NonContiguous { .. } => -1,
+            StorageError::CorruptBatch(_) | StorageError::InvalidBatch(_) => ec::CORRUPT_MESSAGE,
+            StorageError::InvalidRecord(_) => ec::INVALID_RECORD,
+            StorageError::BatchTooLarge { .. } => ec::MESSAGE_TOO_LARGE,
+            StorageError::OffsetOutOfRange { .. } => ec::OFFSET_OUT_OF_RANGE,
+            StorageError::Io { .. } => ec::KAFKA_STORAGE_ERROR,
+            StorageError::NonContiguous { .. } => ec::UNKNOWN_SERVER_ERROR,
             StorageError::Truncating
             | StorageError::StaleLeaderEpoch { .. }
-            | StorageError::Closed => 6,
+            | StorageError::Closed => ec::NOT_LEADER_OR_FOLLOWER,
         }
     }
 

@@ -5,12 +5,11 @@
 //! over glommio's channel mesh and ships the result back — Seastar's `invoke_on` — so no
 //! lock is ever taken across cores.
 
-pub mod commands;
 pub mod partition;
 pub mod producer_state;
 pub mod runtime;
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,7 +23,7 @@ use glommio::channels::channel_mesh::Senders;
 
 use crate::config::BrokerConfig;
 use crate::metadata::{Image, MetaLog};
-use crate::net::metrics::{self, Stage, StagedApi};
+use crate::metrics::{self, Stage, StagedApi};
 pub use partition::Partition;
 
 type AnyBox = Box<dyn Any + Send>;
@@ -53,17 +52,14 @@ pub struct Shard {
     pub partitions: RefCell<HashMap<Arc<str>, HashMap<i32, Rc<Partition>>>>,
     /// Only on shard 0: the metadata log's single writer.
     pub meta_log: Option<RefCell<MetaLog>>,
-    /// Only on shard 0 of a cluster member: the metadata quorum (Raft).
-    pub quorum: std::cell::OnceCell<Rc<crate::replication::quorum::Quorum>>,
     /// Serializes metadata changes on shard 0 (held across the broadcast await).
     pub meta_lock: glommio::sync::Semaphore,
-    pub metrics: crate::net::metrics::ShardMetrics,
-    /// This shard's share of `queued.max.request.bytes` (see `net::memory`).
-    pub memory: Rc<crate::net::memory::MemoryBudget>,
+    pub metrics: crate::metrics::ShardMetrics,
     /// Set once every shard has opened its logs; listeners wait for it.
     pub ready: Cell<bool>,
-    /// Consumer groups this shard coordinates (see `crate::group`).
-    pub groups: crate::group::Coordinator,
+    /// This shard's state of the layers above (the metadata quorum, the group
+    /// coordinator, the request memory budget), which this layer never names.
+    pub services: Services,
     /// This shard's listener between bind and serve.
     pub listener: RefCell<Option<glommio::net::TcpListener>>,
     /// Graceful stop: no new connections or requests (see `runtime`).
@@ -77,6 +73,34 @@ pub struct Shard {
     pending: RefCell<HashMap<u64, oneshot::Sender<AnyBox>>>,
     next_call_id: Cell<u64>,
     next_producer_id: Cell<i64>,
+}
+
+/// Per-shard state of the layers above the shard, one value per type: each layer
+/// installs its own when the broker starts and finds it again by type (Seastar's
+/// `sharded<Service>` turned around: the shard carries them without depending on them).
+#[derive(Default)]
+pub struct Services(RefCell<HashMap<TypeId, Rc<dyn Any>>>);
+
+impl Services {
+    /// Installs this shard's `T`; a second install of one type is a wiring bug.
+    pub fn install<T: 'static>(&self, service: Rc<T>) {
+        let old = self.0.borrow_mut().insert(TypeId::of::<T>(), service);
+        assert!(
+            old.is_none(),
+            "{} installed twice",
+            std::any::type_name::<T>()
+        );
+    }
+
+    /// This shard's `T`, if installed.
+    pub fn get<T: 'static>(&self) -> Option<Rc<T>> {
+        let service = self.0.borrow().get(&TypeId::of::<T>())?.clone();
+        Some(
+            service
+                .downcast::<T>()
+                .expect("services are keyed by their type"),
+        )
+    }
 }
 
 impl Shard {

@@ -11,20 +11,15 @@ use futures::channel::oneshot;
 
 use super::producer_state::{self as pstate, Producers, PRODUCER_BATCHES_REMEMBERED};
 use crate::config::BrokerConfig;
-use crate::net::error_code as ec;
-use crate::net::metrics::{self, Stage, StagedApi};
+use crate::kafka_error as ec;
+use crate::metrics::{self, Stage, StagedApi};
 use crate::segment::{self, Durability, LogConfig, PartitionLog, TimestampType, ValidBatch};
+use crate::time::now_ms;
 
 const PRODUCER_STATE_READ_BYTES: usize = 1 << 20;
 /// Appended bytes after which the producer state is snapshotted even without a roll:
 /// bounds what a restart after a crash replays (segments can be 1 GiB).
 const PRODUCER_SNAPSHOT_INTERVAL_BYTES: usize = 32 << 20;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 pub struct Partition {
     pub log: Rc<PartitionLog>,
@@ -482,7 +477,7 @@ impl Partition {
         }
         let (tx, rx) = oneshot::channel();
         self.hw_waiters.borrow_mut().push((offset, tx));
-        match crate::replication::quorum::with_timeout(timeout, rx).await {
+        match crate::time::with_timeout(timeout, rx).await {
             Some(Ok(true)) => Ok(()),
             Some(Ok(false)) | Some(Err(_)) => Err(ec::NOT_LEADER_OR_FOLLOWER),
             None => Err(ec::REQUEST_TIMED_OUT),

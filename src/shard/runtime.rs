@@ -1,23 +1,20 @@
-//! Starting the shards: executors, the channel mesh, metadata replay, partition logs,
-//! listeners, and the background retention and compaction timer.
+//! The thread-per-core runtime: one pinned glommio executor per shard, the channel mesh
+//! between them, each shard's `Shard`, and their supervision — shards start and stop as
+//! one unit: the first to end, however it ends, ends the process with its reason. What
+//! a shard runs once it exists is the caller's (`crate::broker` wires the layers).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::commands::{MetaCommand, MetaReply};
 use super::{Envelope, Partition, Shard};
 use crate::config::BrokerConfig;
-use crate::metadata::{Image, MetaLog, TopicMeta};
-use crate::net;
-use crate::segment::PartitionLog;
+use crate::metadata::{Image, MetaLog};
 
 /// Cross-shard messages queued per shard pair before senders wait.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -75,16 +72,6 @@ async fn watch_stalls(shard: Rc<Shard>, threshold: Duration) {
     }
 }
 
-/// Set by the signal thread on SIGTERM/SIGINT; each shard polls it (a flag, not a lock).
-static SHUTDOWN_REQUESTED: AtomicBool = AtomicBool::new(false);
-/// Set once every shard serves: before that a stop request has nothing to drain.
-static SERVING: AtomicBool = AtomicBool::new(false);
-/// How often shards look at the shutdown flag.
-const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// A graceful stop that takes longer than its parts' own bounds plus this is wedged:
-/// the process exits anyway, so SIGTERM always ends it.
-const SHUTDOWN_GRACE_EXTRA: Duration = Duration::from_secs(20);
-
 /// What a shard thread reports to the supervisor when it ends.
 type ShardEnd = (usize, Result<(), String>);
 
@@ -118,74 +105,16 @@ impl Drop for EndReport {
 
 /// Handles SIGTERM/SIGINT: the first asks for a graceful stop (or exits at once while
 /// the broker is still starting: nothing has been acknowledged that a stop would
-/// flush); a second SIGINT, or a stop that overruns its bounds, exits without one.
-fn watch_signals(config: &BrokerConfig) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
-    let grace = Duration::from_millis(
-        if config.cluster.is_some() && config.controlled_shutdown_enable {
-            config.controlled_shutdown_timeout_ms
-        } else {
-            0
-        },
-    ) + SHUTDOWN_DRAIN_MAX
-        + FETCHERS_STOP_MAX
-        + SHUTDOWN_GRACE_EXTRA;
-    std::thread::Builder::new()
-        .name("runnel-signals".into())
-        .spawn(move || {
-            let Some(sig) = signals.forever().next() else {
-                return;
-            };
-            if !SERVING.load(Ordering::Acquire) {
-                tracing::info!(signal = sig, "shutdown requested while starting: exiting");
-                eprintln!("runnel: stopped while starting");
-                std::process::exit(0);
-            }
-            tracing::info!(signal = sig, "shutdown requested: flushing logs");
-            SHUTDOWN_REQUESTED.store(true, Ordering::Release);
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for sig in signals.forever() {
-                    if tx.send(sig).is_err() {
-                        return;
-                    }
-                }
-            });
-            // A repeated SIGTERM (process managers and scripts resend it) waits for the
-            // clean stop; a second Ctrl-C is a person who wants out now.
-            let deadline = Instant::now() + grace;
-            loop {
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(sig) if sig == signal_hook::consts::SIGINT => {
-                        tracing::warn!("second interrupt: exiting without a clean stop");
-                        break;
-                    }
-                    Ok(_) => tracing::info!("stop already under way"),
-                    Err(_) => {
-                        tracing::error!(
-                            grace_ms = grace.as_millis() as u64,
-                            "graceful stop did not finish in time: exiting without a clean stop"
-                        );
-                        break;
-                    }
-                }
-            }
-            std::process::exit(1);
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start signal thread: {e}"))?;
-    Ok(())
-}
 
-/// Runs the broker; blocks the calling thread. Returns (or the process exits) as soon
-/// as any shard ends: with an error naming the shard and why if it failed to start or
-/// failed later, because a broker missing a shard cannot serve that shard's partitions.
-pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
-    watch_signals(&config)?;
-    let config = Arc::new(config);
+/// Starts one executor per shard, builds each shard's `Shard` and runs `shard_main` on
+/// it; blocks the calling thread. Returns as soon as any shard ends: with an error naming
+/// the shard and why if it failed to start or failed later, because a broker missing a
+/// shard cannot serve that shard's partitions.
+pub fn run<F, Fut>(config: Arc<BrokerConfig>, shard_main: F) -> anyhow::Result<()>
+where
+    F: Fn(Rc<Shard>) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + 'static,
+{
     let cpus = core_affinity::get_core_ids()
         .map(|c| c.len())
         .unwrap_or(1)
@@ -196,6 +125,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     for id in 0..config.cores {
         let config = config.clone();
         let mesh = mesh.clone();
+        let shard_main = shard_main.clone();
         let report = EndReport {
             id,
             tx: end_tx.clone(),
@@ -212,7 +142,10 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         }
         let handle = builder
             .spawn(move || async move {
-                let r = shard_main(id, config, mesh).await;
+                let r = match start_shard(id, config, mesh).await {
+                    Ok(shard) => shard_main(shard).await,
+                    Err(e) => Err(e),
+                };
                 report.finish(r.map_err(|e| format!("{e:#}")));
             })
             .map_err(|e| anyhow::anyhow!("cannot start shard {id}: {e}"))?;
@@ -231,11 +164,13 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     Err(anyhow::anyhow!("shard {id} ended: {why}"))
 }
 
-async fn shard_main(
+/// Joins the mesh, builds this shard's `Shard` (shard 0 of a single node opens the
+/// metadata log) and starts its message pump and stall watcher.
+async fn start_shard(
     id: usize,
     config: Arc<BrokerConfig>,
     mesh: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Rc<Shard>> {
     let (senders, mut receivers) = mesh
         .join()
         .await
@@ -259,7 +194,7 @@ async fn shard_main(
     } else {
         (None, Image::default())
     };
-    let start_ms = crate::now_ms();
+    let start_ms = crate::time::now_ms();
     let shard = Rc::new(Shard {
         id,
         nshards,
@@ -267,18 +202,14 @@ async fn shard_main(
         image: RefCell::new(Arc::new(image)),
         partitions: RefCell::default(),
         meta_log,
-        quorum: Default::default(),
         meta_lock: glommio::sync::Semaphore::new(1),
         metrics: Default::default(),
-        memory: Rc::new(crate::net::memory::MemoryBudget::new(
-            config.queued_max_request_bytes_per_shard(),
-        )),
         ready: Cell::new(false),
         listener: RefCell::new(None),
         stopping: Cell::new(false),
         sockets: RefCell::default(),
         stop_accepting: RefCell::new(None),
-        groups: crate::group::Coordinator::new(),
+        services: Default::default(),
         senders,
         pending: RefCell::default(),
         next_call_id: Cell::new(0),
@@ -298,70 +229,12 @@ async fn shard_main(
         })
         .detach();
     }
-    if id == 0 {
-        if let Some(cluster) = &config.cluster {
-            // Replays the Raft log and applies what is committed on every shard.
-            let quorum = crate::replication::quorum::Quorum::start(&shard, cluster).await?;
-            let _ = shard.quorum.set(quorum);
-        }
-        // Hand the replayed image to every shard; each opens the logs it owns.
-        let image = shard.image();
-        let opened: Vec<usize> = shard
-            .invoke_on_all(move |s| {
-                let image = image.clone();
-                async move { apply_image(&s, image).await }
-            })
-            .await;
-        tracing::info!(
-            topics = shard.image().topics.len(),
-            partitions = opened.iter().sum::<usize>(),
-            recovery_scanned_bytes = crate::segment::recovery::scanned_bytes(),
-            "metadata replayed, partition logs open"
-        );
-        crate::group::store::note_existing_partition_count(&shard);
-        // A cluster's id comes with its first registration (see RegisterBroker).
-        if config.cluster.is_none() && shard.image().cluster_id.is_none() {
-            if let Err(e) = commit_meta(&shard, MetaCommand::EnsureClusterId).await {
-                anyhow::bail!("cannot store the cluster id: {e}");
-            }
-        }
-        // Bind shard 0 first so that a port of 0 picks one port, which the rest share.
-        let addr = match crate::ports::claim_port(config.listen)
-            .await
-            .and_then(|()| net::listener::bind(&shard, config.listen))
-        {
-            Ok(a) => a,
-            Err(e) => crate::fatal(&e),
-        };
-        let bound: Vec<Result<SocketAddr, String>> = shard
-            .invoke_on_all(move |s| async move {
-                let r = if s.id == 0 {
-                    Ok(addr)
-                } else {
-                    net::listener::bind(&s, addr)
-                };
-                s.ready.set(true);
-                r
-            })
-            .await;
-        if let Some(Err(e)) = bound.into_iter().find(|r| r.is_err()) {
-            crate::fatal(&e);
-        }
-        tracing::info!(%addr, shards = nshards, data_dir = %config.data_dir.display(), "broker ready");
-        if let Some(admin) = config.admin_listen {
-            if let Some(bound) = net::admin::start(&shard, admin).await {
-                println!("runnel: admin on {bound}");
-            }
-        }
-        SERVING.store(true, Ordering::Release);
-        // Scripts and tests wait for this line.
-        println!("runnel: ready on {addr}");
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-    }
-    // Listeners start only once every log is open, so no request sees a half-open broker.
-    while !shard.ready.get() {
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
+    Ok(shard)
+}
+
+/// Enforces retention and compacts this shard's logs every
+/// `log.retention.check.interval.ms`, for the life of the shard.
+pub fn maintain_logs(shard: &Rc<Shard>) {
     let retention = {
         let shard = shard.clone();
         let interval = Duration::from_millis(shard.config.log_retention_check_interval_ms.max(1));
@@ -397,55 +270,23 @@ async fn shard_main(
         })
     };
     retention.detach();
-    if config.cluster.is_some() {
-        glommio::spawn_local(crate::replication::fetcher::isr_task(shard.clone())).detach();
+}
+
+/// Waits until every shard has opened its logs (`Shard::ready`): listeners start only
+/// then, so no request sees a half-open broker.
+pub async fn wait_ready(shard: &Shard) {
+    while !shard.ready.get() {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
     }
-    if id == 0 {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while !SHUTDOWN_REQUESTED.load(Ordering::Acquire) {
-                glommio::timer::sleep(SHUTDOWN_POLL_INTERVAL).await;
-            }
-            // In a cluster, first hand this broker's leaderships to other in-sync
-            // replicas (bounded; see `replication::shutdown`).
-            if let Some(q) = shard.quorum.get().cloned() {
-                if shard.config.controlled_shutdown_enable {
-                    let timeout =
-                        Duration::from_millis(shard.config.controlled_shutdown_timeout_ms);
-                    crate::replication::shutdown::run(&shard, &q, timeout).await;
-                }
-            }
-            // Graceful stop: every shard stops accepting and reading requests, answers
-            // the ones in flight (bounded by SHUTDOWN_DRAIN_MAX), then flushes and closes
-            // its logs, and the process exits.
-            let open: Vec<u64> = shard
-                .invoke_on_all(|s| async move { drain_connections(&s).await })
-                .await;
-            tracing::info!(
-                still_open = open.iter().sum::<u64>(),
-                "stopped accepting; in-flight requests answered"
-            );
-            let closed: Vec<usize> = shard
-                .invoke_on_all(|s| async move { close_partitions(&s).await })
-                .await;
-            tracing::info!(
-                partitions = closed.iter().sum::<usize>(),
-                "logs flushed and closed; exiting"
-            );
-            std::process::exit(0);
-        })
-        .detach();
-    }
-    net::listener::serve(shard).await
 }
 
 /// How long a graceful stop waits for connections to finish their in-flight requests.
-const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
+pub const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
 
 /// Stops accepting and reading: the listener and every connection's read side are shut
 /// down, so readers see EOF and writers send the responses of requests already read.
 /// Waits (bounded) until the connections are gone; returns how many are still open.
-async fn drain_connections(shard: &Rc<Shard>) -> u64 {
+pub async fn drain_connections(shard: &Rc<Shard>) -> u64 {
     shard.stopping.set(true);
     if let Some(stop) = shard.stop_accepting.borrow_mut().take() {
         let _ = stop.send(());
@@ -464,16 +305,9 @@ async fn drain_connections(shard: &Rc<Shard>) -> u64 {
     shard.metrics.connections.get()
 }
 
-/// How long a stop waits for replica fetchers to finish what they are doing (a long
-/// poll's answer, a truncation) before closing the logs.
-const FETCHERS_STOP_MAX: Duration = Duration::from_secs(2);
-
-/// Flushes and closes every log this shard owns; returns how many.
-async fn close_partitions(shard: &Rc<Shard>) -> usize {
-    // Replication stops first: a replicated append or truncation must not race a close.
-    if !crate::replication::fetcher::stop_all(FETCHERS_STOP_MAX).await {
-        tracing::warn!("replica fetchers still busy; closing the logs anyway");
-    }
+/// Flushes and closes every log this shard owns; returns how many. Whatever appends to
+/// them (replication) must have stopped first.
+pub async fn close_partitions(shard: &Rc<Shard>) -> usize {
     let parts: Vec<Rc<Partition>> = shard
         .partitions
         .borrow_mut()
@@ -487,190 +321,4 @@ async fn close_partitions(shard: &Rc<Shard>) -> usize {
         }
     }
     parts.len()
-}
-
-/// Brings this shard's open partitions in line with `image`: opens logs of partitions it
-/// owns, closes and deletes those of topics that are gone, applies config changes.
-/// Returns how many partitions this shard owns afterwards.
-pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
-    let previous = shard.image.replace(image.clone());
-    // Deleted topics: remove their logs.
-    let gone: Vec<String> = shard
-        .partitions
-        .borrow()
-        .keys()
-        .filter(|t| !image.topics.contains_key(t.as_ref()))
-        .map(|t| t.to_string())
-        .collect();
-    for t in gone {
-        let parts = shard
-            .partitions
-            .borrow_mut()
-            .remove(t.as_str())
-            .unwrap_or_default();
-        for (i, p) in parts {
-            crate::replication::fetcher::unfollow(&t, i);
-            if let Err(e) = p.log.delete().await {
-                tracing::warn!(topic = %t, error = %e, "deleting partition log failed");
-            }
-        }
-    }
-    let mut owned = 0;
-    for topic in image.topics.values() {
-        let configs_changed = previous
-            .topic(&topic.name)
-            .map(|old| old.configs != topic.configs)
-            .unwrap_or(false);
-        for p in 0..topic.owners.len() as i32 {
-            if shard.owner_of(&topic.owners, p) != Some(shard.id)
-                || !topic.is_replica(p, shard.config.node_id)
-            {
-                continue;
-            }
-            owned += 1;
-            let log_config = super::partition::log_config_for(&topic.configs, &shard.config);
-            if let Some(existing) = shard.partition(&topic.name, p) {
-                if configs_changed {
-                    existing.log.set_config(log_config);
-                }
-                apply_partition_state(shard, topic, p, &existing).await;
-                continue;
-            }
-            let dir = shard
-                .config
-                .data_dir
-                .join("topics")
-                .join(format!("{}-{}", topic.name, p));
-            match PartitionLog::open(dir.clone(), log_config).await {
-                Ok(log) => {
-                    let partition = Partition::new(log);
-                    partition.set_producer_id_expiration_ms(shard.config.producer_id_expiration_ms);
-                    if let Err(e) = partition.rebuild_producer_state().await {
-                        tracing::warn!(dir = %dir.display(), error = %e, "producer state not rebuilt; idempotent retries may duplicate");
-                    }
-                    let name: Arc<str> = Arc::from(topic.name.as_str());
-                    shard
-                        .partitions
-                        .borrow_mut()
-                        .entry(name)
-                        .or_insert_with(HashMap::new)
-                        .insert(p, partition.clone());
-                    apply_partition_state(shard, topic, p, &partition).await;
-                }
-                Err(e) => {
-                    tracing::error!(dir = %dir.display(), error = %e, "cannot open partition log; partition offline");
-                }
-            }
-        }
-    }
-    owned
-}
-
-/// Cluster mode: makes this broker the partition's leader, a follower fetching from
-/// the leader, or neither, per the image's state of it.
-async fn apply_partition_state(
-    shard: &Rc<Shard>,
-    topic: &TopicMeta,
-    p: i32,
-    partition: &Rc<Partition>,
-) {
-    use crate::replication::fetcher;
-    use crate::shard::partition::Transition;
-    let Some(state) = topic.replicas.get(p as usize) else {
-        return;
-    };
-    // A restarted broker's image names it leader of what it led before the crash until
-    // its new registration commits (which moves those leaderships): it must not lead on
-    // that stale state, at the old epoch, with its replication state lost.
-    let me = shard.config.node_id;
-    let stale;
-    let state = if state.leader == me && !crate::replication::registered(&shard.image(), me) {
-        stale = crate::metadata::PartitionState {
-            leader: -1,
-            ..state.clone()
-        };
-        &stale
-    } else {
-        state
-    };
-    match partition.apply_state(me, state) {
-        Transition::Unchanged => {}
-        Transition::BecameLeader => {
-            fetcher::unfollow(&topic.name, p);
-            tracing::info!(topic = %topic.name, partition = p, epoch = state.leader_epoch, "leading partition");
-            // Its producer state followed the log while it was a follower; only an
-            // interrupted truncation or failed replicated append leaves it to rebuild.
-            partition.ensure_producer_state().await;
-        }
-        Transition::Follow(leader, epoch) => {
-            tracing::info!(topic = %topic.name, partition = p, leader, epoch, "following partition");
-            fetcher::follow(shard, &topic.name, p, leader, epoch);
-        }
-        Transition::Offline => fetcher::unfollow(&topic.name, p),
-    }
-}
-
-/// Decides and commits a metadata change: `cmd` is decided against the current image
-/// (under the metadata lock, so check-then-create is atomic) into events plus a reply.
-/// On a single node shard 0 decides and appends to the local metadata log; in a cluster
-/// the metadata leader decides and the events commit through Raft. Either way the events
-/// are durable and applied on every shard of this broker before this returns, so the
-/// caller's next request sees them whichever shard it reaches.
-pub async fn commit_meta(shard: &Rc<Shard>, cmd: MetaCommand) -> Result<MetaReply, String> {
-    shard
-        .invoke_on(0, move |s| async move {
-            if let Some(q) = s.quorum.get().cloned() {
-                return q.commit(&s, cmd).await;
-            }
-            let _permit = s
-                .meta_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut image = (*s.image()).clone();
-            let (events, result) = cmd.decide(&image, None);
-            if events.is_empty() {
-                return Ok(result);
-            }
-            for e in &events {
-                image.apply(e);
-            }
-            let log = s.meta_log.as_ref().expect("shard 0 owns the metadata log");
-            log.borrow_mut()
-                .append(&events)
-                .map_err(|e| format!("metadata log write failed: {e}"))?;
-            let image = Arc::new(image);
-            s.invoke_on_all(move |s| {
-                let image = image.clone();
-                async move { apply_image(&s, image).await }
-            })
-            .await;
-            Ok(result)
-        })
-        .await
-}
-
-/// Assigns new partitions to shards round robin from a per-topic starting shard (a hash
-/// of the name), so many one-partition topics still spread over the cores.
-pub fn place_partitions(nshards: usize, first_partition: u32, count: u32, topic: &str) -> Vec<u32> {
-    let seed = crc32c::crc32c(topic.as_bytes()) as usize;
-    (0..count)
-        .map(|i| ((seed + (first_partition + i) as usize) % nshards) as u32)
-        .collect()
-}
-
-pub fn new_topic(
-    nshards: usize,
-    name: &str,
-    partitions: u32,
-    configs: BTreeMap<String, String>,
-) -> TopicMeta {
-    TopicMeta {
-        name: name.to_string(),
-        id: rand::random::<u128>() | 1,
-        owners: place_partitions(nshards, 0, partitions, name),
-        configs,
-        internal: name.starts_with("__"),
-        replicas: Vec::new(),
-    }
 }

@@ -1,3 +1,4 @@
+// size: the one harness every integration test shares (brokers, clusters, clients, raw wire frames); one file keeps `mod common;` the only import a test needs.
 //! Test harness shared by the `tests/broker_*.rs` integration tests.
 //!
 //! [`Broker`] runs the real `runnel` binary as a subprocess on an ephemeral

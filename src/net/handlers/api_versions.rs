@@ -5,7 +5,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
 
 use super::SUPPORTED;
-use crate::net::error_code as ec;
+use crate::kafka_error as ec;
 
 pub const MIN: i16 = 0;
 pub const MAX: i16 = 3;

@@ -15,9 +15,9 @@ use kafka_protocol::messages::{
 };
 
 use super::str_bytes;
-use crate::net::error_code as ec;
-use crate::shard::commands::{MetaCommand, MetaReply};
-use crate::shard::runtime::commit_meta;
+use crate::kafka_error as ec;
+use crate::replication::apply::commit_meta;
+use crate::replication::commands::{MetaCommand, MetaReply};
 use crate::shard::Shard;
 
 pub const DESCRIBE_MIN: i16 = 1;
@@ -146,7 +146,7 @@ pub fn describe(shard: &Rc<Shard>, req: DescribeConfigsRequest) -> DescribeConfi
 }
 
 /// One resource's requested change: key → Some(value) to set, None to delete.
-type Change = crate::shard::commands::ConfigChange;
+type Change = crate::replication::commands::ConfigChange;
 
 /// Validates and commits config changes; returns (type, name, error code, message).
 /// `replace`: AlterConfigs semantics (the given set replaces all topic configs).

@@ -7,7 +7,7 @@ use kafka_protocol::messages::delete_records_response::{
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
-use crate::net::error_code as ec;
+use crate::kafka_error as ec;
 use crate::shard::Shard;
 
 pub const MIN: i16 = 0;

@@ -11,8 +11,9 @@ use uuid::Uuid;
 
 use super::fetch_encode::{PartOut, TopicOut};
 use super::fetch_session::{self, SessionPartition};
-use crate::net::error_code as ec;
-use crate::net::metrics::{self, ShardMetrics, Stage, StagedApi};
+use crate::kafka_error as ec;
+use crate::metrics::{self, ShardMetrics, Stage, StagedApi};
+use crate::net::memory::MemoryBudget;
 use crate::segment::StorageError;
 use crate::shard::Shard;
 
@@ -443,7 +444,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
     // Each read is sized by the shard's memory budget (`net::memory`); the reservation
     // covers the read until the connection holds the response's real size. A parked
     // long poll holds none.
-    let memory = &shard.memory;
+    let memory = MemoryBudget::of(shard);
     let (reads, reservation) = loop {
         let reservation = memory.reserve_fetch(response_max);
         let reads = read_all(shard, &targets, reservation.bytes(), replica).await;

@@ -36,7 +36,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{str_bytes, topic_name};
 use crate::group::{self, codes, CommitEntry, Committed, JoinReply, JoinRequest};
-use crate::net::error_code as ec;
+use crate::kafka_error as ec;
 use crate::shard::Shard;
 
 pub const FIND_COORDINATOR_MIN: i16 = 0;

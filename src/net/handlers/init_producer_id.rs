@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
-use crate::net::error_code as ec;
+use crate::kafka_error as ec;
 use crate::shard::Shard;
 
 pub const MIN: i16 = 0;

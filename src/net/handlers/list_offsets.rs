@@ -7,7 +7,7 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
-use crate::net::error_code as ec;
+use crate::kafka_error as ec;
 use crate::shard::Shard;
 
 pub const MIN: i16 = 1;

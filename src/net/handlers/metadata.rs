@@ -11,10 +11,10 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use uuid::Uuid;
 
-use super::create_topics::create_topics;
 use super::{str_bytes, topic_name};
+use crate::kafka_error as ec;
 use crate::metadata::{BrokerMeta, Image, TopicMeta};
-use crate::net::error_code as ec;
+use crate::replication::topics::create_topics;
 use crate::shard::Shard;
 
 pub const MIN: i16 = 0;

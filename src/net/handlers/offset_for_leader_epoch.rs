@@ -17,7 +17,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 };
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 
-use crate::net::error_code as ec;
+use crate::kafka_error as ec;
 use crate::shard::Shard;
 
 pub const MIN: i16 = 2;

@@ -11,9 +11,9 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, RequestHeader};
 use kafka_protocol::protocol::Decodable;
 
 use super::{str_bytes, Reply};
+use crate::kafka_error as ec;
+use crate::metrics::{ShardMetrics, StagedApi};
 use crate::net::connection::Request;
-use crate::net::error_code as ec;
-use crate::net::metrics::{ShardMetrics, StagedApi};
 use crate::segment::Durability;
 use crate::shard::partition::ProduceOutcome;
 use crate::shard::Shard;

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kafka_error as ec;
 use crate::metadata::{BrokerMeta, Image, MetaEvent, PartitionState, TopicMeta};
-use crate::net::error_code as ec;
 use crate::replication::{controller, placement};
 use crate::shard::partition::{validate_topic_config, validate_topic_configs};
 
@@ -246,7 +246,7 @@ fn create_topics(
         }
         if let Some(ids) = placement {
             // The offsets topic takes what the cluster has (at most its factor).
-            let rf = if t.name == crate::group::store::OFFSETS_TOPIC && rf as usize > ids.len() {
+            let rf = if t.name == crate::metadata::OFFSETS_TOPIC && rf as usize > ids.len() {
                 ids.len().max(1) as i16
             } else {
                 rf
@@ -318,7 +318,7 @@ fn create_partitions(
     validate_only: bool,
     nshards: usize,
 ) -> (Vec<MetaEvent>, MetaReply) {
-    use crate::net::handlers::create_topics::PARTITIONS_PER_TOPIC_MAX;
+    use super::topics::PARTITIONS_PER_TOPIC_MAX;
     let mut events = Vec::new();
     let mut out = Vec::new();
     let ids = placement.unwrap_or(&[]);
@@ -350,7 +350,7 @@ fn create_partitions(
             Some(t) => {
                 let have = t.owners.len() as u32;
                 let added = count as u32 - have;
-                let owners = crate::shard::runtime::place_partitions(nshards, have, added, &name);
+                let owners = super::placement::place_partitions(nshards, have, added, &name);
                 let replicas = if placement.is_some() {
                     placement::assign(ids, have, added, t.replication_factor(), &name)
                 } else {
@@ -444,7 +444,7 @@ mod tests {
         };
         let mut image = Image::default();
         image.apply(&MetaEvent::RegisterBroker { broker: b(5) });
-        let mut t = crate::shard::runtime::new_topic(1, "t", 1, BTreeMap::new());
+        let mut t = super::placement::new_topic(1, "t", 1, BTreeMap::new());
         t.replicas = vec![PartitionState {
             replicas: vec![1, 2],
             leader: 1,
