@@ -44,20 +44,31 @@
 //! where each epoch started (`leader-epoch-checkpoint`) for OffsetForLeaderEpoch.
 //!
 //! Modules: `batch` (v2 header, CRC32C, offset patching), `compact` (record-level
-//! compaction of batches; `PartitionLog::compact` swaps compacted segments in), `log` (appender, group
-//! commit, cache, reads, retention), `segment` (one segment and its indexes),
-//! `recovery` (scan for the logical end), `testing` (a batch encoder for tests).
+//! compaction of batches), `log` (`PartitionLog`: its types, state, open and close),
+//! and the `impl PartitionLog` blocks split by job: `append` (offsets, write buffers),
+//! `flush` (group commit, writes, fdatasync), `read` (batch cache, reads, lookups by
+//! time), `leader_epoch`, `truncate`, `retention`, `cleaner` (swaps compacted segments
+//! in) and `producer_snapshot`; `segment` (one segment and its indexes), `recovery`
+//! (scan for the logical end, tail repair), `testing` (a batch encoder for tests).
 
+mod append;
 pub mod batch;
+mod cleaner;
 pub mod compact;
 pub mod epoch;
 pub mod error;
+mod flush;
+mod leader_epoch;
 pub mod log;
+mod producer_snapshot;
+mod read;
 pub mod records;
 pub mod recovery;
+mod retention;
 mod segment;
 #[doc(hidden)]
 pub mod testing;
+mod truncate;
 
 pub use batch::{BatchHeader, ValidBatch, BATCH_HEADER_LEN};
 pub use error::StorageError;

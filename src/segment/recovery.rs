@@ -3,15 +3,17 @@
 //! CRC32C and offset continuity. The scan stops at the first batch that fails (a torn
 //! or corrupt tail, or the zero padding after the last batch); nothing from there on
 //! is part of the log. Never panics on file contents: every length read from disk is
-//! bounded before it is used.
+//! bounded before it is used. Also the repair of what follows the logical end (cut
+//! off, its last block zeroed past the end), which truncation reuses.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use glommio::io::DmaFile;
 
 use super::batch::{claimed_len, validate_batch, BATCH_HEADER_LEN, LOG_OVERHEAD};
 use super::error::StorageError;
-use super::segment::Segment;
+use super::segment::{align_down, align_up, Segment, BLOCK_BYTES};
 
 /// Bytes read per I/O while scanning.
 const SCAN_WINDOW_BYTES: u64 = 1 << 20;
@@ -116,4 +118,70 @@ pub(crate) async fn recover_segment(
     }
     seg.reset_index();
     scan(seg, file, file_size, 0, interval).await
+}
+
+/// Whether the bytes after the logical end, to the end of its block, are zero.
+pub(super) async fn tail_is_clean(
+    file: &DmaFile,
+    end: u64,
+    file_size: u64,
+    path: &Path,
+) -> Result<bool, StorageError> {
+    let block_end = align_up(end).min(file_size);
+    if block_end <= end {
+        return Ok(true);
+    }
+    let data = file
+        .read_at(end, (block_end - end) as usize)
+        .await
+        .map_err(|e| StorageError::io("read", path, e))?;
+    Ok(data.iter().all(|b| *b == 0))
+}
+
+/// Cuts a damaged tail: truncate to the block after `end`, zero that block past `end`,
+/// and fdatasync, so neither garbage nor stale batches after the cut can come back.
+pub(super) async fn repair_tail(file: &DmaFile, end: u64, path: &Path) -> Result<(), StorageError> {
+    let block = align_down(end);
+    let keep = (end - block) as usize;
+    file.truncate(align_up(end))
+        .await
+        .map_err(|e| StorageError::io("truncate", path, e))?;
+    if keep > 0 {
+        let data = file
+            .read_at(block, keep)
+            .await
+            .map_err(|e| StorageError::io("read", path, e))?;
+        let mut buf = glommio::allocate_dma_buffer(BLOCK_BYTES as usize);
+        buf.as_bytes_mut().fill(0);
+        buf.as_bytes_mut()[..keep].copy_from_slice(&data[..keep]);
+        file.write_at(buf, block)
+            .await
+            .map_err(|e| StorageError::io("write", path, e))?;
+    }
+    file.fdatasync()
+        .await
+        .map_err(|e| StorageError::io("fdatasync", path, e))
+}
+
+/// Reads the partial tail block of `seg` at `pos` into `dst` (whose length is the read's):
+/// appends after reopen and after a truncation rewrite that block with new bytes.
+pub(super) async fn read_tail_block(
+    file: &DmaFile,
+    seg: &Segment,
+    pos: u64,
+    dst: &mut [u8],
+) -> Result<(), StorageError> {
+    let data = file
+        .read_at(pos, dst.len())
+        .await
+        .map_err(|e| StorageError::io("read", seg.path("log"), e))?;
+    if data.len() != dst.len() {
+        return Err(StorageError::io(
+            "read",
+            seg.path("log"),
+            std::io::Error::other("short read of tail block"),
+        ));
+    }
+    dst.copy_from_slice(&data);
+    Ok(())
 }
