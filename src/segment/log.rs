@@ -262,11 +262,7 @@ pub struct CompactStats {
     pub keys: usize,
 }
 
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(super) use crate::time::now_ms;
 
 fn sanitize(mut config: LogConfig) -> LogConfig {
     config.segment_bytes = config.segment_bytes.clamp(BLOCK_BYTES, SEGMENT_BYTES_MAX);
