@@ -4,7 +4,9 @@
 //! variables (through clap) and the settings file each fill a `Settings`; layered
 //! (flag, then variable, then file) and merged over the defaults they make the
 //! `Effective` settings, which `Effective::resolve` turns into the `BrokerConfig` the
-//! broker runs with.
+//! broker runs with. A new setting is one table entry, its `BrokerConfig` field and the
+//! line of `resolve` that sets it (the compiler asks for both), and its line in
+//! runnel.toml.example (a test asks for that).
 
 use std::fmt::Display;
 use std::net::SocketAddr;

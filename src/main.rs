@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, describe, delete topics and change their configs.
     #[command(subcommand)]
     Topic(cli::topic::TopicCommand),
@@ -65,7 +65,7 @@ fn main() {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Topic(c) => cli::topic::run(c),
         Command::Produce(a) => cli::produce::run(a),
         Command::Consume(a) => cli::consume::run(a),
@@ -143,7 +143,7 @@ mod tests {
             .map_err(|e| e.to_string())?
             .command
         {
-            Command::Serve(a) => Ok(a),
+            Command::Serve(a) => Ok(*a),
             _ => unreachable!("serve"),
         }
     }
