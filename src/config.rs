@@ -1,7 +1,17 @@
 //! Broker configuration, validated once at start.
+//!
+//! Every setting is declared once, in the `settings!` table below. Flags and `RUNNEL_*`
+//! variables (through clap) and the settings file each fill a `Settings`; layered
+//! (flag, then variable, then file) and merged over the defaults they make the
+//! `Effective` settings, which `Effective::resolve` turns into the `BrokerConfig` the
+//! broker runs with. A new setting is one table entry, its `BrokerConfig` field and the
+//! line of `resolve` that sets it (the compiler asks for both), and its line in
+//! runnel.toml.example (a test asks for that).
 
+use std::fmt::Display;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::ops::{RangeFrom, RangeInclusive};
+use std::path::{Path, PathBuf};
 
 /// Bytes of io_uring-registered memory per executor. glommio registers it under
 /// RLIMIT_MEMLOCK; 2 MiB per core fits the common 8 MiB default on small machines.
@@ -154,42 +164,10 @@ pub struct BrokerConfig {
 /// `runnel serve`'s defaults with one core (the binary's default is every core).
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
-            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9644))),
-            advertised_host: "127.0.0.1".into(),
-            advertised_port: 9092,
-            data_dir: PathBuf::from("./data"),
-            cores: 1,
-            node_id: 0,
-            io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
-            auto_create_topics: true,
-            num_partitions: 1,
-            socket_request_max_bytes: SOCKET_REQUEST_MAX_BYTES_DEFAULT,
-            message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
-            queued_max_request_bytes: queued_max_request_bytes_default(),
-            connections_max: CONNECTIONS_MAX_DEFAULT,
-            stall_threshold_ms: 20,
-            stall_backtraces: false,
-            log_filter: "info".into(),
-            log_format: LogFormat::Text,
-            log_retention_check_interval_ms: RETENTION_CHECK_INTERVAL_MS_DEFAULT,
-            group_initial_rebalance_delay_ms: GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
-            group_min_session_timeout_ms: GROUP_MIN_SESSION_TIMEOUT_MS_DEFAULT,
-            group_max_session_timeout_ms: GROUP_MAX_SESSION_TIMEOUT_MS_DEFAULT,
-            cluster: None,
-            default_replication_factor: 1,
-            replica_lag_time_max_ms: 30_000,
-            offsets_topic_replication_factor: 3,
-            log_cleaner_dedupe_buffer_size: LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT,
-            offsets_retention_minutes: OFFSETS_RETENTION_MINUTES_DEFAULT,
-            offsets_retention_ms: None,
-            offsets_retention_check_interval_ms: OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT,
-            offsets_topic_num_partitions: OFFSETS_TOPIC_NUM_PARTITIONS_DEFAULT,
-            producer_id_expiration_ms: PRODUCER_ID_EXPIRATION_MS_DEFAULT,
-            controlled_shutdown_enable: true,
-            controlled_shutdown_timeout_ms: CONTROLLED_SHUTDOWN_TIMEOUT_MS_DEFAULT,
-        }
+        Settings::default()
+            .effective()
+            .and_then(|mut settings| settings.resolve(1))
+            .expect("the default settings are valid")
     }
 }
 
@@ -311,22 +289,9 @@ impl BrokerConfig {
         )
     }
 
+    /// The checks a single setting's declared range cannot make: settings bounding each
+    /// other or scaled by the shard count, and values with a syntax of their own.
     pub fn validate(&self) -> Result<(), String> {
-        if self.cores == 0 {
-            return Err(format!("cores={}: must be at least 1", self.cores));
-        }
-        if self.num_partitions == 0 || self.num_partitions > 100_000 {
-            return Err(format!(
-                "num.partitions={}: must be between 1 and 100000",
-                self.num_partitions
-            ));
-        }
-        if self.socket_request_max_bytes < 1024 {
-            return Err(format!(
-                "socket.request.max.bytes={}: must be at least 1024",
-                self.socket_request_max_bytes
-            ));
-        }
         if self.queued_max_request_bytes != -1
             && self.queued_max_request_bytes < QUEUED_MAX_REQUEST_BYTES_MIN
         {
@@ -348,37 +313,15 @@ impl BrokerConfig {
                 self.log_filter
             ));
         }
-        if self.log_retention_check_interval_ms < 100 {
-            // Each check walks every partition; a zero interval would spin.
-            return Err(format!(
-                "log.retention.check.interval.ms={}: must be at least 100",
-                self.log_retention_check_interval_ms
-            ));
-        }
-        if self.group_min_session_timeout_ms < 1 {
-            return Err(format!(
-                "group.min.session.timeout.ms={}: must be at least 1",
-                self.group_min_session_timeout_ms
-            ));
-        }
         if self.group_max_session_timeout_ms < self.group_min_session_timeout_ms {
             return Err(format!(
                 "group.max.session.timeout.ms={} is below group.min.session.timeout.ms={}",
                 self.group_max_session_timeout_ms, self.group_min_session_timeout_ms
             ));
         }
-        if self.io_memory_bytes < 64 * 1024 {
-            return Err(format!(
-                "io.memory.mib={}: must be at least 1",
-                self.io_memory_bytes >> 20
-            ));
-        }
         if let Some(c) = &self.cluster {
             if !c.voters.iter().any(|v| v.id == self.node_id) {
-                return Err(format!(
-                    "node.id={} is not in controller.quorum.voters (every broker of a cluster is a voter)",
-                    self.node_id
-                ));
+                return Err(not_a_voter(self.node_id));
             }
             if c.listen == self.listen {
                 return Err(format!(
@@ -386,12 +329,6 @@ impl BrokerConfig {
                     c.listen
                 ));
             }
-        }
-        if self.offsets_topic_replication_factor < 1 {
-            return Err(format!(
-                "offsets.topic.replication.factor={}: must be at least 1",
-                self.offsets_topic_replication_factor
-            ));
         }
         let dedupe_min = DEDUPE_BUFFER_SHARD_BYTES_MIN * self.cores.max(1) as u64;
         if self.log_cleaner_dedupe_buffer_size < dedupe_min {
@@ -404,150 +341,542 @@ impl BrokerConfig {
                 LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT
             ));
         }
-        if self.offsets_retention_minutes < 1 {
-            return Err(format!(
-                "offsets.retention.minutes={}: must be at least 1",
-                self.offsets_retention_minutes
-            ));
-        }
-        if let Some(ms) = self.offsets_retention_ms {
-            if ms < 1 || ms > i64::MAX as u64 {
-                return Err(format!(
-                    "offsets.retention.ms={ms}: must be between 1 and {}",
-                    i64::MAX
-                ));
-            }
-        }
-        if self.offsets_retention_check_interval_ms < 100 {
-            // Each check walks every group of the shard.
-            return Err(format!(
-                "offsets.retention.check.interval.ms={}: must be at least 100",
-                self.offsets_retention_check_interval_ms
-            ));
-        }
-        if !(1..=OFFSETS_TOPIC_NUM_PARTITIONS_MAX).contains(&self.offsets_topic_num_partitions) {
-            return Err(format!(
-                "offsets.topic.num.partitions={}: must be between 1 and {OFFSETS_TOPIC_NUM_PARTITIONS_MAX}",
-                self.offsets_topic_num_partitions
-            ));
-        }
-        if !(1..=i64::MAX as u64).contains(&self.producer_id_expiration_ms) {
-            return Err(format!(
-                "producer.id.expiration.ms={}: must be between 1 and {}",
-                self.producer_id_expiration_ms,
-                i64::MAX
-            ));
-        }
-        if !(1..=CONTROLLED_SHUTDOWN_TIMEOUT_MS_MAX).contains(&self.controlled_shutdown_timeout_ms)
-        {
-            return Err(format!(
-                "controlled.shutdown.timeout.ms={}: must be between 1 and {CONTROLLED_SHUTDOWN_TIMEOUT_MS_MAX}",
-                self.controlled_shutdown_timeout_ms
-            ));
-        }
-        if self.default_replication_factor < 1 {
-            return Err(format!(
-                "default.replication.factor={}: must be at least 1",
-                self.default_replication_factor
-            ));
-        }
         Ok(())
+    }
+
+    /// Locked memory one shard's io_uring buffers take.
+    fn memlock_per_shard_bytes(&self) -> u64 {
+        (self.io_memory_bytes as u64)
+            .next_multiple_of(4096)
+            .max(GLOMMIO_IO_MEMORY_MIN_BYTES)
+    }
+
+    /// Refuses to start when RLIMIT_MEMLOCK cannot hold every shard's io_uring memory,
+    /// naming the exact limit to set: past it shards fail to start (or, with
+    /// registration refused, run on slower unregistered buffers) and the operator sees
+    /// no reason.
+    pub fn check_memlock(&self) -> Result<(), String> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass and has no other effect.
+        if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0
+            || lim.rlim_cur == libc::RLIM_INFINITY
+        {
+            return Ok(());
+        }
+        let have = lim.rlim_cur;
+        let per_shard = self.memlock_per_shard_bytes();
+        let need = (per_shard * self.cores as u64).max(GLOMMIO_MEMLOCK_FLOOR_BYTES);
+        // The kernel does not count locked memory against the limit for CAP_IPC_LOCK
+        // (root), but glommio checks its floor for everyone.
+        let enough = if has_cap_ipc_lock() {
+            have >= GLOMMIO_MEMLOCK_FLOOR_BYTES
+        } else {
+            have >= need
+        };
+        if enough {
+            return Ok(());
+        }
+        let shards_that_fit = have / per_shard;
+        let need_kib = need.div_ceil(1024);
+        Err(format!(
+            "{} shards × {} KiB of io_uring memory need {need_kib} KiB of locked memory, but \
+             the limit (ulimit -l) is {} KiB. Raise it: `ulimit -l {need_kib}` in the shell that \
+             starts the broker, `LimitMEMLOCK={need}` in its systemd unit, or a memlock line in \
+             /etc/security/limits.conf; or lower --cores (at most {shards_that_fit} fit now) or \
+             --io-memory-mib.",
+            self.cores,
+            per_shard >> 10,
+            have >> 10,
+        ))
     }
 }
 
-/// Settings-file keys (Kafka's names where Kafka has one) and the `serve` flag each sets.
-pub const FILE_KEYS: &[(&str, &str)] = &[
-    ("listeners", "listen"),
-    ("advertised.host.name", "advertised-host"),
-    ("admin.listen", "admin-listen"),
-    ("log.dirs", "data-dir"),
-    ("cores", "cores"),
-    ("node.id", "node-id"),
-    ("io.memory.mib", "io-memory-mib"),
-    ("auto.create.topics.enable", "auto-create-topics"),
-    ("num.partitions", "num-partitions"),
-    ("socket.request.max.bytes", "socket-request-max-bytes"),
-    ("message.max.bytes", "message-max-bytes"),
-    ("queued.max.request.bytes", "queued-max-request-bytes"),
-    ("max.connections", "max-connections"),
-    ("stall.threshold.ms", "stall-threshold-ms"),
-    ("stall.backtraces", "stall-backtraces"),
-    ("log.level", "log"),
-    ("log.format", "log-format"),
-    (
-        "log.retention.check.interval.ms",
-        "log-retention-check-interval-ms",
-    ),
-    (
-        "group.initial.rebalance.delay.ms",
-        "group-initial-rebalance-delay-ms",
-    ),
-    (
-        "group.min.session.timeout.ms",
-        "group-min-session-timeout-ms",
-    ),
-    (
-        "group.max.session.timeout.ms",
-        "group-max-session-timeout-ms",
-    ),
-    ("advertised.port", "advertised-port"),
-    ("controller.quorum.voters", "controller-quorum-voters"),
-    ("cluster.listen", "cluster-listen"),
-    ("default.replication.factor", "default-replication-factor"),
-    ("replica.lag.time.max.ms", "replica-lag-time-max-ms"),
-    (
-        "offsets.topic.replication.factor",
-        "offsets-topic-replication-factor",
-    ),
-    (
-        "log.cleaner.dedupe.buffer.size",
-        "log-cleaner-dedupe-buffer-size",
-    ),
-    ("offsets.retention.minutes", "offsets-retention-minutes"),
-    ("offsets.retention.ms", "offsets-retention-ms"),
-    (
-        "offsets.retention.check.interval.ms",
-        "offsets-retention-check-interval-ms",
-    ),
-    (
-        "offsets.topic.num.partitions",
-        "offsets-topic-num-partitions",
-    ),
-    ("producer.id.expiration.ms", "producer-id-expiration-ms"),
-    ("controlled.shutdown.enable", "controlled-shutdown-enable"),
-    (
-        "controlled.shutdown.timeout.ms",
-        "controlled-shutdown-timeout-ms",
-    ),
-];
+/// glommio refuses to start an executor below this RLIMIT_MEMLOCK, whoever runs it.
+const GLOMMIO_MEMLOCK_FLOOR_BYTES: u64 = 512 << 10;
+/// glommio registers at least this much io memory per executor.
+const GLOMMIO_IO_MEMORY_MIN_BYTES: u64 = 64 << 10;
 
-/// Reads a TOML settings file into (flag, value) pairs. Dotted keys may be written
-/// quoted (`"num.partitions" = 4`) or as TOML's nested keys (`num.partitions = 4`);
-/// both flatten to Kafka's name. Unknown keys are refused with the key named.
-pub fn parse_toml(text: &str) -> Result<Vec<(String, String)>, String> {
+/// Whether the kernel lets this process lock memory past RLIMIT_MEMLOCK.
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// Declares every broker setting once: its settings-file key (Kafka's name where Kafka
+/// has one), its `serve` flag (the field's name), its `RUNNEL_*` variable, its type, its
+/// default and the values it accepts. A setting without a default is derived from
+/// others or from the machine in `Effective::resolve`. From this come `Settings` (what
+/// one source gives: flags and variables through clap, or the file), `Effective`
+/// (sources merged over the defaults), `FILE_KEYS`, the range checks, the defaults in
+/// `--help` and `--print-config`'s output.
+macro_rules! settings {
+    ($(
+        $(#[$attr:meta])*
+        $key:literal => $field:ident: $ty:ty $(= $default:expr)?, env $env:literal
+            $(, valid $valid:expr)?;
+    )*) => {
+        /// What one source sets: `None` where it says nothing, so that the sources can
+        /// be layered (`or`) before the defaults fill the rest (`effective`).
+        #[derive(clap::Args, Clone, Debug, Default, PartialEq)]
+        pub struct Settings {
+            $(
+                $(#[$attr])*
+                #[arg(long, env = $env)]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        /// Every source merged over the defaults; `Option` where the setting has none.
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct Effective {
+            $(pub $field: settings!(@type $ty $(, $default)?),)*
+        }
+
+        /// Settings-file keys and the environment variable that sets each.
+        pub const FILE_KEYS: &[(&str, &str)] = &[$(($key, $env)),*];
+
+        impl Settings {
+            /// This source's values, and `lower`'s where this one says nothing.
+            pub fn or(self, lower: Settings) -> Settings {
+                Settings { $($field: self.$field.or(lower.$field),)* }
+            }
+
+            /// Checks each given value against its declared range, then fills in the
+            /// defaults.
+            pub fn effective(self) -> Result<Effective, String> {
+                $($(
+                    if let Some(value) = &self.$field {
+                        check_range($key, value, $valid)?;
+                    }
+                )?)*
+                Ok(Effective {
+                    $($field: settings!(@or_default self.$field $(, $default)?),)*
+                })
+            }
+
+            /// Sets the setting under file key `key` from its text; `None`: no such key.
+            fn set(&mut self, key: &str, text: &str) -> Option<Result<(), String>> {
+                match key {
+                    $($key => Some(if self.$field.is_some() {
+                        Err(format!("{key} is set twice"))
+                    } else {
+                        text.parse::<$ty>()
+                            .map(|value| self.$field = Some(value))
+                            .map_err(|e| format!("{key} = {text:?}: invalid value ({e})"))
+                    }),)*
+                    _ => None,
+                }
+            }
+
+            /// `serve`'s command with each default shown in its flag's help, as clap
+            /// shows defaults it holds itself (here they must stay out of the parsed
+            /// values, or they would hide the file's).
+            pub fn with_defaults_in_help(mut serve: clap::Command) -> clap::Command {
+                $($(
+                    let default: $ty = $default;
+                    serve = serve.mut_arg(stringify!($field), |arg| {
+                        help_with_default(arg, &SettingValue::plain(&default))
+                    });
+                )?)*
+                serve
+            }
+        }
+
+        impl Effective {
+            /// The settings as a settings file, one `"key" = value` line each.
+            pub fn render_toml(&self) -> String {
+                let mut out = String::new();
+                $(out += &format!("\"{}\" = {}\n", $key, SettingValue::toml(&self.$field));)*
+                out
+            }
+        }
+    };
+    (@type $ty:ty, $default:expr) => { $ty };
+    (@type $ty:ty) => { Option<$ty> };
+    (@or_default $value:expr, $default:expr) => { $value.unwrap_or_else(|| $default) };
+    (@or_default $value:expr) => { $value };
+}
+
+settings! {
+    /// Kafka listener address (host:port).
+    "listeners" => listen: String = "127.0.0.1:9092".into(), env "RUNNEL_LISTEN";
+    /// Admin HTTP address for /metrics and /health ("off" disables it).
+    "admin.listen" => admin_listen: String = "127.0.0.1:9644".into(), env "RUNNEL_ADMIN_LISTEN";
+    /// Host advertised to clients in Metadata (default: the listen host).
+    "advertised.host.name" => advertised_host: String, env "RUNNEL_ADVERTISED_HOST";
+    /// Directory for segments and the metadata log.
+    "log.dirs" => data_dir: PathBuf = "./data".into(), env "RUNNEL_DATA_DIR";
+    /// Shards (pinned cores); default: all cores.
+    "cores" => cores: usize, env "RUNNEL_CORES", valid 1..;
+    /// node.id: this broker's id (in a cluster, its id in controller.quorum.voters).
+    "node.id" => node_id: i32 = 0, env "RUNNEL_NODE_ID";
+    /// io_uring-registered memory per shard in MiB (counts against `ulimit -l`).
+    "io.memory.mib" => io_memory_mib: u64 = (IO_MEMORY_BYTES_DEFAULT >> 20) as u64,
+        env "RUNNEL_IO_MEMORY_MIB", valid 1..;
+    /// auto.create.topics.enable
+    "auto.create.topics.enable" => auto_create_topics: bool = true,
+        env "RUNNEL_AUTO_CREATE_TOPICS";
+    /// num.partitions: partitions of auto-created topics.
+    "num.partitions" => num_partitions: u32 = 1, env "RUNNEL_NUM_PARTITIONS",
+        valid 1..=OFFSETS_TOPIC_NUM_PARTITIONS_MAX;
+    /// socket.request.max.bytes
+    "socket.request.max.bytes" => socket_request_max_bytes: usize =
+        SOCKET_REQUEST_MAX_BYTES_DEFAULT, env "RUNNEL_SOCKET_REQUEST_MAX_BYTES", valid 1024..;
+    /// message.max.bytes
+    "message.max.bytes" => message_max_bytes: u32 = MESSAGE_MAX_BYTES_DEFAULT,
+        env "RUNNEL_MESSAGE_MAX_BYTES";
+    /// queued.max.request.bytes: bytes of requests being handled plus their responses
+    /// not yet written, all connections together; past it connections stop reading
+    /// new requests and Fetch responses shrink. -1: no bound. Default: min(1 GiB,
+    /// memory / 8).
+    #[arg(allow_hyphen_values = true)]
+    "queued.max.request.bytes" => queued_max_request_bytes: i64,
+        env "RUNNEL_QUEUED_MAX_REQUEST_BYTES";
+    /// max.connections
+    "max.connections" => max_connections: usize = CONNECTIONS_MAX_DEFAULT,
+        env "RUNNEL_MAX_CONNECTIONS";
+    /// Log (and count in runnel_shard_stalls_total) a shard that could not serve its
+    /// I/O and timers for longer than this (ms): a task held it, or the OS did.
+    "stall.threshold.ms" => stall_threshold_ms: u64 = 20, env "RUNNEL_STALL_THRESHOLD_MS";
+    /// Also log the stalling task's backtrace. The first one loads the binary's debug
+    /// info: the shard stalls for it, and the process keeps ~200 MiB more memory.
+    "stall.backtraces" => stall_backtraces: bool = false, env "RUNNEL_STALL_BACKTRACES";
+    /// Log levels, RUST_LOG syntax: a default and per-module levels,
+    /// e.g. "info,runnel::group=debug".
+    "log.level" => log: String = "info".into(), env "RUNNEL_LOG";
+    /// Log line format: text or json (one JSON object per line).
+    "log.format" => log_format: LogFormat = LogFormat::Text, env "RUNNEL_LOG_FORMAT";
+    /// log.retention.check.interval.ms: how often retention and compaction run.
+    // Each check walks every partition; a zero interval would spin.
+    "log.retention.check.interval.ms" => log_retention_check_interval_ms: u64 =
+        RETENTION_CHECK_INTERVAL_MS_DEFAULT, env "RUNNEL_LOG_RETENTION_CHECK_INTERVAL_MS",
+        valid 100..;
+    /// group.initial.rebalance.delay.ms: how long a new group waits for more members
+    /// before its first rebalance.
+    "group.initial.rebalance.delay.ms" => group_initial_rebalance_delay_ms: u64 =
+        GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT, env "RUNNEL_GROUP_INITIAL_REBALANCE_DELAY_MS";
+    /// group.min.session.timeout.ms: shortest session timeout a consumer may ask for.
+    "group.min.session.timeout.ms" => group_min_session_timeout_ms: i32 =
+        GROUP_MIN_SESSION_TIMEOUT_MS_DEFAULT, env "RUNNEL_GROUP_MIN_SESSION_TIMEOUT_MS",
+        valid 1..;
+    /// group.max.session.timeout.ms: longest session timeout a consumer may ask for.
+    "group.max.session.timeout.ms" => group_max_session_timeout_ms: i32 =
+        GROUP_MAX_SESSION_TIMEOUT_MS_DEFAULT, env "RUNNEL_GROUP_MAX_SESSION_TIMEOUT_MS";
+    /// Port advertised to clients in Metadata (default: the listen port).
+    "advertised.port" => advertised_port: u16, env "RUNNEL_ADVERTISED_PORT";
+    /// controller.quorum.voters: `id@host:port,...` (the voters' cluster listeners).
+    /// Empty: a single node. Every broker of a cluster is a voter.
+    "controller.quorum.voters" => controller_quorum_voters: String = String::new(),
+        env "RUNNEL_CONTROLLER_QUORUM_VOTERS";
+    /// Inter-broker (Raft) listener; default: this node's address in the voters.
+    "cluster.listen" => cluster_listen: String, env "RUNNEL_CLUSTER_LISTEN";
+    /// default.replication.factor
+    "default.replication.factor" => default_replication_factor: i16 = 1,
+        env "RUNNEL_DEFAULT_REPLICATION_FACTOR", valid 1..;
+    /// replica.lag.time.max.ms
+    "replica.lag.time.max.ms" => replica_lag_time_max_ms: u64 = 30_000,
+        env "RUNNEL_REPLICA_LAG_TIME_MAX_MS";
+    /// offsets.topic.replication.factor (capped at the live brokers when created)
+    "offsets.topic.replication.factor" => offsets_topic_replication_factor: i16 = 3,
+        env "RUNNEL_OFFSETS_TOPIC_REPLICATION_FACTOR", valid 1..;
+    /// log.cleaner.dedupe.buffer.size: bytes of compaction key maps, all shards
+    /// together (each gets an equal share); more keys than fit take several passes.
+    "log.cleaner.dedupe.buffer.size" => log_cleaner_dedupe_buffer_size: u64 =
+        LOG_CLEANER_DEDUPE_BUFFER_SIZE_DEFAULT, env "RUNNEL_LOG_CLEANER_DEDUPE_BUFFER_SIZE";
+    /// offsets.retention.minutes: a group without members keeps its committed offsets
+    /// this long after its last member left (KIP-211).
+    "offsets.retention.minutes" => offsets_retention_minutes: u32 =
+        OFFSETS_RETENTION_MINUTES_DEFAULT, env "RUNNEL_OFFSETS_RETENTION_MINUTES", valid 1..;
+    /// offsets.retention.ms: the same in milliseconds; overrides the minutes when given.
+    "offsets.retention.ms" => offsets_retention_ms: u64, env "RUNNEL_OFFSETS_RETENTION_MS",
+        valid 1..=i64::MAX as u64;
+    /// offsets.retention.check.interval.ms: how often expired offsets are removed.
+    // Each check walks every group of the shard.
+    "offsets.retention.check.interval.ms" => offsets_retention_check_interval_ms: u64 =
+        OFFSETS_RETENTION_CHECK_INTERVAL_MS_DEFAULT,
+        env "RUNNEL_OFFSETS_RETENTION_CHECK_INTERVAL_MS", valid 100..;
+    /// offsets.topic.num.partitions: partitions of __consumer_offsets when created.
+    "offsets.topic.num.partitions" => offsets_topic_num_partitions: u32 =
+        OFFSETS_TOPIC_NUM_PARTITIONS_DEFAULT, env "RUNNEL_OFFSETS_TOPIC_NUM_PARTITIONS",
+        valid 1..=OFFSETS_TOPIC_NUM_PARTITIONS_MAX;
+    /// producer.id.expiration.ms: how long a partition keeps an idle idempotent
+    /// producer's state.
+    "producer.id.expiration.ms" => producer_id_expiration_ms: u64 =
+        PRODUCER_ID_EXPIRATION_MS_DEFAULT, env "RUNNEL_PRODUCER_ID_EXPIRATION_MS",
+        valid 1..=i64::MAX as u64;
+    /// controlled.shutdown.enable: on SIGTERM a cluster broker first moves its
+    /// partition leaderships to other in-sync replicas.
+    "controlled.shutdown.enable" => controlled_shutdown_enable: bool = true,
+        env "RUNNEL_CONTROLLED_SHUTDOWN_ENABLE";
+    /// controlled.shutdown.timeout.ms: how long that handover may take.
+    "controlled.shutdown.timeout.ms" => controlled_shutdown_timeout_ms: u64 =
+        CONTROLLED_SHUTDOWN_TIMEOUT_MS_DEFAULT, env "RUNNEL_CONTROLLED_SHUTDOWN_TIMEOUT_MS",
+        valid 1..=CONTROLLED_SHUTDOWN_TIMEOUT_MS_MAX;
+}
+
+impl Effective {
+    /// Builds the broker's configuration and checks it, then fills in the settings
+    /// derived from others or from the machine (`cpus`: its cores), so that `self` holds
+    /// every value in effect: what `--print-config` prints, and reads back the same.
+    pub fn resolve(&mut self, cpus: usize) -> Result<BrokerConfig, String> {
+        let listen = socket_addr("listen", &self.listen)?;
+        let admin_listen = match self.admin_listen.as_str() {
+            "off" | "" => None,
+            s => Some(socket_addr("admin-listen", s)?),
+        };
+        let voters = parse_voters(&self.controller_quorum_voters)?;
+        let cluster_listen = self.cluster_listen.as_deref().filter(|s| !s.is_empty());
+        let cluster = if voters.is_empty() {
+            if cluster_listen.is_some() {
+                return Err("cluster-listen needs controller.quorum.voters".into());
+            }
+            None
+        } else {
+            let listen = match cluster_listen {
+                Some(s) => socket_addr("cluster-listen", s)?,
+                None => voters
+                    .iter()
+                    .find(|v| v.id == self.node_id)
+                    .map(|v| v.addr)
+                    .ok_or_else(|| not_a_voter(self.node_id))?,
+            };
+            Some(ClusterConfig { voters, listen })
+        };
+        let config = BrokerConfig {
+            listen,
+            admin_listen,
+            advertised_host: self.advertised_host.clone().unwrap_or_else(|| {
+                if listen.ip().is_unspecified() {
+                    "127.0.0.1".into()
+                } else {
+                    listen.ip().to_string()
+                }
+            }),
+            advertised_port: self.advertised_port.unwrap_or(listen.port()),
+            data_dir: self.data_dir.clone(),
+            cores: self.cores.unwrap_or(cpus),
+            node_id: self.node_id,
+            io_memory_bytes: (self.io_memory_mib as usize) << 20,
+            auto_create_topics: self.auto_create_topics,
+            num_partitions: self.num_partitions,
+            socket_request_max_bytes: self.socket_request_max_bytes,
+            message_max_bytes: self.message_max_bytes,
+            queued_max_request_bytes: self
+                .queued_max_request_bytes
+                .unwrap_or_else(queued_max_request_bytes_default),
+            connections_max: self.max_connections,
+            stall_threshold_ms: self.stall_threshold_ms,
+            stall_backtraces: self.stall_backtraces,
+            log_filter: self.log.clone(),
+            log_format: self.log_format,
+            log_retention_check_interval_ms: self.log_retention_check_interval_ms,
+            group_initial_rebalance_delay_ms: self.group_initial_rebalance_delay_ms,
+            group_min_session_timeout_ms: self.group_min_session_timeout_ms,
+            group_max_session_timeout_ms: self.group_max_session_timeout_ms,
+            cluster,
+            default_replication_factor: self.default_replication_factor,
+            replica_lag_time_max_ms: self.replica_lag_time_max_ms,
+            offsets_topic_replication_factor: self.offsets_topic_replication_factor,
+            log_cleaner_dedupe_buffer_size: self.log_cleaner_dedupe_buffer_size,
+            offsets_retention_minutes: self.offsets_retention_minutes,
+            offsets_retention_ms: self.offsets_retention_ms,
+            offsets_retention_check_interval_ms: self.offsets_retention_check_interval_ms,
+            offsets_topic_num_partitions: self.offsets_topic_num_partitions,
+            producer_id_expiration_ms: self.producer_id_expiration_ms,
+            controlled_shutdown_enable: self.controlled_shutdown_enable,
+            controlled_shutdown_timeout_ms: self.controlled_shutdown_timeout_ms,
+        };
+        config.validate()?;
+        self.listen = config.listen.to_string();
+        self.admin_listen = config
+            .admin_listen
+            .map_or_else(|| "off".into(), |a| a.to_string());
+        self.advertised_host = Some(config.advertised_host.clone());
+        self.advertised_port = Some(config.advertised_port);
+        self.cores = Some(config.cores);
+        self.queued_max_request_bytes = Some(config.queued_max_request_bytes);
+        // The retention in effect, whether it came from the minutes or the milliseconds.
+        self.offsets_retention_ms =
+            Some(u64::try_from(config.offsets_retention().as_millis()).unwrap_or(u64::MAX));
+        (self.controller_quorum_voters, self.cluster_listen) = match &config.cluster {
+            Some(c) => (
+                c.voters
+                    .iter()
+                    .map(|v| format!("{}@{}", v.id, v.addr))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Some(c.listen.to_string()),
+            ),
+            None => (String::new(), None),
+        };
+        Ok(config)
+    }
+}
+
+fn socket_addr(name: &str, text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .map_err(|e| format!("{name}={text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{name}={text}: resolves to no address"))
+}
+
+fn not_a_voter(node_id: i32) -> String {
+    format!(
+        "node.id={node_id} is not in controller.quorum.voters (every broker of a cluster is a voter)"
+    )
+}
+
+/// The values a setting's declaration accepts (`valid`).
+trait Bounds<T> {
+    fn allows(&self, value: &T) -> bool;
+    fn describe(&self) -> String;
+}
+
+impl<T: PartialOrd + Display> Bounds<T> for RangeFrom<T> {
+    fn allows(&self, value: &T) -> bool {
+        self.contains(value)
+    }
+    fn describe(&self) -> String {
+        format!("at least {}", self.start)
+    }
+}
+
+impl<T: PartialOrd + Display> Bounds<T> for RangeInclusive<T> {
+    fn allows(&self, value: &T) -> bool {
+        self.contains(value)
+    }
+    fn describe(&self) -> String {
+        format!("between {} and {}", self.start(), self.end())
+    }
+}
+
+fn check_range<T: Display>(key: &str, value: &T, bounds: impl Bounds<T>) -> Result<(), String> {
+    if bounds.allows(value) {
+        Ok(())
+    } else {
+        Err(format!("{key}={value}: must be {}", bounds.describe()))
+    }
+}
+
+/// How a setting's value is written: plainly in `--help`, as a TOML value in a settings
+/// file.
+trait SettingValue {
+    fn plain(&self) -> String;
+    fn toml(&self) -> String {
+        self.plain()
+    }
+}
+
+macro_rules! setting_value_as_displayed {
+    ($($ty:ty),*) => {$(
+        impl SettingValue for $ty {
+            fn plain(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+setting_value_as_displayed!(bool, i16, i32, i64, u16, u32, u64, usize);
+
+impl SettingValue for String {
+    fn plain(&self) -> String {
+        self.clone()
+    }
+    fn toml(&self) -> String {
+        toml::Value::String(self.clone()).to_string()
+    }
+}
+
+impl SettingValue for PathBuf {
+    fn plain(&self) -> String {
+        self.display().to_string()
+    }
+    fn toml(&self) -> String {
+        self.plain().toml()
+    }
+}
+
+impl SettingValue for LogFormat {
+    fn plain(&self) -> String {
+        self.to_string()
+    }
+    fn toml(&self) -> String {
+        self.plain().toml()
+    }
+}
+
+/// Unset is written as an empty string, which reads back as unset for `cluster.listen`,
+/// the one setting `Effective::resolve` may leave unset.
+impl<T: SettingValue> SettingValue for Option<T> {
+    fn plain(&self) -> String {
+        self.as_ref().map_or_else(String::new, T::plain)
+    }
+    fn toml(&self) -> String {
+        self.as_ref().map_or_else(|| "\"\"".into(), T::toml)
+    }
+}
+
+fn help_with_default(arg: clap::Arg, default: &str) -> clap::Arg {
+    if default.is_empty() {
+        return arg;
+    }
+    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+    let long = arg.get_long_help().map(ToString::to_string);
+    let arg = arg.help(format!("{help} [default: {default}]"));
+    match long {
+        Some(long) => arg.long_help(format!("{long}\n\n[default: {default}]")),
+        None => arg,
+    }
+}
+
+/// The settings file: `path`, or else `./runnel.toml` if it exists. Errors name the file.
+pub fn read_settings_file(path: Option<&Path>) -> Result<Settings, String> {
+    let path = match path {
+        Some(p) => p,
+        None if Path::new("runnel.toml").exists() => Path::new("runnel.toml"),
+        None => return Ok(Settings::default()),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads a TOML settings file. Dotted keys may be written quoted (`"num.partitions" = 4`)
+/// or as TOML's nested keys (`num.partitions = 4`); both flatten to Kafka's name. Values
+/// are parsed from their text, as flags are, so `"4"` and `4` are the same. Unknown keys
+/// are refused with the key named.
+pub fn parse_toml(text: &str) -> Result<Settings, String> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
     let mut flat = Vec::new();
     flatten("", &toml::Value::Table(table), &mut flat);
-    flat.into_iter()
-        .map(|(key, value)| {
-            let flag = FILE_KEYS
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, f)| f.to_string())
-                .ok_or_else(|| format!("unknown setting '{key}' (known: {})", known_keys()))?;
-            let value = match value {
-                toml::Value::String(s) => s,
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                other => {
-                    return Err(format!(
-                        "{key} = {other}: expected a string, integer or boolean"
-                    ))
-                }
-            };
-            Ok((flag, value))
-        })
-        .collect()
+    let mut settings = Settings::default();
+    for (key, value) in flat {
+        if !FILE_KEYS.iter().any(|(k, _)| *k == key) {
+            return Err(format!("unknown setting '{key}' (known: {})", known_keys()));
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "{key} = {other}: expected a string, integer or boolean"
+                ))
+            }
+        };
+        settings.set(&key, &text).expect("a known key")?;
+    }
+    Ok(settings)
 }
 
 fn known_keys() -> String {
@@ -574,87 +903,90 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, toml::Value
     }
 }
 
-/// The effective configuration as a settings file (`runnel serve --print-config`).
-pub fn render_toml(c: &BrokerConfig) -> String {
-    let admin = c
-        .admin_listen
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "off".into());
-    format!(
-        "\"listeners\" = \"{}\"\n\"advertised.host.name\" = \"{}\"\n\"admin.listen\" = \"{admin}\"\n\"log.dirs\" = \"{}\"\n\"cores\" = {}\n\"node.id\" = {}\n\"io.memory.mib\" = {}\n\"auto.create.topics.enable\" = {}\n\"num.partitions\" = {}\n\"socket.request.max.bytes\" = {}\n\"message.max.bytes\" = {}\n\"queued.max.request.bytes\" = {}\n\"max.connections\" = {}\n\"stall.threshold.ms\" = {}\n\"stall.backtraces\" = {}\n\"log.level\" = \"{}\"\n\"log.format\" = \"{}\"\n\"log.retention.check.interval.ms\" = {}\n\"group.initial.rebalance.delay.ms\" = {}\n\"group.min.session.timeout.ms\" = {}\n\"group.max.session.timeout.ms\" = {}\n",
-        c.listen,
-        c.advertised_host,
-        c.data_dir.display(),
-        c.cores,
-        c.node_id,
-        c.io_memory_bytes >> 20,
-        c.auto_create_topics,
-        c.num_partitions,
-        c.socket_request_max_bytes,
-        c.message_max_bytes,
-        c.queued_max_request_bytes,
-        c.connections_max,
-        c.stall_threshold_ms,
-        c.stall_backtraces,
-        c.log_filter,
-        c.log_format,
-        c.log_retention_check_interval_ms,
-        c.group_initial_rebalance_delay_ms,
-        c.group_min_session_timeout_ms,
-        c.group_max_session_timeout_ms,
-    ) + &render_cluster(c)
-}
-
-fn render_cluster(c: &BrokerConfig) -> String {
-    let mut out = format!(
-        "\"advertised.port\" = {}\n\"default.replication.factor\" = {}\n\"replica.lag.time.max.ms\" = {}\n\"offsets.topic.replication.factor\" = {}\n\"log.cleaner.dedupe.buffer.size\" = {}\n\"offsets.retention.minutes\" = {}\n\"offsets.retention.check.interval.ms\" = {}\n\"offsets.topic.num.partitions\" = {}\n\"producer.id.expiration.ms\" = {}\n\"controlled.shutdown.enable\" = {}\n\"controlled.shutdown.timeout.ms\" = {}\n",
-        c.advertised_port,
-        c.default_replication_factor,
-        c.replica_lag_time_max_ms,
-        c.offsets_topic_replication_factor,
-        c.log_cleaner_dedupe_buffer_size,
-        c.offsets_retention_minutes,
-        c.offsets_retention_check_interval_ms,
-        c.offsets_topic_num_partitions,
-        c.producer_id_expiration_ms,
-        c.controlled_shutdown_enable,
-        c.controlled_shutdown_timeout_ms,
-    );
-    // The effective retention: reads back to the same value whether it came from the
-    // minutes or the milliseconds.
-    out += &format!(
-        "\"offsets.retention.ms\" = {}\n",
-        c.offsets_retention().as_millis()
-    );
-    // A single node prints both empty, so the output reads back as a settings file.
-    let (voters, listen) = match &c.cluster {
-        Some(cluster) => (
-            cluster
-                .voters
-                .iter()
-                .map(|v| format!("{}@{}", v.id, v.addr))
-                .collect::<Vec<_>>()
-                .join(","),
-            cluster.listen.to_string(),
-        ),
-        None => (String::new(), String::new()),
-    };
-    out += &format!(
-        "\"controller.quorum.voters\" = \"{voters}\"\n\"cluster.listen\" = \"{listen}\"\n"
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn quoted_and_nested_dotted_keys_map_to_flags() {
-        let got = parse_toml("\"num.partitions\" = 4\nauto.create.topics.enable = false\nlisteners = \"127.0.0.1:9\"\n").unwrap();
-        assert!(got.contains(&("num-partitions".into(), "4".into())));
-        assert!(got.contains(&("auto-create-topics".into(), "false".into())));
-        assert!(got.contains(&("listen".into(), "127.0.0.1:9".into())));
+    fn quoted_and_nested_dotted_keys_fill_the_same_settings() {
+        let got = parse_toml("\"num.partitions\" = 4\nauto.create.topics.enable = false\nlisteners = \"127.0.0.1:9\"\nlog.format = \"json\"\n").unwrap();
+        let want = Settings {
+            num_partitions: Some(4),
+            auto_create_topics: Some(false),
+            listen: Some("127.0.0.1:9".into()),
+            log_format: Some(LogFormat::Json),
+            ..Settings::default()
+        };
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_the_defaults() {
+        let flags = Settings {
+            num_partitions: Some(6),
+            ..Settings::default()
+        };
+        let file = parse_toml("\"num.partitions\" = 4\n\"log.level\" = \"warn\"").unwrap();
+        let e = flags.or(file).effective().unwrap();
+        assert_eq!(e.num_partitions, 6);
+        assert_eq!(e.log, "warn");
+        assert_eq!(e.node_id, 0);
+        assert_eq!(e.cores, None);
+    }
+
+    #[test]
+    fn printed_settings_read_back_to_the_same_settings() {
+        let file = "node.id = 2\ncores = 3\n\"offsets.retention.minutes\" = 2\n\
+                    \"controller.quorum.voters\" = \"2@127.0.0.1:9002, 1@127.0.0.1:9001\"\n";
+        let mut first = parse_toml(file).unwrap().effective().unwrap();
+        first.resolve(8).unwrap();
+        let printed = first.render_toml();
+        for (key, _) in FILE_KEYS {
+            assert!(
+                printed.contains(&format!("\"{key}\" = ")),
+                "{key}: {printed}"
+            );
+        }
+        assert!(
+            printed.contains("\"offsets.retention.ms\" = 120000\n"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("\"cluster.listen\" = \"127.0.0.1:9002\"\n"),
+            "{printed}"
+        );
+        let mut again = parse_toml(&printed).unwrap().effective().unwrap();
+        again.resolve(1).unwrap();
+        assert_eq!(again, first);
+        let mut single = Settings::default().effective().unwrap();
+        single.resolve(1).unwrap();
+        let printed = single.render_toml();
+        assert!(printed.contains("\"cluster.listen\" = \"\"\n"), "{printed}");
+        let mut again = parse_toml(&printed).unwrap().effective().unwrap();
+        again.resolve(1).unwrap();
+        assert_eq!(again, single);
+    }
+
+    #[test]
+    fn values_outside_their_declared_range_are_refused_with_key_value_and_bound() {
+        for (toml, want) in [
+            ("cores = 0", "cores=0: must be at least 1"),
+            (
+                "\"num.partitions\" = 0",
+                "num.partitions=0: must be between 1 and 100000",
+            ),
+            (
+                "\"io.memory.mib\" = 0",
+                "io.memory.mib=0: must be at least 1",
+            ),
+            (
+                "\"offsets.retention.ms\" = 0",
+                "offsets.retention.ms=0: must be between 1 and 9223372036854775807",
+            ),
+        ] {
+            let e = parse_toml(toml).unwrap().effective().unwrap_err();
+            assert_eq!(e, want);
+        }
     }
 
     #[test]
@@ -735,10 +1067,19 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_and_bad_types_are_refused_by_name() {
+    fn unknown_keys_bad_types_and_bad_values_are_refused_by_name() {
         let e = parse_toml("\"num.partitons\" = 4").unwrap_err();
-        assert!(e.contains("num.partitons"), "{e}");
+        assert!(e.starts_with("unknown setting 'num.partitons'"), "{e}");
         let e = parse_toml("cores = [1, 2]").unwrap_err();
         assert!(e.contains("cores"), "{e}");
+        let e = parse_toml("\"num.partitions\" = \"many\"").unwrap_err();
+        assert_eq!(
+            e,
+            "num.partitions = \"many\": invalid value (invalid digit found in string)"
+        );
+        let e = parse_toml("\"log.format\" = \"xml\"").unwrap_err();
+        assert!(e.contains("text or json"), "{e}");
+        let e = parse_toml("\"num.partitions\" = 1\nnum.partitions = 2").unwrap_err();
+        assert_eq!(e, "num.partitions is set twice");
     }
 }
