@@ -28,6 +28,8 @@ const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// the process exits anyway, so SIGTERM always ends it.
 const SHUTDOWN_GRACE_EXTRA: Duration = Duration::from_secs(20);
 
+/// Handles SIGTERM/SIGINT: the first asks for a graceful stop (or exits at once while
+/// the broker is still starting: nothing has been acknowledged that a stop would
 /// flush); a second SIGINT, or a stop that overruns its bounds, exits without one.
 fn watch_signals(config: &BrokerConfig) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
@@ -93,9 +95,6 @@ fn watch_signals(config: &BrokerConfig) -> anyhow::Result<()> {
 /// Runs the broker; blocks the calling thread. Returns (or the process exits) as soon
 /// as any shard ends: with an error naming the shard and why if it failed to start or
 /// failed later, because a broker missing a shard cannot serve that shard's partitions.
-
-/// Runs the broker; blocks the calling thread. Returns (or the process exits) as soon
-/// as any shard ends, with the shard and why.
 pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     watch_signals(&config)?;
     runtime::run(Arc::new(config), shard_main)

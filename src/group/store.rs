@@ -20,13 +20,10 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 
 use crate::kafka_error as ec;
 use crate::metrics::ShardMetrics;
-use crate::segment::Durability;
+use crate::replication::internal_topic::{self, AppendError, TopicSpec};
 use crate::shard::Shard;
 
 pub use crate::metadata::OFFSETS_TOPIC;
@@ -38,43 +35,27 @@ const REPLAY_READ_BYTES: usize = 1 << 20;
 /// follows the topic's partition count in the metadata, never this broker's settings
 /// or cores, so every broker of a cluster agrees.
 pub async fn ensure_topic(shard: &Rc<Shard>) -> Result<Vec<u32>, String> {
-    if let Some(t) = shard.image().topic(OFFSETS_TOPIC) {
-        return Ok(t.owners.clone());
-    }
-    // Kafka's offsets.topic.segment.bytes (100 MiB): sealed segments get compacted.
-    let configs = BTreeMap::from([
-        ("cleanup.policy".to_string(), "compact".to_string()),
-        ("segment.bytes".to_string(), "104857600".to_string()),
-    ]);
     // In a cluster: offsets.topic.replication.factor, capped at the live brokers when
     // it is decided.
-    let rf = if shard.config.cluster.is_some() {
+    let replication_factor = if shard.config.cluster.is_some() {
         shard.config.offsets_topic_replication_factor
     } else {
         -1
     };
-    let created = crate::replication::topics::create_topics_rf(
+    internal_topic::ensure(
         shard,
-        vec![(
-            OFFSETS_TOPIC.to_string(),
-            shard.config.offsets_topic_num_partitions as i32,
-            configs,
-            rf,
-        )],
-        false,
+        TopicSpec {
+            name: OFFSETS_TOPIC,
+            partitions: shard.config.offsets_topic_num_partitions,
+            replication_factor,
+            // Kafka's offsets.topic.segment.bytes (100 MiB): sealed segments get compacted.
+            configs: BTreeMap::from([
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                ("segment.bytes".to_string(), "104857600".to_string()),
+            ]),
+        },
     )
-    .await;
-    match created.into_iter().next() {
-        Some((_, Ok(t))) => Ok(t.owners.clone()),
-        // Created concurrently by another request: the image has it now.
-        Some((_, Err((code, _)))) if code == ec::TOPIC_ALREADY_EXISTS => shard
-            .image()
-            .topic(OFFSETS_TOPIC)
-            .map(|t| t.owners.clone())
-            .ok_or_else(|| "offsets topic exists but is not in the image".to_string()),
-        Some((_, Err((_, msg)))) => Err(msg),
-        None => Err("offsets topic creation returned nothing".to_string()),
-    }
+    .await
 }
 
 /// Says at startup when an existing `__consumer_offsets` has another partition count
@@ -393,106 +374,44 @@ pub async fn append(
         super::codes::COORDINATOR_NOT_AVAILABLE
     })?;
     let partition = partition_for(group, owners.len());
-    let owner = shard
-        .owner_of(&owners, partition)
-        .ok_or(super::codes::COORDINATOR_NOT_AVAILABLE)?;
-    // In a cluster only the partition's leader writes it (a follower's copy is the
-    // leader's log); leadership may have moved since the request was admitted.
-    let me = shard.config.node_id;
-    if shard
-        .image()
-        .topic(OFFSETS_TOPIC)
-        .is_some_and(|t| t.leader(partition, me) != Some(me))
-    {
-        return Err(super::cluster::NOT_COORDINATOR);
-    }
-    let now = crate::time::now_ms();
-    let recs: Vec<Record> = records
-        .into_iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: now,
-            key: Some(key),
-            value,
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &recs,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .map_err(|e| {
+    let batch = internal_topic::encode_records(records, crate::time::now_ms()).map_err(|e| {
         // Our own records: a bug, not input.
         tracing::error!(error = %e, "encoding offset records failed");
         ec::UNKNOWN_SERVER_ERROR
     })?;
-    let batch = buf.freeze();
-    let outcome = shard
-        .invoke_on(owner, move |s| async move {
-            match s.partition(OFFSETS_TOPIC, partition) {
-                Some(p) => {
-                    let o = p.produce(batch, Durability::Durable).await;
-                    if o.error_code == ec::NOT_LEADER_OR_FOLLOWER {
-                        // The offsets partition's leadership (and the group) moved.
-                        return Ok(crate::shard::partition::ProduceOutcome::error(
-                            super::cluster::NOT_COORDINATOR,
-                            "this broker no longer leads the group's offsets partition",
-                        ));
-                    }
-                    if o.error_code != ec::NONE || !p.is_replicated() {
-                        return Ok(o);
-                    }
-                    // In a cluster a commit holds once the in-sync replicas have it
-                    // (Kafka's acks=-1 for __consumer_offsets, offsets.commit.timeout.ms),
-                    // so a coordinator failover keeps it. [DATA: smallest change here.]
-                    match p
-                        .wait_high_watermark(o.end_offset, OFFSETS_COMMIT_TIMEOUT)
-                        .await
-                    {
-                        Ok(()) => Ok(o),
-                        Err(code) => Ok(crate::shard::partition::ProduceOutcome::error(
-                            if code == ec::NOT_LEADER_OR_FOLLOWER {
-                                super::cluster::NOT_COORDINATOR
-                            } else {
-                                super::codes::COORDINATOR_NOT_AVAILABLE
-                            },
-                            "offsets not replicated to the in-sync replicas in time",
-                        )),
-                    }
-                }
-                None => Err(()),
-            }
-        })
-        .await;
-    match outcome {
-        Ok(o) if o.error_code == ec::NONE => Ok(o.base_offset),
-        Ok(o) => {
-            tracing::warn!(code = o.error_code, msg = ?o.error_message, "__consumer_offsets append failed");
-            Err(o.error_code)
+    // In a cluster a commit holds once the in-sync replicas have it (Kafka's acks=-1 for
+    // __consumer_offsets, offsets.commit.timeout.ms), so a coordinator failover keeps it.
+    match internal_topic::append(
+        shard,
+        OFFSETS_TOPIC,
+        partition,
+        batch,
+        OFFSETS_COMMIT_TIMEOUT,
+    )
+    .await
+    {
+        Ok(base_offset) => Ok(base_offset),
+        // The offsets partition's leadership (and the group) moved.
+        Err(AppendError::NotLeader) => Err(super::cluster::NOT_COORDINATOR),
+        Err(AppendError::NotReplicated) => {
+            tracing::warn!(
+                group,
+                "offsets not replicated to the in-sync replicas in time"
+            );
+            Err(super::codes::COORDINATOR_NOT_AVAILABLE)
         }
-        Err(()) => Err(super::codes::COORDINATOR_NOT_AVAILABLE),
+        Err(AppendError::Offline) => Err(super::codes::COORDINATOR_NOT_AVAILABLE),
+        Err(AppendError::Failed { code, message }) => {
+            tracing::warn!(code, msg = ?message, "__consumer_offsets append failed");
+            Err(code)
+        }
     }
 }
 
 /// Kafka's offsets.commit.timeout.ms: how long a commit waits for the in-sync replicas.
 const OFFSETS_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// One replayed record: (log offset, key, value or tombstone).
-pub type Replayed = (i64, Bytes, Option<Bytes>);
+pub use internal_topic::Replayed;
 
 /// Partitions of `__consumer_offsets` that can hold groups coordinated by `shard`.
 /// Empty when the topic does not exist yet.
@@ -520,119 +439,12 @@ pub fn partitions_for_shard(shard: &Shard) -> Vec<i32> {
 pub async fn replay(
     shard: &Rc<Shard>,
     partitions: &[i32],
-    mut apply: impl FnMut(Replayed),
+    apply: impl FnMut(Replayed),
 ) -> Result<(), String> {
-    let Some(topic) = shard.image().topic(OFFSETS_TOPIC).cloned() else {
-        return Ok(());
-    };
-    for &p in partitions {
-        let Some(owner) = shard.owner_of(&topic.owners, p) else {
-            continue;
-        };
-        let mut offset = -1i64;
-        loop {
-            let from = offset;
-            let read: Result<Option<(Vec<Bytes>, i64, i64)>, String> = shard
-                .invoke_on(owner, move |s| async move {
-                    let Some(part) = s.partition(OFFSETS_TOPIC, p) else {
-                        return Err(format!("{OFFSETS_TOPIC}-{p} is not open"));
-                    };
-                    let start = part.log.log_start_offset();
-                    let end = part.log.log_end_offset();
-                    let from = from.max(start);
-                    if from >= end {
-                        return Ok(None);
-                    }
-                    part.log
-                        .read(from, REPLAY_READ_BYTES)
-                        .await
-                        .map(|r| Some((r.chunks, from, end)))
-                        .map_err(|e| e.to_string())
-                })
-                .await;
-            let Some((chunks, from, end)) = read? else {
-                break;
-            };
-            // A batch may span two chunks: decode from one contiguous buffer.
-            let mut buf = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-            for c in chunks {
-                buf.extend_from_slice(&c);
-            }
-            let bytes = buf.freeze();
-            let mut next = from;
-            // Batch headers give the next offset: compaction leaves batches whose last
-            // offset is past their last record, and batches without records.
-            for batch in crate::segment::batch::split_batches(&bytes)
-                .map_err(|e| format!("{OFFSETS_TOPIC}-{p}: {e}"))?
-            {
-                let h = crate::segment::BatchHeader::parse(&batch)
-                    .map_err(|e| format!("{OFFSETS_TOPIC}-{p}: {e}"))?;
-                next = next.max(h.last_offset() + 1);
-                if h.records_count == 0 {
-                    continue;
-                }
-                match decode_stored_batch(&batch, &h) {
-                    Ok(records) => records.into_iter().for_each(&mut apply),
-                    Err(e) => {
-                        // Skipped whole (none of its records applied) so that every
-                        // other group of this partition still loads; retrying cannot
-                        // make these bytes readable.
-                        ShardMetrics::add(&shard.metrics.offsets_batches_quarantined, 1);
-                        tracing::warn!(
-                            topic = OFFSETS_TOPIC,
-                            partition = p,
-                            offset = h.base_offset,
-                            last_offset = h.last_offset(),
-                            error = %e,
-                            "undecodable offsets batch skipped; the commits in it are lost"
-                        );
-                    }
-                }
-            }
-            if next <= from {
-                return Err(format!(
-                    "{OFFSETS_TOPIC}-{p}: replay made no progress at {from}"
-                ));
-            }
-            offset = next;
-            if offset >= end {
-                break;
-            }
-        }
-    }
+    let skipped =
+        internal_topic::replay(shard, OFFSETS_TOPIC, partitions, REPLAY_READ_BYTES, apply).await?;
+    ShardMetrics::add(&shard.metrics.offsets_batches_quarantined, skipped);
     Ok(())
-}
-
-/// The keyed records of one stored `__consumer_offsets` batch (control batches have
-/// none), read by the validating walker: all of them, or an error and none.
-fn decode_stored_batch(
-    batch: &Bytes,
-    h: &crate::segment::BatchHeader,
-) -> Result<Vec<Replayed>, crate::segment::StorageError> {
-    use crate::segment::{compact, records, BATCH_HEADER_LEN};
-    crate::segment::batch::validate_batch(batch)?;
-    if h.attributes & records::ATTR_CONTROL != 0 {
-        return Ok(Vec::new());
-    }
-    let codec = compact::Codec::from_attributes(h.attributes)?;
-    let raw = if codec == compact::Codec::None {
-        batch.slice(BATCH_HEADER_LEN..)
-    } else {
-        Bytes::from(compact::decompress(codec, &batch[BATCH_HEADER_LEN..])?)
-    };
-    let mut out = Vec::new();
-    records::walk_records(&raw, h.records_count, |_, r| {
-        if let Some(k) = &r.key {
-            let offset = h.base_offset.saturating_add(i64::from(r.offset_delta));
-            out.push((
-                offset,
-                raw.slice(k.clone()),
-                r.value.clone().map(|v| raw.slice(v)),
-            ));
-        }
-        Ok(())
-    })?;
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod commands;
 pub mod controller;
 pub mod fetcher;
+pub mod internal_topic;
 pub mod placement;
 pub mod quorum;
 pub mod raft_log;

@@ -103,9 +103,6 @@ impl Drop for EndReport {
     }
 }
 
-/// Handles SIGTERM/SIGINT: the first asks for a graceful stop (or exits at once while
-/// the broker is still starting: nothing has been acknowledged that a stop would
-
 /// Starts one executor per shard, builds each shard's `Shard` and runs `shard_main` on
 /// it; blocks the calling thread. Returns as soon as any shard ends: with an error naming
 /// the shard and why if it failed to start or failed later, because a broker missing a
