@@ -238,7 +238,8 @@ pub async fn replay(
                             offset = h.base_offset,
                             last_offset = h.last_offset(),
                             error = %e,
-                            "undecodable batch of an internal topic skipped; its records are lost"
+                            "undecodable {} batch skipped; its records are lost",
+                            records_kind(topic)
                         );
                     }
                 }
@@ -253,6 +254,16 @@ pub async fn replay(
         }
     }
     Ok(skipped)
+}
+
+/// What a topic's records are, for log lines operators search for.
+fn records_kind(topic: &str) -> &'static str {
+    match topic {
+        crate::metadata::OFFSETS_TOPIC => "offsets",
+        crate::metadata::TRANSACTION_STATE_TOPIC => "transaction state",
+        crate::metadata::SHARE_GROUP_STATE_TOPIC => "share group state",
+        _ => "internal topic",
+    }
 }
 
 /// The keyed records of one stored batch (control batches have none), read by the
