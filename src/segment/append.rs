@@ -392,12 +392,7 @@ impl PartitionLog {
         );
         assert!(last_offset >= base_offset);
         let len = batch.len();
-        let seg = self
-            .segments
-            .borrow()
-            .back()
-            .expect("active segment")
-            .clone();
+        let seg = self.active_segment();
         let pos = seg.size.get();
         self.appender.borrow_mut().copy_in(&seg, pos, &batch);
         seg.on_batch(
@@ -430,12 +425,7 @@ impl PartitionLog {
     /// active segment is older than `segment.ms`. Synchronous: the new file is created
     /// by the flusher before its first write.
     fn maybe_roll(&self, config: &LogConfig, len: usize, last_offset: i64, now: i64) {
-        let active = self
-            .segments
-            .borrow()
-            .back()
-            .expect("active segment")
-            .clone();
+        let active = self.active_segment();
         if active.size.get() == 0 {
             return;
         }

@@ -440,12 +440,7 @@ impl PartitionLog {
             .set(self.written_offset.get().max(snapshot_end));
         if sync {
             let synced_to = self.written_offset.get();
-            let active = self
-                .segments
-                .borrow()
-                .back()
-                .expect("active segment")
-                .clone();
+            let active = self.active_segment();
             let active_durable_pos = active.written.get();
             let segs = std::mem::take(&mut *self.unsynced.borrow_mut());
             self.unsynced_messages.set(0);

@@ -23,12 +23,7 @@ impl PartitionLog {
             Some(cache) if !self.epoch_missing_from(&cache).await? => (cache, false),
             Some(_) => (self.rebuild_epochs().await?, true),
             None => {
-                let first_base = self
-                    .segments
-                    .borrow()
-                    .front()
-                    .expect("a segment")
-                    .base_offset;
+                let first_base = self.first_segment_base();
                 if end == first_base {
                     // Empty: the first append writes the file.
                     return Ok(());

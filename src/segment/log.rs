@@ -580,10 +580,25 @@ impl PartitionLog {
 
     /// The base offset of the active (last) segment: it changes when the log rolls.
     pub fn active_segment_base(&self) -> i64 {
+        self.active_segment().base_offset
+    }
+
+    /// The segment appends go to. A log always has one (open creates it, truncation
+    /// and retention never remove the last).
+    pub(super) fn active_segment(&self) -> Rc<Segment> {
         self.segments
             .borrow()
             .back()
-            .expect("at least one segment")
+            .expect("a log always has an active segment")
+            .clone()
+    }
+
+    /// The base offset of the oldest segment.
+    pub(super) fn first_segment_base(&self) -> i64 {
+        self.segments
+            .borrow()
+            .front()
+            .expect("a log always has a segment")
             .base_offset
     }
 

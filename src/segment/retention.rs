@@ -73,15 +73,7 @@ impl PartitionLog {
         assert!(Rc::ptr_eq(&popped, seg));
         self.cache.borrow_mut().drop_segment(seg);
         self.unsynced.borrow_mut().retain(|s| !Rc::ptr_eq(s, seg));
-        seg.close_dsync().await;
-        let file = seg.file.borrow_mut().take();
-        seg.remove_files();
-        if let Some(file) = file {
-            // Readers may still hold it; the last Rc closes it.
-            if let Ok(f) = Rc::try_unwrap(file) {
-                let _ = f.close().await;
-            }
-        }
+        self.remove_segment_files(seg).await;
         sync_dir(&self.dir)
     }
 

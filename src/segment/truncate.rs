@@ -41,12 +41,7 @@ impl PartitionLog {
         if offset >= end {
             return Ok(());
         }
-        let first_base = self
-            .segments
-            .borrow()
-            .front()
-            .expect("a segment")
-            .base_offset;
+        let first_base = self.first_segment_base();
         if offset < first_base {
             return self.truncate_fully_and_start_at(offset).await;
         }
@@ -304,7 +299,7 @@ impl PartitionLog {
 
     /// Unlinks a segment no longer in the list and closes its file (readers may still
     /// hold it; the last `Rc` closes it then). The caller syncs the directory.
-    async fn remove_segment_files(&self, seg: &Rc<Segment>) {
+    pub(super) async fn remove_segment_files(&self, seg: &Rc<Segment>) {
         seg.close_dsync().await;
         let file = seg.file.borrow_mut().take();
         seg.remove_files();
