@@ -95,7 +95,7 @@ pub async fn ensure(shard: &Rc<Shard>, group: &str) -> Result<(), i16> {
         if leader != shard.config.node_id {
             return Err(NOT_COORDINATOR);
         }
-        let lead = &Coordinator::of(&shard).cluster;
+        let lead = &Coordinator::of(shard).cluster;
         if lead.loaded.borrow().get(&p) == Some(&epoch) {
             return Ok(());
         }
@@ -141,7 +141,7 @@ async fn load(shard: &Rc<Shard>, p: i32) -> Result<usize, String> {
     let found = super::read_groups(shard, &[p]).await?;
     drop_partition(shard, p);
     super::install_groups(shard, found);
-    Ok(Coordinator::of(&shard)
+    Ok(Coordinator::of(shard)
         .groups
         .borrow()
         .keys()
@@ -166,7 +166,7 @@ fn drop_partition(shard: &Shard, p: i32) {
     else {
         return;
     };
-    Coordinator::of(&shard)
+    Coordinator::of(shard)
         .groups
         .borrow_mut()
         .retain(|id, _| store::partition_for(id, n) != p);
@@ -176,7 +176,7 @@ fn drop_partition(shard: &Shard, p: i32) {
 /// broker no longer leads (or leads under a newer epoch), and any group whose partition
 /// is not loaded (created by a request that raced a leadership change).
 fn start_watch(shard: &Rc<Shard>) {
-    let lead = &Coordinator::of(&shard).cluster;
+    let lead = &Coordinator::of(shard).cluster;
     if lead.watching.replace(true) {
         return;
     }

@@ -144,7 +144,7 @@ impl Coordinator {
 /// each snapshots the group after its turn comes, so the log's last record for a group
 /// is never older than a write that finished before.
 async fn store_group(shard: &Rc<Shard>, group_id: &str) -> Result<(), i16> {
-    let c = &*Coordinator::of(&shard);
+    let c = &*Coordinator::of(shard);
     let _permit = c
         .store_lock
         .acquire_permit(1)
@@ -195,7 +195,7 @@ async fn store_group(shard: &Rc<Shard>, group_id: &str) -> Result<(), i16> {
 /// Stores the group's metadata if a transition asked for it. Failures are logged and
 /// left to the tick's retry: the calls that trigger this already took effect in memory.
 async fn persist_if_needed(shard: &Rc<Shard>, group_id: &str) {
-    if Coordinator::of(&shard).needs_store(group_id) {
+    if Coordinator::of(shard).needs_store(group_id) {
         let _ = store_group(shard, group_id).await;
     }
 }
@@ -268,7 +268,7 @@ pub async fn read_groups(shard: &Rc<Shard>, partitions: &[i32]) -> Result<Stored
 /// session timers start now. Returns how many groups there were.
 pub fn install_groups(shard: &Shard, found: StoredGroups) -> usize {
     let now = Instant::now();
-    let c = &*Coordinator::of(&shard);
+    let c = &*Coordinator::of(shard);
     let mut groups = c.groups.borrow_mut();
     let count = found.len();
     for (id, (md, offsets)) in found {
@@ -286,7 +286,7 @@ pub fn install_groups(shard: &Shard, found: StoredGroups) -> usize {
 /// Makes `shard`'s coordinator usable: replays committed offsets and starts the timer
 /// tick, once. Concurrent first requests wait for the one replay.
 async fn ready(shard: &Rc<Shard>) -> Result<(), i16> {
-    let c = &*Coordinator::of(&shard);
+    let c = &*Coordinator::of(shard);
     if c.loaded.get() {
         return Ok(());
     }
@@ -362,7 +362,7 @@ async fn expire_offsets(shard: &Rc<Shard>) {
         i64::try_from(shard.config.offsets_retention().as_millis()).unwrap_or(i64::MAX);
     let now_ms = crate::time::now_ms();
     let due: Vec<(String, Vec<(String, i32)>)> = {
-        let coordinator = Coordinator::of(&shard);
+        let coordinator = Coordinator::of(shard);
         let mut groups = coordinator.groups.borrow_mut();
         groups
             .values_mut()
@@ -386,7 +386,7 @@ async fn expire_offsets(shard: &Rc<Shard>) {
             }
         };
         {
-            let c = &*Coordinator::of(&shard);
+            let c = &*Coordinator::of(shard);
             let mut groups = c.groups.borrow_mut();
             if let Some(g) = groups.get_mut(&group_id) {
                 for key in &keys {
@@ -418,7 +418,7 @@ pub async fn join(shard: &Rc<Shard>, group_id: String, req: JoinRequest) -> Join
         return JoinReply::error(code, &member_id);
     }
     let step = {
-        let coordinator = Coordinator::of(&shard);
+        let coordinator = Coordinator::of(shard);
         let mut groups = coordinator.groups.borrow_mut();
         let g = groups
             .entry(group_id.clone())
@@ -453,7 +453,7 @@ pub async fn sync(
         return SyncReply::error(code);
     }
     let (step, store) = {
-        let coordinator = Coordinator::of(&shard);
+        let coordinator = Coordinator::of(shard);
         let mut groups = coordinator.groups.borrow_mut();
         match groups.get_mut(&group_id) {
             None => (
@@ -477,7 +477,7 @@ pub async fn sync(
     if store {
         // The leader's assignment: durable before anyone gets it.
         let result = store_group(shard, &group_id).await;
-        if let Some(g) = Coordinator::of(&shard)
+        if let Some(g) = Coordinator::of(shard)
             .groups
             .borrow_mut()
             .get_mut(&group_id)
@@ -503,7 +503,7 @@ pub async fn heartbeat(
     if let Err(code) = ready(shard).await {
         return code;
     }
-    let coordinator = Coordinator::of(&shard);
+    let coordinator = Coordinator::of(shard);
     let mut groups = coordinator.groups.borrow_mut();
     match groups.get_mut(&group_id) {
         None => codes::UNKNOWN_MEMBER_ID,
@@ -524,7 +524,7 @@ pub async fn leave(
 ) -> Result<Vec<i16>, i16> {
     ready(shard).await?;
     let results = {
-        let c = &*Coordinator::of(&shard);
+        let c = &*Coordinator::of(shard);
         let mut groups = c.groups.borrow_mut();
         let Some(g) = groups.get_mut(&group_id) else {
             return Ok(vec![codes::UNKNOWN_MEMBER_ID; members.len()]);
@@ -533,7 +533,7 @@ pub async fn leave(
             .iter()
             .map(|(id, instance)| g.leave(id, instance.as_deref()))
             .collect();
-        if results.iter().any(|c| *c == codes::NONE) {
+        if results.contains(&codes::NONE) {
             g.members_changed(Instant::now());
         }
         c.drop_dead(&mut groups);
@@ -558,7 +558,7 @@ pub async fn commit(
         return vec![code; n];
     }
     let code = {
-        let coordinator = Coordinator::of(&shard);
+        let coordinator = Coordinator::of(shard);
         let mut groups = coordinator.groups.borrow_mut();
         let code = match groups.get_mut(&group_id) {
             Some(g) => g.check_commit(
@@ -600,7 +600,7 @@ struct InFlightCommit<'a> {
 
 impl Drop for InFlightCommit<'_> {
     fn drop(&mut self) {
-        let c = &*Coordinator::of(&self.shard);
+        let c = &*Coordinator::of(self.shard);
         let mut groups = c.groups.borrow_mut();
         if let Some(g) = groups.get_mut(self.group_id) {
             g.commits_in_flight = g.commits_in_flight.saturating_sub(1);
@@ -639,7 +639,7 @@ async fn commit_checked(shard: &Rc<Shard>, group_id: &str, entries: &[CommitEntr
     }
     match store::append(shard, group_id, records).await {
         Ok(base) => {
-            let coordinator = Coordinator::of(&shard);
+            let coordinator = Coordinator::of(shard);
             let mut groups = coordinator.groups.borrow_mut();
             let g = groups
                 .entry(group_id.to_string())
@@ -706,7 +706,7 @@ pub async fn delete_offsets(
 ) -> Result<Vec<i16>, i16> {
     ready(shard).await?;
     let (codes_out, doomed) = {
-        let coordinator = Coordinator::of(&shard);
+        let coordinator = Coordinator::of(shard);
         let groups = coordinator.groups.borrow();
         let Some(g) = groups.get(&group_id) else {
             return Err(codes::GROUP_ID_NOT_FOUND);
@@ -759,7 +759,7 @@ pub async fn delete_offsets(
     let base = store::append(shard, &group_id, records).await?;
     let tombstone_last = base + doomed.len() as i64 - 1;
     {
-        let c = &*Coordinator::of(&shard);
+        let c = &*Coordinator::of(shard);
         let mut groups = c.groups.borrow_mut();
         if let Some(g) = groups.get_mut(&group_id) {
             for key in &doomed {
@@ -786,7 +786,7 @@ pub async fn fetch_offsets(
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> Result<Vec<(String, i32, Option<Committed>)>, i16> {
     ready(shard).await?;
-    let coordinator = Coordinator::of(&shard);
+    let coordinator = Coordinator::of(shard);
     let groups = coordinator.groups.borrow();
     let g = groups.get(&group_id);
     Ok(match topics {
@@ -813,7 +813,7 @@ pub async fn fetch_offsets(
 /// (group id, protocol type, state) of this shard's groups.
 pub async fn list(shard: &Rc<Shard>) -> Result<Vec<(String, String, &'static str)>, i16> {
     ready(shard).await?;
-    Ok(Coordinator::of(&shard)
+    Ok(Coordinator::of(shard)
         .groups
         .borrow()
         .values()
@@ -829,7 +829,7 @@ pub async fn list(shard: &Rc<Shard>) -> Result<Vec<(String, String, &'static str
 
 pub async fn describe(shard: &Rc<Shard>, group_id: String) -> Result<Option<GroupSummary>, i16> {
     ready(shard).await?;
-    let coordinator = Coordinator::of(&shard);
+    let coordinator = Coordinator::of(shard);
     let groups = coordinator.groups.borrow();
     let Some(g) = groups.get(&group_id) else {
         return Ok(None);
@@ -883,7 +883,7 @@ pub async fn delete(shard: &Rc<Shard>, group_id: String) -> i16 {
         return code;
     }
     let keys: Vec<(String, i32)> = {
-        let coordinator = Coordinator::of(&shard);
+        let coordinator = Coordinator::of(shard);
         let groups = coordinator.groups.borrow();
         let Some(g) = groups.get(&group_id) else {
             return codes::GROUP_ID_NOT_FOUND;
@@ -905,7 +905,7 @@ pub async fn delete(shard: &Rc<Shard>, group_id: String) -> i16 {
         }
     }
     {
-        let c = &*Coordinator::of(&shard);
+        let c = &*Coordinator::of(shard);
         let mut groups = c.groups.borrow_mut();
         if let Some(g) = groups.get_mut(&group_id) {
             // A commit that landed after the tombstones survives them, as on replay.
@@ -914,7 +914,7 @@ pub async fn delete(shard: &Rc<Shard>, group_id: String) -> i16 {
         c.drop_dead(&mut groups);
     }
     // The group's metadata record goes too (a tombstone), before DeleteGroups answers.
-    if Coordinator::of(&shard).needs_store(&group_id) {
+    if Coordinator::of(shard).needs_store(&group_id) {
         if let Err(code) = store_group(shard, &group_id).await {
             return code;
         }

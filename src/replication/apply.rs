@@ -3,7 +3,6 @@
 //! shard's partitions in line with the new image: logs opened and deleted, leadership
 //! taken, followers started and stopped.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -78,7 +77,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
                         .partitions
                         .borrow_mut()
                         .entry(name)
-                        .or_insert_with(HashMap::new)
+                        .or_default()
                         .insert(p, partition.clone());
                     apply_partition_state(shard, topic, p, &partition).await;
                 }

@@ -236,7 +236,7 @@ impl PartitionLog {
     /// Only whole batches within `max_bytes` go after others already in `out`.
     fn extend_from_cache(&self, out: &mut Vec<ReadBatch>, offset: i64, max_bytes: usize) {
         let cache = self.cache.borrow();
-        if !cache.first_offset().is_some_and(|first| first <= offset) {
+        if cache.first_offset().is_none_or(|first| first > offset) {
             return;
         }
         let mut left = max_bytes;
@@ -334,7 +334,7 @@ impl PartitionLog {
             }
             if p == 0 {
                 // The next batch is larger than the window.
-                need = claimed_len(&data).map_or(window + 1, |l| l as usize);
+                need = claimed_len(data).map_or(window + 1, |l| l as usize);
                 if need <= window {
                     return Err(corrupt(pos, "truncated batch"));
                 }

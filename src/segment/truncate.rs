@@ -155,7 +155,7 @@ impl PartitionLog {
             }
             if tail_len > 0 {
                 read_tail_block(
-                    &file,
+                    file,
                     &cut_seg,
                     tail_pos,
                     &mut tail.as_bytes_mut()[..tail_len],
