@@ -113,7 +113,9 @@ async fn shard_main(shard: Rc<Shard>) -> anyhow::Result<()> {
                 Box::pin(net::connection::handle_replica_fetcher(shard, stream))
             });
             let quorum = Quorum::start(&shard, cluster, fetch_server).await?;
-            shard.services.install(quorum);
+            shard.services.install(quorum.clone());
+            // Before ready: a second process with a live broker's node id stops here.
+            quorum.register_at_start(&shard).await?;
         }
         // Hand the replayed image to every shard; each opens the logs it owns.
         let image = shard.image();

@@ -116,6 +116,12 @@ fn serve(args: ServeArgs) -> cli::CliResult {
         Err(e) => return Err(CliError::usage(e.to_string())),
     };
     if let Err(e) = runnel::broker::run(config) {
+        // An operator mistake (a changed voter list, a node id already live): exit 2 like
+        // a bad setting, since starting again unchanged cannot help.
+        if let Some(refused) = e.downcast_ref::<runnel::replication::StartRefused>() {
+            tracing::error!("refusing to start: {refused}");
+            return Err(CliError::usage(refused.to_string()));
+        }
         tracing::error!("cannot serve: {e:#}");
         eprintln!("runnel: {e:#}");
         std::process::exit(exit::ERROR);

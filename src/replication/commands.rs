@@ -80,6 +80,9 @@ pub enum MetaReply {
     AlterPartition(Result<PartitionState, Failure>),
     /// How many leaderships the broker gave up, or why it was refused.
     ControlledShutdown(Result<usize, String>),
+    /// Registered, or refused (`DUPLICATE_BROKER_REGISTRATION`: another process with
+    /// the node id is live).
+    RegisterBroker(Result<(), Failure>),
     Done,
 }
 
@@ -128,7 +131,7 @@ impl MetaCommand {
                         id: crate::metadata::new_cluster_id(),
                     });
                 }
-                (events, MetaReply::Done)
+                (events, MetaReply::RegisterBroker(Ok(())))
             }
             MetaCommand::EnsureClusterId => {
                 let events = match image.cluster_id {
@@ -161,6 +164,39 @@ impl MetaCommand {
             }
         }
     }
+}
+
+/// Why registering `b` is refused, given the incarnations of its node id heard from
+/// within the broker session timeout (`live`): another process with that id runs and
+/// reaches the quorum (Kafka's DUPLICATE_BROKER_REGISTRATION). A registered process in
+/// controlled shutdown is going and does not count; nor does `b`'s own incarnation.
+/// The caller decides how long a refusal is final: a crashed process stays "live"
+/// until the session timeout has passed.
+pub fn duplicate_registration(image: &Image, b: &BrokerMeta, live: &[u64]) -> Option<Failure> {
+    let registered = image.brokers.get(&b.id);
+    let leaving = |inc: u64| {
+        image.shutting_down.contains(&b.id) && registered.is_some_and(|r| r.incarnation == inc)
+    };
+    let others: Vec<u64> = live
+        .iter()
+        .copied()
+        .filter(|inc| *inc != b.incarnation && !leaving(*inc))
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    let from = match registered.filter(|r| others.contains(&r.incarnation)) {
+        Some(r) => format!("registered from {}:{}", r.host, r.port),
+        None => "connected to the metadata quorum, not registered yet".to_string(),
+    };
+    Some((
+        ec::DUPLICATE_BROKER_REGISTRATION,
+        format!(
+            "node.id {} is already live in the cluster ({from}); another process runs with \
+             this id: stop it, or give this broker a node.id of its own",
+            b.id
+        ),
+    ))
 }
 
 fn alter_partition(
@@ -461,6 +497,33 @@ mod tests {
         let p = &image.topic("t").unwrap().replicas[0];
         assert_eq!((p.leader, p.leader_epoch, p.isr.clone()), (2, 4, vec![2]));
         assert_eq!(image.brokers[&1].incarnation, 6);
+    }
+
+    #[test]
+    fn a_registration_is_refused_while_another_process_of_the_id_is_live() {
+        let b = |incarnation| BrokerMeta {
+            id: 2,
+            host: "127.0.0.1".into(),
+            port: 9192,
+            incarnation,
+        };
+        let mut image = Image::default();
+        image.apply(&MetaEvent::RegisterBroker { broker: b(5) });
+        let (code, msg) = duplicate_registration(&image, &b(7), &[5, 7]).expect("refused");
+        assert_eq!(code, ec::DUPLICATE_BROKER_REGISTRATION);
+        assert!(
+            msg.contains("node.id 2 is already live") && msg.contains("127.0.0.1:9192"),
+            "{msg}"
+        );
+        // The previous process is gone (not heard from): a restart registers.
+        assert!(duplicate_registration(&image, &b(7), &[7]).is_none());
+        // The same process again, or one whose predecessor is in controlled shutdown.
+        assert!(duplicate_registration(&image, &b(5), &[5]).is_none());
+        image.apply(&MetaEvent::SetBrokerShuttingDown { id: 2 });
+        assert!(duplicate_registration(&image, &b(7), &[5]).is_none());
+        // A live process that has not registered yet still holds the id.
+        let (_, msg) = duplicate_registration(&image, &b(7), &[9]).expect("refused");
+        assert!(msg.contains("not registered yet"), "{msg}");
     }
 
     #[test]

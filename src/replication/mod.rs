@@ -50,6 +50,21 @@ pub fn registered(image: &Image, node: i32) -> bool {
         .is_some_and(|b| b.incarnation == incarnation())
 }
 
+/// A start refused because of an operator mistake that would split or confuse the
+/// cluster (a changed voter list, a node id another live process has). The message says
+/// what was found and what to do; `main` exits with the usage code (2) for it, as for
+/// a bad setting, since restarting it unchanged cannot help.
+#[derive(Debug)]
+pub struct StartRefused(pub String);
+
+impl std::fmt::Display for StartRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartRefused {}
+
 /// raft-rs logs through slog; this forwards its records to our tracing output.
 pub struct SlogToTracing;
 

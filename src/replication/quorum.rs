@@ -12,6 +12,12 @@
 //! commands to the leader over the cluster link and then wait until their own image has
 //! applied the entry, so a client that created a topic through any broker sees it on
 //! that broker next.
+//!
+//! Two operator mistakes are refused at start (`super::StartRefused`, exit 2): a voter
+//! list other than the one the Raft log was written under (a broker restarted with only
+//! itself as voter would elect itself and split the cluster), and a second process with
+//! the node id of a live broker (Kafka's DUPLICATE_BROKER_REGISTRATION; see
+//! `register_at_start`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -30,12 +36,18 @@ use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 
 use super::raft_log::RaftLog;
-use super::transport::{self, PeerLink, KIND_FORWARD, KIND_FORWARD_REPLY, KIND_KAFKA, KIND_RAFT};
+use super::transport::{
+    self, PeerLink, KIND_FORWARD, KIND_FORWARD_REPLY, KIND_HELLO, KIND_KAFKA, KIND_RAFT,
+};
+use super::StartRefused;
+
+mod registration;
 use crate::config::ClusterConfig;
-use crate::metadata::{BrokerMeta, Image, MetaEvent};
-use crate::replication::commands::{MetaCommand, MetaReply};
+use crate::metadata::{Image, MetaEvent};
+use crate::replication::commands::{duplicate_registration, MetaCommand, MetaReply};
 use crate::shard::Shard;
 use crate::time::with_timeout;
+use registration::PeerProcess;
 
 /// Raft's clock. Elections after 10–20 ticks of silence (1–2 s), heartbeats every 2.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -50,8 +62,6 @@ const LEADER_POLL: Duration = Duration::from_millis(20);
 pub const BROKER_SESSION_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the metadata leader looks for dead brokers and leaderless partitions.
 const FAILURE_CHECK: Duration = Duration::from_millis(500);
-/// How often a broker checks that its registration (advertised address) is current.
-const REGISTRATION_RETRY: Duration = Duration::from_millis(200);
 
 /// Applied entries remembered for late proposers (bounds memory; a proposer asks
 /// within moments of proposing).
@@ -71,6 +81,10 @@ struct Proposal {
 struct ForwardFailure {
     retry: bool,
     message: String,
+    /// The metadata leader as the answering broker knows it (with `retry`): a broker
+    /// that knows none of its own learns where to ask, or that one exists.
+    #[serde(default)]
+    leader: Option<i32>,
 }
 
 type ForwardReply = Result<(MetaReply, u64), ForwardFailure>;
@@ -118,6 +132,9 @@ pub struct Quorum {
     /// When this broker last became leader. Only what a leader hears itself counts for
     /// liveness: as a follower it heard only the old leader, which may be dead now.
     leader_since: Cell<Option<Instant>>,
+    /// Peer processes connected to this broker's cluster listener, by (node id,
+    /// incarnation) from their hello: which process of a node id is live.
+    processes: RefCell<HashMap<(i32, u64), PeerProcess>>,
 }
 
 /// Serves one replica fetcher's connection on the cluster listener.
@@ -143,8 +160,15 @@ impl Quorum {
         let me = shard.config.node_id;
         let voters: Vec<u64> = cluster.voters.iter().map(|v| raft_id(v.id)).collect();
         let dir = shard.config.data_dir.join("meta");
-        let (log, storage) = RaftLog::open(&dir, voters)
+        let (log, storage) = RaftLog::open(&dir, voters.clone())
             .map_err(|e| anyhow::anyhow!("cannot open the raft log in {}: {e}", dir.display()))?;
+        let mut configured = voters.clone();
+        configured.sort_unstable();
+        if let Some(stored) = log.stored_voters() {
+            if stored != configured.as_slice() {
+                return Err(voters_refused(&dir, me, stored, &configured).into());
+            }
+        }
         let config = raft::Config {
             id: raft_id(me),
             election_tick: ELECTION_TICKS,
@@ -161,10 +185,18 @@ impl Quorum {
         let logger = slog::Logger::root(super::SlogToTracing, slog::o!());
         let node =
             RawNode::new(&config, storage, &logger).map_err(|e| anyhow::anyhow!("raft: {e}"))?;
+        // A port in use here is most often a second process of a broker that runs: say so.
         let listener = crate::ports::bind_exclusive_local(cluster.listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cluster listener: {e}"))?;
+            .map_err(|e| {
+                StartRefused(format!(
+                    "cluster listener (cluster.listen for node.id {me}): {e}. If a broker with \
+                     node.id {me} already runs on this host, this process is a second one: \
+                     stop it, or give this broker its own node.id and cluster address"
+                ))
+            })?;
         let (tx, rx) = local_channel::new_unbounded();
+        let hello = transport::hello(me, super::incarnation());
         let quorum = Rc::new_cyclic(|weak: &std::rc::Weak<Quorum>| {
             let peers = cluster
                 .voters
@@ -177,7 +209,7 @@ impl Quorum {
                             q.on_forward_reply(payload);
                         }
                     });
-                    (v.id, PeerLink::start(v.id, v.addr, on_frame))
+                    (v.id, PeerLink::start(v.id, v.addr, hello.clone(), on_frame))
                 })
                 .collect();
             Quorum {
@@ -193,11 +225,32 @@ impl Quorum {
                 next_forward: Cell::new(1),
                 last_heard: RefCell::default(),
                 leader_since: Cell::new(None),
+                processes: RefCell::default(),
             }
         });
         let mut driver = Driver { node, log };
         // Apply what this broker's log already has committed before serving anything.
         driver.on_ready(&quorum, shard).await;
+        if driver.log.stored_voters().is_none() {
+            // A log from before voter sets were stored: every registered broker was a
+            // voter, so one outside the list shows the list changed. A fresh log has
+            // none and takes the configured list.
+            let image = shard.image();
+            let outside: Vec<i32> = image
+                .brokers
+                .keys()
+                .copied()
+                .filter(|b| !configured.contains(&raft_id(*b)))
+                .collect();
+            if !outside.is_empty() {
+                let mut stored: Vec<u64> = image.brokers.keys().map(|b| raft_id(*b)).collect();
+                stored.sort_unstable();
+                return Err(voters_refused(&dir, me, &stored, &configured).into());
+            }
+            driver.log.store_voters(&configured).map_err(|e| {
+                anyhow::anyhow!("cannot store the voter set in {}: {e}", dir.display())
+            })?;
+        }
         tracing::info!(
             node = me,
             applied = quorum.applied.get(),
@@ -219,7 +272,6 @@ impl Quorum {
             .detach();
         }
         glommio::spawn_local(serve(listener, quorum.clone(), shard.clone(), fetch_server)).detach();
-        glommio::spawn_local(register(quorum.clone(), shard.clone())).detach();
         glommio::spawn_local(watch_brokers(quorum.clone(), shard.clone())).detach();
         Ok(quorum)
     }
@@ -347,6 +399,7 @@ impl Quorum {
         let not_leader = || ForwardFailure {
             retry: true,
             message: "not the metadata leader".into(),
+            leader: None,
         };
         let _permit = shard
             .meta_lock
@@ -355,6 +408,7 @@ impl Quorum {
             .map_err(|e| ForwardFailure {
                 retry: false,
                 message: e.to_string(),
+                leader: None,
             })?;
         if !self.leader_ready.get() {
             return Err(not_leader());
@@ -365,6 +419,21 @@ impl Quorum {
             return Ok((MetaReply::Done, self.applied.get()));
         }
         let image = shard.image();
+        if let MetaCommand::RegisterBroker(b) = &cmd {
+            let live = self.live_incarnations(b.id);
+            tracing::debug!(
+                node = b.id,
+                incarnation = b.incarnation,
+                ?live,
+                "registration"
+            );
+            if let Some(f) = duplicate_registration(&image, b, &live) {
+                crate::warn_limited!(node = b.id, "registration refused: {}", f.1);
+                // Index 0: the refused process has nothing to wait for (it may apply
+                // nothing at all: Raft traffic for its id goes to the live process).
+                return Ok((MetaReply::RegisterBroker(Err(f)), 0));
+            }
+        }
         let live = self.live_brokers(BROKER_SESSION_TIMEOUT);
         // A broker leaving needs its partitions moved now: a leader that does not know
         // liveness yet also takes the unfenced brokers it has not heard from for live
@@ -392,6 +461,7 @@ impl Quorum {
         let data = serde_json::to_vec(&Proposal { id, events }).map_err(|e| ForwardFailure {
             retry: false,
             message: e.to_string(),
+            leader: None,
         })?;
         let (tx, rx) = oneshot::channel();
         if self.events.try_send(Event::Propose(data, tx)).is_err() {
@@ -406,10 +476,12 @@ impl Quorum {
             Some(false) => Err(ForwardFailure {
                 retry: false,
                 message: "metadata leadership changed before the change committed; retry".into(),
+                leader: None,
             }),
             None => Err(ForwardFailure {
                 retry: false,
                 message: "metadata change not committed in time (quorum lost?)".into(),
+                leader: None,
             }),
         }
     }
@@ -424,6 +496,7 @@ impl Quorum {
             return Err(ForwardFailure {
                 retry: true,
                 message: format!("metadata leader {leader} is not a known voter"),
+                leader: None,
             });
         };
         let id = self.next_forward.get();
@@ -437,6 +510,7 @@ impl Quorum {
             return Err(ForwardFailure {
                 retry: true,
                 message: "cluster link to the metadata leader is congested".into(),
+                leader: None,
             });
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -450,6 +524,7 @@ impl Quorum {
                     None => Err(ForwardFailure {
                         retry: false,
                         message: "committed, but not yet applied on this broker".into(),
+                        leader: Some(leader),
                     }),
                 }
             }
@@ -458,6 +533,7 @@ impl Quorum {
             Some(Err(_)) | None => Err(ForwardFailure {
                 retry: false,
                 message: format!("no answer from metadata leader {leader} in time"),
+                leader: None,
             }),
         }
     }
@@ -752,6 +828,8 @@ async fn serve(
                 return;
             }
             let mut first = Some(first);
+            // The peer process this connection is from, once its hello said so.
+            let mut sender: Option<(i32, u64)> = None;
             let (mut reader, mut writer) = stream.split();
             let (reply_tx, reply_rx) = local_channel::new_bounded::<Bytes>(transport::PEER_QUEUE_FRAMES_MAX);
             let reply_tx = Rc::new(reply_tx);
@@ -768,7 +846,20 @@ async fn serve(
                     None => transport::read_frame(&mut reader).await,
                 };
                 let Some((kind, payload)) = next else { break };
+                if let Some(p) = sender {
+                    q.process_heard(p);
+                }
                 match kind {
+                    KIND_HELLO => match transport::parse_hello(&payload) {
+                        Some(p) if sender.is_none() => {
+                            sender = Some(p);
+                            q.process_connected(p);
+                        }
+                        _ => {
+                            tracing::warn!("bad or repeated hello on a cluster link; closing it");
+                            break;
+                        }
+                    },
                     KIND_RAFT => match Message::parse_from_bytes(&payload) {
                         Ok(m) => {
                             let _ = q.events.try_send(Event::Raft(m));
@@ -792,10 +883,7 @@ async fn serve(
                             let reply: ForwardReply = if q.leader_ready.get() {
                                 q.decide_and_commit(&shard, cmd).await
                             } else {
-                                Err(ForwardFailure {
-                                    retry: true,
-                                    message: "not the metadata leader".into(),
-                                })
+                                q.answer_not_leader(&shard, &cmd)
                             };
                             let mut out = id.to_be_bytes().to_vec();
                             serde_json::to_writer(&mut out, &reply).expect("replies always serialize");
@@ -809,38 +897,37 @@ async fn serve(
                     }
                 }
             }
+            if let Some(p) = sender {
+                q.process_closed(p);
+            }
             drop(writer_task);
         })
         .detach();
     }
 }
 
-/// Keeps this broker's registration (its advertised address) in the metadata: proposed
-/// once a leader exists, and again whenever the image disagrees.
-async fn register(q: Rc<Quorum>, shard: Rc<Shard>) {
-    let me = BrokerMeta {
-        id: shard.config.node_id,
-        host: shard.config.advertised_host.clone(),
-        port: shard.config.advertised_port,
-        incarnation: super::incarnation(),
+/// The message for a configured voter list other than the stored one (Raft ids).
+fn voters_refused(
+    dir: &std::path::Path,
+    me: i32,
+    stored: &[u64],
+    configured: &[u64],
+) -> StartRefused {
+    let ids = |v: &[u64]| v.iter().map(|r| node_id(*r)).collect::<Vec<i32>>();
+    let not_member = if stored.contains(&raft_id(me)) {
+        String::new()
+    } else {
+        format!("; node.id {me} is not one of them")
     };
-    loop {
-        if shard.image().brokers.get(&me.id) == Some(&me) {
-            return;
-        }
-        if q.leader().is_some() {
-            match q
-                .commit(&shard, MetaCommand::RegisterBroker(me.clone()))
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(node = me.id, host = %me.host, port = me.port, "broker registered")
-                }
-                Err(e) => tracing::debug!(error = %e, "broker registration not committed yet"),
-            }
-        }
-        glommio::timer::sleep(REGISTRATION_RETRY).await;
-    }
+    StartRefused(format!(
+        "controller.quorum.voters names node ids {:?}, but the metadata log in {} belongs to \
+         a cluster whose voters are {:?}{not_member}. Restart with the original \
+         controller.quorum.voters: changing the voters by restarting with another list is \
+         not supported (this broker would form a quorum of its own and split the cluster)",
+        ids(configured),
+        dir.display(),
+        ids(stored),
+    ))
 }
 
 fn log_failover(events: &[MetaEvent]) {

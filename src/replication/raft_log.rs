@@ -2,10 +2,13 @@
 //! `MemStorage`.
 //!
 //! One append-only file of records `[u32 len][u32 crc32c][u8 kind][protobuf]`, kind 1 an
-//! `Entry`, kind 2 a `HardState`. Replay applies them in file order with Raft's own
+//! `Entry`, kind 2 a `HardState`, kind 3 a `ConfState` (the voter set the log was
+//! written under, stored once). Replay applies them in file order with Raft's own
 //! append rule (an entry at an index already present replaces it and everything after
 //! it), and the last hard state wins, so overwriting a follower's divergent tail is just
-//! another append. A torn or corrupt record ends replay and is truncated away (a crash
+//! another append. The stored voter set is what the quorum checks the configured one
+//! against at start (`stored_voters`): a broker restarted with another list would form
+//! a quorum of its own. A torn or corrupt record ends replay and is truncated away (a crash
 //! mid-write); it was never acknowledged, because every `persist` ends with fdatasync
 //! before raft-rs is told the entries are stable.
 //!
@@ -23,6 +26,7 @@ use raft::storage::MemStorage;
 
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
+const KIND_CONF_STATE: u8 = 3;
 /// A record larger than this is a corrupt length, not a metadata entry (guards the
 /// allocation on replay).
 const RECORD_BYTES_MAX: usize = 64 << 20;
@@ -30,6 +34,9 @@ const RECORD_BYTES_MAX: usize = 64 << 20;
 pub struct RaftLog {
     path: PathBuf,
     file: File,
+    /// Raft ids of the voters stored in the log (sorted); `None` for a fresh log or one
+    /// written before the voter set was stored.
+    stored_voters: Option<Vec<u64>>,
 }
 
 impl RaftLog {
@@ -46,6 +53,7 @@ impl RaftLog {
         let storage = MemStorage::new_with_conf_state(ConfState::from((voters, vec![])));
         let mut good_len: u64 = 0;
         let mut entries = 0usize;
+        let mut stored_voters: Option<Vec<u64>> = None;
         {
             let mut reader = BufReader::new(&file);
             let mut head = [0u8; 9];
@@ -77,6 +85,12 @@ impl RaftLog {
                     }),
                     KIND_HARD_STATE => HardState::parse_from_bytes(&body).map(|hs| {
                         storage.wl().set_hardstate(hs);
+                        Ok(())
+                    }),
+                    KIND_CONF_STATE => ConfState::parse_from_bytes(&body).map(|cs| {
+                        let mut v = cs.voters;
+                        v.sort_unstable();
+                        stored_voters = Some(v);
                         Ok(())
                     }),
                     _ => Ok(Err(std::io::Error::other(format!(
@@ -118,7 +132,36 @@ impl RaftLog {
             commit = hs.commit,
             "raft log replayed"
         );
-        Ok((RaftLog { path, file }, storage))
+        let log = RaftLog {
+            path,
+            file,
+            stored_voters,
+        };
+        Ok((log, storage))
+    }
+
+    /// The voter set (Raft ids, sorted) this log was written under, if it holds one.
+    pub fn stored_voters(&self) -> Option<&[u64]> {
+        self.stored_voters.as_deref()
+    }
+
+    /// Stores `voters` as this log's voter set (fdatasync'ed), for logs that have none:
+    /// a fresh one takes the configured list.
+    pub fn store_voters(&mut self, voters: &[u64]) -> std::io::Result<()> {
+        assert!(self.stored_voters.is_none(), "the voter set is stored once");
+        let mut sorted = voters.to_vec();
+        sorted.sort_unstable();
+        let cs = ConfState::from((sorted.clone(), vec![]));
+        let mut buf = Vec::new();
+        push_record(
+            &mut buf,
+            KIND_CONF_STATE,
+            &cs.write_to_bytes().map_err(std::io::Error::other)?,
+        );
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        self.stored_voters = Some(sorted);
+        Ok(())
     }
 
     /// Appends `entries` and (when given) the hard state, then fdatasyncs: after this
@@ -211,6 +254,21 @@ mod tests {
         let state = storage.initial_state().unwrap();
         assert_eq!((state.hard_state.term, state.hard_state.commit), (2, 1));
         assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_voter_set_is_stored_once_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, _) = RaftLog::open(dir.path(), vec![3, 1, 2]).unwrap();
+            assert_eq!(log.stored_voters(), None, "a fresh log holds no voter set");
+            log.store_voters(&[3, 1, 2]).unwrap();
+            log.persist(&[entry(1, 1, b"a")], None).unwrap();
+        }
+        // Opened with another list: the stored one is what the caller checks against.
+        let (log, storage) = RaftLog::open(dir.path(), vec![3]).unwrap();
+        assert_eq!(log.stored_voters(), Some(&[1, 2, 3][..]));
+        assert_eq!(storage.last_index().unwrap(), 1);
     }
 
     #[test]

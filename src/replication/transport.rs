@@ -1,7 +1,8 @@
 //! Inter-broker frames over TCP on the cluster listener (shard 0 of each broker).
 //!
 //! A frame is `[u32 len][u8 kind][payload]` (`len` counts kind + payload). Each broker
-//! keeps one outbound connection per peer, written by one task from a bounded queue;
+//! keeps one outbound connection per peer, written by one task from a bounded queue
+//! and opened with a hello naming the sender (node id and process incarnation);
 //! a full queue or a dead peer drops frames, which Raft tolerates (it resends) and a
 //! forwarded proposal notices by its timeout. Replies to forwarded proposals come back
 //! on the connection their request went out on.
@@ -21,6 +22,29 @@ pub const KIND_FORWARD_REPLY: u8 = 3;
 /// First frame of a replica fetcher's connection: the rest of it is the Kafka protocol
 /// (`replication::fetcher`), served like a client connection.
 pub const KIND_KAFKA: u8 = 4;
+/// First frame of a peer link: the sender's node id (i32) and process incarnation
+/// (u64), so the receiver can tell which process of a node id it hears from (a live
+/// one from a restarted one's predecessor, or from a second process with that id).
+pub const KIND_HELLO: u8 = 5;
+pub const HELLO_BYTES: usize = 12;
+
+pub fn hello(node: i32, incarnation: u64) -> Bytes {
+    let mut payload = [0u8; HELLO_BYTES];
+    payload[..4].copy_from_slice(&node.to_be_bytes());
+    payload[4..].copy_from_slice(&incarnation.to_be_bytes());
+    frame(KIND_HELLO, &payload)
+}
+
+/// (node id, incarnation) of a `KIND_HELLO` payload.
+pub fn parse_hello(payload: &[u8]) -> Option<(i32, u64)> {
+    if payload.len() != HELLO_BYTES {
+        return None;
+    }
+    Some((
+        i32::from_be_bytes(payload[..4].try_into().ok()?),
+        u64::from_be_bytes(payload[4..].try_into().ok()?),
+    ))
+}
 
 /// Frames queued per peer before new ones are dropped.
 pub const PEER_QUEUE_FRAMES_MAX: usize = 1024;
@@ -64,11 +88,16 @@ pub struct PeerLink {
 }
 
 impl PeerLink {
-    /// Starts the task that connects to `addr` and writes queued frames; frames that
-    /// come back on the connection go to `on_frame`.
-    pub fn start(id: i32, addr: SocketAddr, on_frame: Rc<dyn Fn(u8, Bytes)>) -> PeerLink {
+    /// Starts the task that connects to `addr`, opens each connection with `hello` and
+    /// writes queued frames; frames that come back on the connection go to `on_frame`.
+    pub fn start(
+        id: i32,
+        addr: SocketAddr,
+        hello: Bytes,
+        on_frame: Rc<dyn Fn(u8, Bytes)>,
+    ) -> PeerLink {
         let (tx, rx) = local_channel::new_bounded(PEER_QUEUE_FRAMES_MAX);
-        glommio::spawn_local(run(id, addr, rx, on_frame)).detach();
+        glommio::spawn_local(run(id, addr, hello, rx, on_frame)).detach();
         PeerLink { id, addr, tx }
     }
 
@@ -78,7 +107,13 @@ impl PeerLink {
     }
 }
 
-async fn run(id: i32, addr: SocketAddr, rx: LocalReceiver<Bytes>, on_frame: Rc<dyn Fn(u8, Bytes)>) {
+async fn run(
+    id: i32,
+    addr: SocketAddr,
+    hello: Bytes,
+    rx: LocalReceiver<Bytes>,
+    on_frame: Rc<dyn Fn(u8, Bytes)>,
+) {
     let mut down_logged = false;
     loop {
         // Wait for something to send before connecting, so an idle link costs nothing.
@@ -109,6 +144,9 @@ async fn run(id: i32, addr: SocketAddr, rx: LocalReceiver<Bytes>, on_frame: Rc<d
             }
         });
         let mut next = Some(first);
+        if writer.write_all(&hello).await.is_err() {
+            next = None;
+        }
         while let Some(f) = next.take() {
             if writer.write_all(&f).await.is_err() {
                 break;

@@ -72,8 +72,9 @@ async fn watch_stalls(shard: Rc<Shard>, threshold: Duration) {
     }
 }
 
-/// What a shard thread reports to the supervisor when it ends.
-type ShardEnd = (usize, Result<(), String>);
+/// What a shard thread reports to the supervisor when it ends. The error keeps its type,
+/// so the caller can tell an operator mistake from a failure.
+type ShardEnd = (usize, anyhow::Result<()>);
 
 /// Sends a shard's end to the supervisor when dropped: a normal return, an error, a
 /// panic that unwinds, and an executor that never started (its future is dropped
@@ -81,11 +82,11 @@ type ShardEnd = (usize, Result<(), String>);
 struct EndReport {
     id: usize,
     tx: std::sync::mpsc::Sender<ShardEnd>,
-    result: Option<Result<(), String>>,
+    result: Option<anyhow::Result<()>>,
 }
 
 impl EndReport {
-    fn finish(mut self, result: Result<(), String>) {
+    fn finish(mut self, result: anyhow::Result<()>) {
         self.result = Some(result);
     }
 }
@@ -93,11 +94,11 @@ impl EndReport {
 impl Drop for EndReport {
     fn drop(&mut self) {
         let result = self.result.take().unwrap_or_else(|| {
-            Err(if std::thread::panicking() {
-                "panicked".to_string()
+            Err(anyhow::anyhow!(if std::thread::panicking() {
+                "panicked"
             } else {
-                "its executor did not start".to_string()
-            })
+                "its executor did not start"
+            }))
         });
         let _ = self.tx.send((self.id, result));
     }
@@ -143,7 +144,7 @@ where
                     Ok(shard) => shard_main(shard).await,
                     Err(e) => Err(e),
                 };
-                report.finish(r.map_err(|e| format!("{e:#}")));
+                report.finish(r);
             })
             .map_err(|e| anyhow::anyhow!("cannot start shard {id}: {e}"))?;
         handles.push(Some(handle));
@@ -153,12 +154,11 @@ where
         anyhow::bail!("every shard ended without a report");
     };
     // The executor's own error (e.g. io_uring setup) is in its thread's result.
-    let why = match (result, handles[id].take().map(|h| h.join())) {
-        (Ok(()), _) => "stopped".to_string(),
-        (Err(_), Some(Err(e))) => e.to_string(),
-        (Err(e), _) => e,
-    };
-    Err(anyhow::anyhow!("shard {id} ended: {why}"))
+    match (result, handles[id].take().map(|h| h.join())) {
+        (Ok(()), _) => Err(anyhow::anyhow!("shard {id} ended: stopped")),
+        (Err(_), Some(Err(e))) => Err(anyhow::anyhow!("shard {id} ended: {e}")),
+        (Err(e), _) => Err(e.context(format!("shard {id} ended"))),
+    }
 }
 
 /// Joins the mesh, builds this shard's `Shard` (shard 0 of a single node opens the
