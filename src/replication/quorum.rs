@@ -195,9 +195,16 @@ impl Quorum {
                 leader_since: Cell::new(None),
             }
         });
+        let (dropped, replay_commit) = (log.replay_dropped_bytes, log.replay_commit);
         let mut driver = Driver { node, log };
         // Apply what this broker's log already has committed before serving anything.
         driver.on_ready(&quorum, shard).await;
+        // Before the driver runs, nothing else changes the image: directories of no
+        // partition in it can go (see `remove_stray_dirs` for why that is safe).
+        super::apply::remove_stray_dirs(
+            shard,
+            dropped == 0 && quorum.applied.get() >= replay_commit,
+        );
         tracing::info!(
             node = me,
             applied = quorum.applied.get(),

@@ -30,6 +30,10 @@ const RECORD_BYTES_MAX: usize = 64 << 20;
 pub struct RaftLog {
     path: PathBuf,
     file: File,
+    /// Bytes the replay at open cut off (a torn or corrupt record and all after it).
+    pub replay_dropped_bytes: u64,
+    /// The commit index of the last hard state replayed.
+    pub replay_commit: u64,
 }
 
 impl RaftLog {
@@ -104,7 +108,8 @@ impl RaftLog {
                 good_len += 9 + len as u64;
             }
         }
-        if file.metadata()?.len() != good_len {
+        let len = file.metadata()?.len();
+        if len != good_len {
             file.set_len(good_len)?;
             file.sync_all()?;
         }
@@ -118,7 +123,13 @@ impl RaftLog {
             commit = hs.commit,
             "raft log replayed"
         );
-        Ok((RaftLog { path, file }, storage))
+        let log = RaftLog {
+            path,
+            file,
+            replay_dropped_bytes: len.saturating_sub(good_len),
+            replay_commit: hs.commit,
+        };
+        Ok((log, storage))
     }
 
     /// Appends `entries` and (when given) the hard state, then fdatasyncs: after this
