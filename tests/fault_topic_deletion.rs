@@ -113,6 +113,28 @@ fn churn(
     })
 }
 
+/// The log end of `topic`-`partition` in exactly broker `bootstrap`'s replica
+/// (ListOffsets LATEST as a debugging consumer, replica id -2, which any replica
+/// answers).
+fn replica_log_end(bootstrap: &str, topic: &str, partition: i32) -> i64 {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{BrokerId, ListOffsetsRequest};
+    let mut wire = Wire::connect(bootstrap);
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-2))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name_of(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(-1)])]);
+    let p = &wire.call(&req, 7).topics[0].partitions[0];
+    if p.error_code == 0 {
+        p.offset
+    } else {
+        -1
+    }
+}
+
 /// Whether the broker at `bootstrap` answers a Metadata request within a few seconds.
 fn answers_metadata(bootstrap: &str) -> bool {
     let c = consumer(bootstrap, &[]);
@@ -135,9 +157,19 @@ fn deleting_big_replicated_topics_leaves_every_broker_serving_idle_and_clean() {
             vec![(i % 251) as u8; RECORD_BYTES]
         });
     }
-    // acks=all: every replica has the data; every broker holds every partition.
+    // Every broker holds every partition, replicated: the followers' fetchers work.
     for b in &cluster.brokers {
         for t in &topics {
+            wait_for(
+                &format!("{} to replicate {t}", b.bootstrap()),
+                CLUSTER_TIMEOUT,
+                || {
+                    let records: i64 = (0..PARTITIONS)
+                        .map(|p| replica_log_end(&b.bootstrap(), t, p))
+                        .sum();
+                    (records == RECORDS_PER_TOPIC as i64).then_some(())
+                },
+            );
             assert_eq!(
                 dirs_of(b.data_dir(), t).len(),
                 PARTITIONS as usize,

@@ -160,31 +160,26 @@ pub fn follow(shard: &Rc<Shard>, topic: &str, partition: i32, leader: i32, epoch
     }
     let key = (topic.to_string(), partition);
     remove_from_others(&key, Some(leader));
-    let existing = FETCHERS.with(|m| m.borrow().get(&leader).cloned());
-    let fetcher = match existing {
-        Some(f) => f,
-        None => {
-            let f = Rc::new(Fetcher {
-                leader,
-                parts: RefCell::default(),
-                wake: RefCell::default(),
-                woken: Cell::new(false),
-            });
-            FETCHERS.with(|m| m.borrow_mut().insert(leader, f.clone()));
-            // Spawned with no borrow held: the task looks at the registry.
-            glommio::spawn_local(run(shard.clone(), f.clone())).detach();
-            f
-        }
+    let followed = Followed {
+        epoch,
+        truncated: false,
+        retry_at: None,
     };
-    fetcher.parts.borrow_mut().insert(
-        key,
-        Followed {
-            epoch,
-            truncated: false,
-            retry_at: None,
-        },
-    );
-    fetcher.wake();
+    if let Some(f) = FETCHERS.with(|m| m.borrow().get(&leader).cloned()) {
+        f.parts.borrow_mut().insert(key, followed);
+        f.wake();
+        return;
+    }
+    let f = Rc::new(Fetcher {
+        leader,
+        parts: RefCell::new(BTreeMap::from([(key, followed)])),
+        wake: RefCell::default(),
+        woken: Cell::new(false),
+    });
+    FETCHERS.with(|m| m.borrow_mut().insert(leader, f.clone()));
+    // glommio runs a spawned task at once, up to its first await: it must find itself
+    // registered and with its partition (a fetcher with none ends). No borrow is held.
+    glommio::spawn_local(run(shard.clone(), f)).detach();
 }
 
 /// Stops following `topic`-`partition` (it leads now, is offline, or is gone).
