@@ -132,6 +132,16 @@ async fn shard_main(shard: Rc<Shard>) -> anyhow::Result<()> {
             "metadata replayed, partition logs open"
         );
         crate::group::store::note_existing_partition_count(&shard);
+        if config.cluster.is_none() {
+            // Before the listeners bind nothing else changes the image: directories of
+            // no partition in it can go (see `remove_stray_dirs`). A cluster does this
+            // in `Quorum::start`, before its Raft driver runs.
+            let complete = shard
+                .meta_log
+                .as_ref()
+                .is_some_and(|l| l.borrow().replay_dropped_bytes() == 0);
+            apply::remove_stray_dirs(&shard, complete);
+        }
         // A cluster's id comes with its first registration (see RegisterBroker).
         if config.cluster.is_none() && shard.image().cluster_id.is_none() {
             if let Err(e) = apply::commit_meta(&shard, MetaCommand::EnsureClusterId).await {

@@ -280,6 +280,8 @@ impl Image {
 pub struct MetaLog {
     path: PathBuf,
     file: File,
+    /// Bytes the replay at open cut off (a torn or corrupt entry and all after it).
+    replay_dropped_bytes: u64,
 }
 
 impl MetaLog {
@@ -329,12 +331,24 @@ impl MetaLog {
                 }
             }
         }
-        if file.metadata()?.len() != good_len {
+        let len = file.metadata()?.len();
+        if len != good_len {
             file.set_len(good_len)?;
             file.sync_all()?;
         }
         file.seek(SeekFrom::End(0))?;
-        Ok((MetaLog { path, file }, image))
+        let log = MetaLog {
+            path,
+            file,
+            replay_dropped_bytes: len.saturating_sub(good_len),
+        };
+        Ok((log, image))
+    }
+
+    /// Bytes the replay at open cut off: 0 means the image holds every entry the file
+    /// held (see `replication::apply::remove_stray_dirs`).
+    pub fn replay_dropped_bytes(&self) -> u64 {
+        self.replay_dropped_bytes
     }
 
     /// Appends events durably (write + fdatasync) before they are applied anywhere.

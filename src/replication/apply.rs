@@ -3,13 +3,14 @@
 //! shard's partitions in line with the new image: logs opened and deleted, leadership
 //! taken, followers started and stopped.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use super::commands::{MetaCommand, MetaReply};
 use super::quorum::Quorum;
 use crate::metadata::{Image, TopicMeta};
-use crate::segment::PartitionLog;
+use crate::segment::{remove, PartitionLog};
 use crate::shard::partition::{log_config_for, Transition};
 use crate::shard::{Partition, Shard};
 
@@ -26,16 +27,28 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
         .filter(|t| !image.topics.contains_key(t.as_ref()))
         .map(|t| t.to_string())
         .collect();
+    let mut deleted: Vec<(String, i32, Rc<Partition>)> = Vec::new();
     for t in gone {
         let parts = shard
             .partitions
             .borrow_mut()
             .remove(t.as_str())
             .unwrap_or_default();
+        // Every partition stops being followed before the first await below, so no
+        // fetcher sees a followed partition without a log.
         for (i, p) in parts {
             super::fetcher::unfollow(&t, i);
-            if let Err(e) = p.log.delete().await {
-                tracing::warn!(topic = %t, error = %e, "deleting partition log failed");
+            deleted.push((t.clone(), i, p));
+        }
+    }
+    for (t, i, p) in deleted {
+        // Returns once the directory is renamed away; the files go in the background.
+        match p.log.delete().await {
+            Ok(()) => {
+                tracing::info!(topic = %t, partition = i, "partition deleted; removing its data")
+            }
+            Err(e) => {
+                tracing::warn!(topic = %t, partition = i, error = %e, "deleting partition log failed")
             }
         }
     }
@@ -88,6 +101,85 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<Image>) -> usize {
         }
     }
     owned
+}
+
+/// At startup, once the metadata image has been replayed from this broker's own durable
+/// log: removes, in the background, every directory under `data/topics` that is no
+/// partition this broker hosts in that image (a topic deleted while the broker was down
+/// or stopped mid-deletion, a partition it is no longer a replica of), and every
+/// `*.delete` directory an interrupted deletion left. Each is logged with its bytes.
+///
+/// Why this deletes nothing still needed:
+/// - A partition directory is created only by `apply_image` for an entry this broker
+///   applied, and an entry is applied only after it is durable here: the single-node
+///   metadata log is fdatasync'd before `apply_image`, and Raft applies only committed
+///   entries after persisting the hard state that commits them. Replay applies every
+///   committed entry again, so the image it yields includes every change that created a
+///   directory before the restart; a directory absent from it belongs to a topic that
+///   was deleted, or a replica that moved away, in that same durable history.
+/// - `replay_complete` says the replay dropped nothing (no corrupt record cut off with
+///   the ones after it) and, in a cluster, reached the persisted commit index. If not,
+///   the image may lack entries whose data is here: nothing is removed.
+/// - An image with no cluster id comes from an empty log (a metadata directory wiped or
+///   replaced while the data stayed): everything would look stray, so nothing is.
+/// - It runs before anything else can change the image (single node: before the
+///   listeners bind; cluster: before the Raft driver starts), and every stray directory
+///   is renamed to a `*.delete` name first, at once, so a topic recreated later under
+///   the same name gets a fresh directory and never meets the one being removed.
+pub fn remove_stray_dirs(shard: &Shard, replay_complete: bool) {
+    let topics_dir = shard.config.data_dir.join("topics");
+    let entries = match std::fs::read_dir(&topics_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::warn!(dir = %topics_dir.display(), error = %e, "cannot list partition directories; stray ones stay");
+            return;
+        }
+    };
+    let image = shard.image();
+    let me = shard.config.node_id;
+    let hosted: HashSet<String> = image
+        .topics
+        .values()
+        .flat_map(|t| {
+            (0..t.owners.len() as i32)
+                .filter(|p| t.is_replica(*p, me))
+                .map(|p| format!("{}-{p}", t.name))
+        })
+        .collect();
+    let stray: Vec<(String, std::path::PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(name, _)| !hosted.contains(name))
+        .collect();
+    if stray.is_empty() {
+        return;
+    }
+    if !replay_complete || image.cluster_id.is_none() {
+        tracing::warn!(
+            dirs = stray.len(),
+            replay_complete,
+            "partition directories not in the metadata image kept: the replayed metadata may be incomplete"
+        );
+        return;
+    }
+    for (name, path) in stray {
+        if name.ends_with(remove::DELETE_SUFFIX) {
+            tracing::info!(dir = %name, "removing the rest of an interrupted partition deletion");
+            remove::remove_in_background(path, name);
+            continue;
+        }
+        match remove::rename_for_delete(&path) {
+            Ok(renamed) => {
+                tracing::info!(partition_dir = %name, "removing partition directory of no partition hosted here (topic deleted or replica moved)");
+                remove::remove_in_background(renamed, name);
+            }
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), error = %e, "cannot rename stray partition directory; it stays")
+            }
+        }
+    }
 }
 
 /// Cluster mode: makes this broker the partition's leader, a follower fetching from

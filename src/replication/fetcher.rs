@@ -11,6 +11,11 @@
 //!
 //! Before fetching for a new leader or leader epoch, a partition truncates a tail the
 //! leader may not have (OffsetForLeaderEpoch; see `truncate`).
+//!
+//! Every pass of a fetcher's loop either awaits I/O or a timer, or idles until it is
+//! woken (`Fetcher::idle`): a glommio task that loops without yielding starves its
+//! whole shard (Raft on shard 0, the signal poll), so no path may `continue` without
+//! one. A fetcher with no partitions left ends.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +52,8 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
 /// Pause before fetching a partition again after the leader refused it (not leader
 /// yet, epoch not known yet): the metadata will say what changed.
 const PARTITION_BACKOFF: Duration = Duration::from_millis(300);
+/// Longest idle wait with nothing to fetch; a change to the followed set wakes it sooner.
+const IDLE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 type Key = (String, i32);
 
@@ -63,13 +70,42 @@ struct Fetcher {
     parts: RefCell<BTreeMap<Key, Followed>>,
     /// Wakes the task when it idles with nothing to fetch.
     wake: RefCell<Option<oneshot::Sender<()>>>,
+    /// The followed set changed since the task last idled: a wake that came while the
+    /// task was busy is not lost.
+    woken: Cell<bool>,
 }
 
 impl Fetcher {
     fn wake(&self) {
+        self.woken.set(true);
         if let Some(tx) = self.wake.borrow_mut().take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Waits until the followed set changes or `wait` passes; returns at once if it
+    /// changed since the last call.
+    async fn idle(&self, wait: Duration) {
+        if self.woken.replace(false) {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        *self.wake.borrow_mut() = Some(tx);
+        let _ = with_timeout(wait, rx).await;
+        self.wake.borrow_mut().take();
+        self.woken.set(false);
+    }
+
+    /// How long to idle: until the earliest retry, at most `IDLE_WAIT_MAX`.
+    fn idle_wait(&self, now: Instant) -> Duration {
+        self.parts
+            .borrow()
+            .values()
+            .filter_map(|s| s.retry_at)
+            .min()
+            .map_or(IDLE_WAIT_MAX, |t| {
+                t.saturating_duration_since(now).min(IDLE_WAIT_MAX)
+            })
     }
 }
 
@@ -124,30 +160,26 @@ pub fn follow(shard: &Rc<Shard>, topic: &str, partition: i32, leader: i32, epoch
     }
     let key = (topic.to_string(), partition);
     remove_from_others(&key, Some(leader));
-    let existing = FETCHERS.with(|m| m.borrow().get(&leader).cloned());
-    let fetcher = match existing {
-        Some(f) => f,
-        None => {
-            let f = Rc::new(Fetcher {
-                leader,
-                parts: RefCell::default(),
-                wake: RefCell::default(),
-            });
-            FETCHERS.with(|m| m.borrow_mut().insert(leader, f.clone()));
-            // Spawned with no borrow held: the task looks at the registry.
-            glommio::spawn_local(run(shard.clone(), f.clone())).detach();
-            f
-        }
+    let followed = Followed {
+        epoch,
+        truncated: false,
+        retry_at: None,
     };
-    fetcher.parts.borrow_mut().insert(
-        key,
-        Followed {
-            epoch,
-            truncated: false,
-            retry_at: None,
-        },
-    );
-    fetcher.wake();
+    if let Some(f) = FETCHERS.with(|m| m.borrow().get(&leader).cloned()) {
+        f.parts.borrow_mut().insert(key, followed);
+        f.wake();
+        return;
+    }
+    let f = Rc::new(Fetcher {
+        leader,
+        parts: RefCell::new(BTreeMap::from([(key, followed)])),
+        wake: RefCell::default(),
+        woken: Cell::new(false),
+    });
+    FETCHERS.with(|m| m.borrow_mut().insert(leader, f.clone()));
+    // glommio runs a spawned task at once, up to its first await: it must find itself
+    // registered and with its partition (a fetcher with none ends). No borrow is held.
+    glommio::spawn_local(run(shard.clone(), f)).detach();
 }
 
 /// Stops following `topic`-`partition` (it leads now, is offline, or is gone).
@@ -212,7 +244,30 @@ async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
         if !is_registered(&f) {
             return;
         }
+        if f.parts.borrow().is_empty() {
+            // Nothing left to follow from this leader: end (a later `follow` starts a
+            // new task).
+            FETCHERS.with(|m| m.borrow_mut().remove(&f.leader));
+            return;
+        }
         let now = Instant::now();
+        // A followed partition with no log on this shard is being deleted (its unfollow
+        // is on the way): it waits like a refused one, so a fetcher left with only
+        // such partitions idles instead of going round with nothing to send.
+        let missing: Vec<(Key, i32)> = f
+            .parts
+            .borrow()
+            .iter()
+            .filter(|(k, s)| {
+                s.retry_at.is_none_or(|t| t <= now) && shard.partition(&k.0, k.1).is_none()
+            })
+            .map(|(k, s)| (k.clone(), s.epoch))
+            .collect();
+        for (key, epoch) in &missing {
+            set_state(&f, key, *epoch, |s| {
+                s.retry_at = Some(now + PARTITION_BACKOFF)
+            });
+        }
         let due: Vec<(Key, Followed)> = f
             .parts
             .borrow()
@@ -222,12 +277,7 @@ async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
             .collect();
         if due.is_empty() {
             // Nothing to fetch now: wait for a change or the next retry.
-            let next_retry = f.parts.borrow().values().filter_map(|s| s.retry_at).min();
-            let wait =
-                next_retry.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
-            let (tx, rx) = oneshot::channel();
-            *f.wake.borrow_mut() = Some(tx);
-            let _ = with_timeout(wait, rx).await;
+            f.idle(f.idle_wait(now)).await;
             continue;
         }
         if conn.is_none() {
@@ -254,6 +304,7 @@ async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
         let mut failed = false;
         for (key, st) in due.iter().filter(|(_, s)| !s.truncated) {
             let Some(p) = shard.partition(&key.0, key.1) else {
+                // Gone during an await above; skipped as missing on the next pass.
                 continue;
             };
             match truncate(&shard, c, &p, key, st.epoch).await {
@@ -307,6 +358,10 @@ async fn run(shard: Rc<Shard>, f: Rc<Fetcher>) {
             sent.push((key.clone(), st.epoch, p));
         }
         if sent.is_empty() {
+            // Nothing ready (truncations postponed, partitions gone or re-followed
+            // meanwhile). Going round at once could spin without yielding; idle
+            // instead (a change wakes it, and a pending wake returns at once).
+            f.idle(f.idle_wait(Instant::now())).await;
             continue;
         }
         let req = FetchRequest::default()

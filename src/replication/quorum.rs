@@ -228,6 +228,7 @@ impl Quorum {
                 processes: RefCell::default(),
             }
         });
+        let (dropped, replay_commit) = (log.replay_dropped_bytes, log.replay_commit);
         let mut driver = Driver { node, log };
         // Apply what this broker's log already has committed before serving anything.
         driver.on_ready(&quorum, shard).await;
@@ -251,6 +252,12 @@ impl Quorum {
                 anyhow::anyhow!("cannot store the voter set in {}: {e}", dir.display())
             })?;
         }
+        // Before the driver runs, nothing else changes the image: directories of no
+        // partition in it can go (see `remove_stray_dirs` for why that is safe).
+        super::apply::remove_stray_dirs(
+            shard,
+            dropped == 0 && quorum.applied.get() >= replay_commit,
+        );
         tracing::info!(
             node = me,
             applied = quorum.applied.get(),

@@ -37,6 +37,10 @@ pub struct RaftLog {
     /// Raft ids of the voters stored in the log (sorted); `None` for a fresh log or one
     /// written before the voter set was stored.
     stored_voters: Option<Vec<u64>>,
+    /// Bytes the replay at open cut off (a torn or corrupt record and all after it).
+    pub replay_dropped_bytes: u64,
+    /// The commit index of the last hard state replayed.
+    pub replay_commit: u64,
 }
 
 impl RaftLog {
@@ -118,7 +122,8 @@ impl RaftLog {
                 good_len += 9 + len as u64;
             }
         }
-        if file.metadata()?.len() != good_len {
+        let len = file.metadata()?.len();
+        if len != good_len {
             file.set_len(good_len)?;
             file.sync_all()?;
         }
@@ -136,6 +141,8 @@ impl RaftLog {
             path,
             file,
             stored_voters,
+            replay_dropped_bytes: len.saturating_sub(good_len),
+            replay_commit: hs.commit,
         };
         Ok((log, storage))
     }

@@ -602,12 +602,24 @@ impl PartitionLog {
             .base_offset
     }
 
-    /// Removes the whole log directory (DeleteTopics).
+    /// Closes the log and removes its directory (DeleteTopics). When this returns the
+    /// directory has been renamed to a `*.delete` name (so a new log of the same
+    /// partition starts empty); its files are unlinked afterwards by a background task
+    /// of this shard, which logs the bytes freed (see `remove`): a big log's unlinks
+    /// must not hold the shard.
     pub async fn delete(&self) -> Result<(), StorageError> {
         self.failed.borrow_mut().get_or_insert(StorageError::Closed);
         let _ = self.close().await;
         self.closed.set(true);
-        std::fs::remove_dir_all(&self.dir).map_err(|e| StorageError::io("remove dir", &self.dir, e))
+        let renamed = super::remove::rename_for_delete(&self.dir)
+            .map_err(|e| StorageError::io("rename for delete", &self.dir, e))?;
+        let name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        super::remove::remove_in_background(renamed, name);
+        Ok(())
     }
 }
 

@@ -49,7 +49,8 @@
 //! `flush` (group commit, writes, fdatasync), `read` (batch cache, reads, lookups by
 //! time), `leader_epoch`, `truncate`, `retention`, `cleaner` (swaps compacted segments
 //! in) and `producer_snapshot`; `segment` (one segment and its indexes), `recovery`
-//! (scan for the logical end, tail repair), `testing` (a batch encoder for tests).
+//! (scan for the logical end, tail repair), `remove` (deleting a partition directory
+//! in the background), `testing` (a batch encoder for tests).
 
 mod append;
 pub mod batch;
@@ -64,6 +65,7 @@ mod producer_snapshot;
 mod read;
 pub mod records;
 pub mod recovery;
+pub mod remove;
 mod retention;
 mod segment;
 #[doc(hidden)]
