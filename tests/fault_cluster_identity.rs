@@ -6,8 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,55 +16,11 @@ use kafka_protocol::messages::MetadataRequest;
 /// a start that takes seconds on a loaded box.
 const REFUSAL_MAX: Duration = Duration::from_secs(30);
 
-struct Exit {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
 /// Runs `runnel serve ARGS` until it exits, at most `REFUSAL_MAX` (then SIGKILL: `code`
 /// is `None`).
 fn serve_to_exit(args: &[String]) -> Exit {
-    let mut child = Command::new(runnel_bin())
-        .arg("serve")
-        .args(args)
-        .env("RUNNEL_ADMIN_LISTEN", "off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn runnel serve");
-    let started = Instant::now();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if started.elapsed() > REFUSAL_MAX {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Exit {
-        code,
-        elapsed: started.elapsed(),
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    serve_to_exit_within(&args, REFUSAL_MAX, |_| {})
 }
 
 fn args(list: &[&str]) -> Vec<String> {

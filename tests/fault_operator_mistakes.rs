@@ -20,59 +20,16 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 /// How long a broker that must refuse to start may take to do so.
 const REFUSAL_MAX: Duration = Duration::from_secs(15);
 
-struct Exit {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
 /// Runs `runnel serve ARGS` to its exit (bounded), with `pre_exec` run in the child.
 fn serve_to_exit(args: &[&str], pre_exec: Option<fn() -> std::io::Result<()>>) -> Exit {
-    let mut cmd = Command::new(runnel_bin());
-    cmd.arg("serve")
-        .args(args)
-        .env("RUNNEL_ADMIN_LISTEN", "off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(f) = pre_exec {
-        // SAFETY: the closures passed here only make async-signal-safe system calls.
-        unsafe {
-            cmd.pre_exec(f);
+    serve_to_exit_within(args, REFUSAL_MAX, |cmd| {
+        if let Some(f) = pre_exec {
+            // SAFETY: the closures passed here only make async-signal-safe system calls.
+            unsafe {
+                cmd.pre_exec(f);
+            }
         }
-    }
-    let started = Instant::now();
-    let mut child = cmd.spawn().expect("spawn runnel serve");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if started.elapsed() > REFUSAL_MAX {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Exit {
-        code,
-        elapsed: started.elapsed(),
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
+    })
 }
 
 fn produce_values(bootstrap: &str, topic: &str, values: impl Iterator<Item = String>) {

@@ -1387,3 +1387,61 @@ pub fn raw_cluster_id(bootstrap: &str) -> Option<String> {
     );
     id
 }
+
+/// How a `runnel serve` run to its exit ended.
+pub struct Exit {
+    /// `None`: killed after the time allowed.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `runnel serve ARGS` (admin port off) until it exits, at most `max`, then SIGKILL.
+/// `prepare` may adjust the command first (extra env, `pre_exec`).
+pub fn serve_to_exit_within(
+    args: &[&str],
+    max: Duration,
+    prepare: impl FnOnce(&mut Command),
+) -> Exit {
+    use std::io::Read;
+    let mut cmd = Command::new(runnel_bin());
+    cmd.arg("serve")
+        .args(args)
+        .env("RUNNEL_ADMIN_LISTEN", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    prepare(&mut cmd);
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("spawn runnel serve");
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait for runnel serve") {
+            break status.code();
+        }
+        if started.elapsed() > max {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Exit {
+        code,
+        elapsed: started.elapsed(),
+        stdout: out_reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
+    }
+}
