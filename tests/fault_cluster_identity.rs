@@ -23,6 +23,22 @@ fn serve_to_exit(args: &[String]) -> Exit {
     serve_to_exit_within(&args, REFUSAL_MAX, |_| {})
 }
 
+/// The start was refused: exit 2, never ready, and stderr says each of `needles`.
+fn assert_refused_with_exit_2(exit: &Exit, needles: &[&str]) {
+    let context = format!(
+        "code {:?} after {:?}\nstdout: {}\nstderr: {}",
+        exit.code, exit.elapsed, exit.stdout, exit.stderr
+    );
+    assert_eq!(exit.code, Some(2), "{context}");
+    assert!(!exit.stdout.contains("runnel: ready"), "{context}");
+    for needle in needles {
+        assert!(
+            exit.stderr.contains(needle),
+            "stderr lacks {needle:?}: {context}"
+        );
+    }
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -84,18 +100,13 @@ fn a_restart_with_another_voter_list_exits_2_and_the_right_list_rejoins() {
     let mut bad = args(&["--listen", &listen, "--data-dir", &data, "--cores", "1"]);
     bad.extend(cluster_args(3, &alone));
     let exit = serve_to_exit(&bad);
-    let context = format!(
-        "code {:?} after {:?}\nstdout: {}\nstderr: {}",
-        exit.code, exit.elapsed, exit.stdout, exit.stderr
-    );
-    assert_eq!(exit.code, Some(2), "{context}");
-    assert!(!exit.stdout.contains("runnel: ready"), "{context}");
-    assert!(
-        exit.stderr
-            .contains("controller.quorum.voters names node ids [3]")
-            && exit.stderr.contains("voters are [1, 2, 3]")
-            && exit.stderr.contains("Restart with the original"),
-        "{context}"
+    assert_refused_with_exit_2(
+        &exit,
+        &[
+            "controller.quorum.voters names node ids [3]",
+            "voters are [1, 2, 3]",
+            "Restart with the original",
+        ],
     );
 
     // The two others serve, and nothing was created behind their back.
@@ -149,17 +160,12 @@ fn a_second_process_with_a_live_node_id_exits_2_and_a_crashed_one_restarts() {
     ]);
     second.extend(cluster_args(2, &all));
     let exit = serve_to_exit(&second);
-    let context = format!(
-        "code {:?} after {:?}\nstdout: {}\nstderr: {}",
-        exit.code, exit.elapsed, exit.stdout, exit.stderr
-    );
-    assert_eq!(exit.code, Some(2), "{context}");
-    assert!(!exit.stdout.contains("runnel: ready"), "{context}");
-    assert!(
-        exit.stderr
-            .contains("node.id 2 is already live in the cluster")
-            && exit.stderr.contains("another process runs with this id"),
-        "{context}"
+    assert_refused_with_exit_2(
+        &exit,
+        &[
+            "node.id 2 is already live in the cluster",
+            "another process runs with this id",
+        ],
     );
 
     // On the same host without its own cluster port it cannot even listen: also exit 2,
@@ -176,16 +182,7 @@ fn a_second_process_with_a_live_node_id_exits_2_and_a_crashed_one_restarts() {
     ]);
     same_port.extend(cluster_args(2, &all));
     let exit = serve_to_exit(&same_port);
-    let context = format!(
-        "code {:?} after {:?}\nstdout: {}\nstderr: {}",
-        exit.code, exit.elapsed, exit.stdout, exit.stderr
-    );
-    assert_eq!(exit.code, Some(2), "{context}");
-    assert!(!exit.stdout.contains("runnel: ready"), "{context}");
-    assert!(
-        exit.stderr.contains("node.id 2 already runs on this host"),
-        "{context}"
-    );
+    assert_refused_with_exit_2(&exit, &["node.id 2 already runs on this host"]);
 
     // Broker 2 is still the registered one, and serves.
     assert_eq!(registered_2(&cluster.node(1).bootstrap()), Some(b2.clone()));
